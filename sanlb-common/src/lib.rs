@@ -1,0 +1,179 @@
+//! Types shared by the sanlb eBPF programs and user space.
+//!
+//! Everything here is `#[repr(C)]` plain old data with explicit padding so that
+//! the kernel, `bpftool` (through BTF) and the agent agree on one layout. The
+//! `user` feature adds the `aya::Pod` impls the agent needs to read the maps.
+#![no_std]
+#![deny(missing_docs)]
+
+/// Name of the per-(initiator, target) counter map in the eBPF object.
+pub const FLOWS_MAP: &str = "FLOWS";
+/// Name of the per-hook statistics map (skip reasons, new flows, failures).
+pub const STATS_MAP: &str = "STATS";
+/// Name of the iSCSI port bitmap (configuration written by the agent).
+pub const PORTS_MAP: &str = "ISCSI_PORTS";
+/// Name of the XDP (ingress) program.
+pub const XDP_PROG: &str = "sanlb_xdp";
+/// Name of the TC (egress) program.
+pub const TC_PROG: &str = "sanlb_tc";
+
+/// The IANA port for iSCSI, used when the operator gives none.
+pub const DEFAULT_ISCSI_PORT: u16 = 3260;
+/// Default number of (initiator, target) entries of [`FLOWS_MAP`].
+pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
+/// Words of the port bitmap: one bit per TCP port.
+pub const PORT_BITMAP_WORDS: u32 = 1024;
+/// Bounded walk of IPv6 extension headers: a chain longer than this is not counted.
+pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+
+/// `family` of a [`FlowKey`] holding IPv4 addresses (the Linux `AF_INET`).
+pub const FAMILY_IPV4: u8 = 2;
+/// `family` of a [`FlowKey`] holding IPv6 addresses (the Linux `AF_INET6`).
+pub const FAMILY_IPV6: u8 = 10;
+
+/// Index of the ingress (XDP) entry of [`STATS_MAP`].
+pub const HOOK_INGRESS: u32 = 0;
+/// Index of the egress (TC) entry of [`STATS_MAP`].
+pub const HOOK_EGRESS: u32 = 1;
+/// Number of entries of [`STATS_MAP`].
+pub const HOOKS: u32 = 2;
+
+/// Key of [`FLOWS_MAP`]: one (initiator, target) pair.
+///
+/// The initiator is the side whose TCP port is not an iSCSI port. IPv4 addresses
+/// occupy the first four bytes and the rest is zero. Aligned to 4 so that the
+/// programs zero and hash it in words, not bytes.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// Initiator (host) address, network byte order.
+    pub initiator: [u8; 16],
+    /// Target (storage entity) address, network byte order.
+    pub target: [u8; 16],
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// Always zero (explicit so the key hashes the same everywhere).
+    pub pad: [u8; 3],
+}
+
+/// Value of [`FLOWS_MAP`], one per CPU; user space sums the CPUs.
+///
+/// "to_target" is initiator→target, "to_initiator" is target→initiator. Payload
+/// bytes are TCP payload, which is the iSCSI byte stream. Frame bytes are the
+/// layer-2 frames as the hook sees them (no FCS); a TSO/GSO packet counts as the
+/// segments it leaves as.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    /// TCP payload bytes from initiator to target.
+    pub to_target_bytes: u64,
+    /// TCP payload bytes from target to initiator.
+    pub to_initiator_bytes: u64,
+    /// Packets from initiator to target.
+    pub to_target_packets: u64,
+    /// Packets from target to initiator.
+    pub to_initiator_packets: u64,
+    /// Layer-2 frame bytes from initiator to target.
+    pub to_target_frame_bytes: u64,
+    /// Layer-2 frame bytes from target to initiator.
+    pub to_initiator_frame_bytes: u64,
+    /// SCSI Command PDUs with the R (read) flag, seen at the start of a segment.
+    pub scsi_read_cmds: u64,
+    /// SCSI Command PDUs with the W (write) flag, seen at the start of a segment.
+    pub scsi_write_cmds: u64,
+    /// SCSI Command PDUs with neither flag (TEST UNIT READY, INQUIRY, ...).
+    pub scsi_other_cmds: u64,
+    /// Sum of Expected Data Transfer Length of read commands.
+    pub read_requested_bytes: u64,
+    /// Sum of Expected Data Transfer Length of write commands.
+    pub write_requested_bytes: u64,
+}
+
+impl FlowCounters {
+    /// Adds `other` field by field (wrapping, as the kernel counters do).
+    pub fn accumulate(&mut self, other: &Self) {
+        self.to_target_bytes = self.to_target_bytes.wrapping_add(other.to_target_bytes);
+        self.to_initiator_bytes = self
+            .to_initiator_bytes
+            .wrapping_add(other.to_initiator_bytes);
+        self.to_target_packets = self.to_target_packets.wrapping_add(other.to_target_packets);
+        self.to_initiator_packets = self
+            .to_initiator_packets
+            .wrapping_add(other.to_initiator_packets);
+        self.to_target_frame_bytes = self
+            .to_target_frame_bytes
+            .wrapping_add(other.to_target_frame_bytes);
+        self.to_initiator_frame_bytes = self
+            .to_initiator_frame_bytes
+            .wrapping_add(other.to_initiator_frame_bytes);
+        self.scsi_read_cmds = self.scsi_read_cmds.wrapping_add(other.scsi_read_cmds);
+        self.scsi_write_cmds = self.scsi_write_cmds.wrapping_add(other.scsi_write_cmds);
+        self.scsi_other_cmds = self.scsi_other_cmds.wrapping_add(other.scsi_other_cmds);
+        self.read_requested_bytes = self
+            .read_requested_bytes
+            .wrapping_add(other.read_requested_bytes);
+        self.write_requested_bytes = self
+            .write_requested_bytes
+            .wrapping_add(other.write_requested_bytes);
+    }
+}
+
+/// Value of [`STATS_MAP`], one per hook and CPU: what each program saw and why
+/// it did not count a frame. Every frame is passed whatever the reason.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HookStats {
+    /// Frames the program ran on.
+    pub frames: u64,
+    /// Frames counted into [`FLOWS_MAP`].
+    pub counted: u64,
+    /// Not IPv4/IPv6 (ARP, LLDP, ...), also behind VLAN tags.
+    pub not_ip: u64,
+    /// IP but not TCP (UDP, ICMP, ESP, ...).
+    pub not_tcp: u64,
+    /// TCP on no configured iSCSI port.
+    pub not_iscsi: u64,
+    /// IPv4 fragments and IPv6 packets with a (non-atomic) Fragment header.
+    pub fragment: u64,
+    /// A header or the IP payload extends past the end of the frame.
+    pub truncated: u64,
+    /// An impossible header field (IHL < 5, TCP data offset < 5, bad lengths).
+    pub malformed: u64,
+    /// More IPv6 extension headers than the bounded walk follows.
+    pub ext_header_limit: u64,
+    /// (initiator, target) entries created by this program.
+    pub new_flows: u64,
+    /// Entries that could not be created (the frame is then not counted).
+    pub insert_failed: u64,
+}
+
+impl HookStats {
+    /// Adds `other` field by field.
+    pub fn accumulate(&mut self, other: &Self) {
+        self.frames = self.frames.wrapping_add(other.frames);
+        self.counted = self.counted.wrapping_add(other.counted);
+        self.not_ip = self.not_ip.wrapping_add(other.not_ip);
+        self.not_tcp = self.not_tcp.wrapping_add(other.not_tcp);
+        self.not_iscsi = self.not_iscsi.wrapping_add(other.not_iscsi);
+        self.fragment = self.fragment.wrapping_add(other.fragment);
+        self.truncated = self.truncated.wrapping_add(other.truncated);
+        self.malformed = self.malformed.wrapping_add(other.malformed);
+        self.ext_header_limit = self.ext_header_limit.wrapping_add(other.ext_header_limit);
+        self.new_flows = self.new_flows.wrapping_add(other.new_flows);
+        self.insert_failed = self.insert_failed.wrapping_add(other.insert_failed);
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 36);
+const _: () = assert!(core::mem::size_of::<FlowCounters>() == 11 * 8);
+const _: () = assert!(core::mem::size_of::<HookStats>() == 11 * 8);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: repr(C), only integer fields and explicit padding, valid for every bit pattern.
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HookStats {}
+}

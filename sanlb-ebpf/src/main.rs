@@ -1,0 +1,206 @@
+//! sanlb's data plane: count iSCSI traffic per (initiator, target).
+//!
+//! `sanlb_xdp` runs on ingress of the gateway's host-facing NIC, `sanlb_tc` on
+//! its egress. Both only read the frame and always let it through: XDP_PASS,
+//! and TC_ACT_UNSPEC, which under TCX is TCX_NEXT ("pass, and let the next
+//! program run") so a counting program never short-cuts another one's verdict.
+#![no_std]
+#![no_main]
+
+mod parse;
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action},
+    btf_maps::{Array, LruPerCpuHashMap, PerCpuArray},
+    macros::{btf_map, classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use parse::{Frame, Parsed, Skip};
+use sanlb_common::{
+    DEFAULT_MAX_FLOWS, FlowCounters, FlowKey, HOOK_EGRESS, HOOK_INGRESS, HOOKS, HookStats,
+    PORT_BITMAP_WORDS,
+};
+
+/// Counters per (initiator, target). LRU bounds memory; the agent sets the
+/// size at load time (`--max-flows`).
+#[btf_map]
+static FLOWS: LruPerCpuHashMap<FlowKey, FlowCounters, { DEFAULT_MAX_FLOWS as usize }> =
+    LruPerCpuHashMap::new();
+
+/// What each hook saw and why it skipped frames; index HOOK_INGRESS / HOOK_EGRESS.
+#[btf_map]
+static STATS: PerCpuArray<HookStats, { HOOKS as usize }> = PerCpuArray::new();
+
+/// iSCSI ports, one bit per TCP port (word = port / 64, bit = port % 64).
+#[btf_map]
+static ISCSI_PORTS: Array<u64, { PORT_BITMAP_WORDS as usize }> = Array::new();
+
+const EEXIST: i32 = 17;
+
+#[xdp]
+pub fn sanlb_xdp(ctx: XdpContext) -> u32 {
+    count(&Xdp(&ctx), HOOK_INGRESS, 1);
+    xdp_action::XDP_PASS
+}
+
+#[classifier]
+pub fn sanlb_tc(ctx: TcContext) -> i32 {
+    // SAFETY: `skb` points at the program's __sk_buff context for the whole run.
+    let segs = unsafe { (*ctx.skb.skb).gso_segs };
+    count(&Tc(&ctx), HOOK_EGRESS, segs.max(1));
+    TC_ACT_UNSPEC
+}
+
+struct Xdp<'a>(&'a XdpContext);
+
+impl Frame for Xdp<'_> {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.0.data_end() - self.0.data()
+    }
+
+    #[inline(always)]
+    fn load<T: Copy>(&self, off: usize) -> Option<T> {
+        let start = self.0.data();
+        // A fresh, opaque read of data_end for every check: otherwise LLVM
+        // drops checks it can derive from earlier length arithmetic, and the
+        // verifier, which cannot follow that arithmetic, rejects the access.
+        // SAFETY: `ctx` is the program's xdp_md for the whole run.
+        let end = unsafe { core::ptr::read_volatile(&(*self.0.ctx).data_end) } as usize;
+        if start + off + size_of::<T>() > end {
+            return None;
+        }
+        // SAFETY: bounds checked against data_end just above.
+        Some(unsafe { ((start + off) as *const T).read_unaligned() })
+    }
+}
+
+struct Tc<'a>(&'a TcContext);
+
+impl Frame for Tc<'_> {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.0.len() as usize
+    }
+
+    #[inline(always)]
+    fn load<T: Copy>(&self, off: usize) -> Option<T> {
+        // bpf_skb_load_bytes also reads headers outside the linear area.
+        self.0.load::<T>(off).ok()
+    }
+}
+
+#[inline(always)]
+fn is_iscsi_port(port: u16) -> bool {
+    match ISCSI_PORTS.get(u32::from(port >> 6)) {
+        Some(word) => (*word >> (port & 63)) & 1 != 0,
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn count<F: Frame>(f: &F, hook: u32, segs: u32) {
+    let Some(stats) = STATS.get_ptr_mut(hook) else {
+        return;
+    };
+    // SAFETY: per-CPU slot of this CPU; BPF programs do not preempt each other
+    // on one CPU, so a plain read-modify-write is exact.
+    let stats = unsafe { &mut *stats };
+    stats.frames += 1;
+    let mut key = FlowKey::default();
+    match parse::parse(f, &mut key, is_iscsi_port) {
+        Ok(p) => {
+            if add(f, &key, &p, segs, stats) {
+                stats.counted += 1;
+            }
+        }
+        Err(reason) => {
+            let field = match reason {
+                Skip::NotIp => &mut stats.not_ip,
+                Skip::NotTcp => &mut stats.not_tcp,
+                Skip::NotIscsi => &mut stats.not_iscsi,
+                Skip::Fragment => &mut stats.fragment,
+                Skip::Truncated => &mut stats.truncated,
+                Skip::Malformed => &mut stats.malformed,
+                Skip::ExtHeaderLimit => &mut stats.ext_header_limit,
+            };
+            *field += 1;
+        }
+    }
+}
+
+/// Adds the frame to its flow, creating the entry on first sight. Returns
+/// false when the entry could not be created.
+#[inline(always)]
+fn add<F: Frame>(f: &F, key: &FlowKey, p: &Parsed, segs: u32, stats: &mut HookStats) -> bool {
+    if let Some(v) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: this CPU's slot of a per-CPU value.
+        apply(f, p, segs, unsafe { &mut *v });
+        return true;
+    }
+    let mut v = FlowCounters::default();
+    apply(f, p, segs, &mut v);
+    match FLOWS.insert(key, &v, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {
+            stats.new_flows += 1;
+            true
+        }
+        // Another CPU created it between our lookup and insert.
+        Err(e) if e == -EEXIST => match FLOWS.get_ptr_mut(key) {
+            Some(v) => {
+                // SAFETY: as above.
+                apply(f, p, segs, unsafe { &mut *v });
+                true
+            }
+            None => {
+                stats.insert_failed += 1;
+                false
+            }
+        },
+        Err(_) => {
+            stats.insert_failed += 1;
+            false
+        }
+    }
+}
+
+#[inline(always)]
+fn apply<F: Frame>(f: &F, p: &Parsed, segs: u32, v: &mut FlowCounters) {
+    let segs = u64::from(segs);
+    let payload = u64::from(p.payload_len);
+    // A GSO packet leaves as `segs` frames, each with its own copy of the headers.
+    let frame = f.len() as u64 + (segs - 1) * u64::from(p.payload_off);
+    if p.to_target {
+        v.to_target_bytes += payload;
+        v.to_target_packets += segs;
+        v.to_target_frame_bytes += frame;
+        if let Some(cmd) = parse::scsi_command(f, p) {
+            let edtl = u64::from(cmd.edtl);
+            if cmd.read {
+                v.scsi_read_cmds += 1;
+                v.read_requested_bytes += edtl;
+            }
+            if cmd.write {
+                v.scsi_write_cmds += 1;
+                v.write_requested_bytes += edtl;
+            }
+            if !cmd.read && !cmd.write {
+                v.scsi_other_cmds += 1;
+            }
+        }
+    } else {
+        v.to_initiator_bytes += payload;
+        v.to_initiator_packets += segs;
+        v.to_initiator_frame_bytes += frame;
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,264 @@
+//! Header walk shared by the XDP and TC programs.
+//!
+//! The walk only reads. Its order of checks is the specification that the
+//! user-space model in `sanlb/tests/` mirrors (docs/dataplane.md lists it):
+//! Ethernet, up to two VLAN tags, IPv4 or IPv6 (bounded extension-header walk),
+//! TCP, iSCSI port, then best-effort iSCSI Basic Header Segment.
+
+use sanlb_common::{FAMILY_IPV4, FAMILY_IPV6, FlowKey, MAX_IPV6_EXT_HEADERS};
+
+/// Read access to a frame: direct packet access in XDP, `bpf_skb_load_bytes` in TC.
+pub trait Frame {
+    /// Bytes of the frame the program can see, from the Ethernet header on.
+    fn len(&self) -> usize;
+    /// Reads a `T` at `off`, or `None` when it extends past the end.
+    fn load<T: Copy>(&self, off: usize) -> Option<T>;
+}
+
+/// Why a frame was not counted (each is a field of `HookStats`).
+#[derive(Clone, Copy)]
+pub enum Skip {
+    NotIp,
+    NotTcp,
+    NotIscsi,
+    Fragment,
+    Truncated,
+    Malformed,
+    ExtHeaderLimit,
+}
+
+/// What the walk found in a countable frame (the key is filled in place).
+pub struct Parsed {
+    /// Initiator to target (the destination port is an iSCSI port).
+    pub to_target: bool,
+    /// Offset of the TCP payload, which is also the length of all headers.
+    pub payload_off: u32,
+    /// TCP payload bytes, taken from the IP length fields (never the padding).
+    pub payload_len: u32,
+}
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_TCP: u8 = 6;
+const IPV6_HLEN: usize = 40;
+const TCP_HLEN: usize = 20;
+
+// IPv6 extension headers this walk steps over.
+const NH_HOPOPTS: u8 = 0;
+const NH_ROUTING: u8 = 43;
+const NH_FRAGMENT: u8 = 44;
+const NH_AH: u8 = 51;
+const NH_DSTOPTS: u8 = 60;
+const NH_MOBILITY: u8 = 135;
+const NH_HIP: u8 = 139;
+const NH_SHIM6: u8 = 140;
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+/// Walks the headers of `f` and fills `key` (which must be zeroed).
+/// `is_iscsi_port` tells whether a TCP port is configured as an iSCSI port.
+#[inline(always)]
+pub fn parse<F: Frame>(
+    f: &F,
+    key: &mut FlowKey,
+    is_iscsi_port: impl Fn(u16) -> bool,
+) -> Result<Parsed, Skip> {
+    let frame_len = f.len();
+    let mut proto = be16(f.load::<[u8; 2]>(12).ok_or(Skip::Truncated)?);
+    let mut l3 = ETH_HLEN;
+    // Up to two tags: 802.1Q, or 802.1ad outer + 802.1Q inner.
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        proto = be16(f.load::<[u8; 2]>(l3 + 2).ok_or(Skip::Truncated)?);
+        l3 += 4;
+        if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+            proto = be16(f.load::<[u8; 2]>(l3 + 2).ok_or(Skip::Truncated)?);
+            l3 += 4;
+        }
+    }
+
+    // Source goes to key.initiator and destination to key.target for now; they
+    // are swapped below when the frame goes from target to initiator.
+    let l4: usize;
+    let ip_end: usize;
+    match proto {
+        ETH_P_IP => {
+            let vihl = f.load::<u8>(l3).ok_or(Skip::Truncated)?;
+            let ihl = ((vihl & 0x0f) as usize) * 4;
+            if vihl >> 4 != 4 || ihl < 20 {
+                return Err(Skip::Malformed);
+            }
+            // tot_len (2..4), flags+fragment offset (6..8), protocol (9).
+            let fixed = f.load::<[u8; 10]>(l3).ok_or(Skip::Truncated)?;
+            let tot_len = be16([fixed[2], fixed[3]]) as usize;
+            if f.load::<[u8; 8]>(l3 + 12).is_none() {
+                return Err(Skip::Truncated);
+            }
+            if tot_len < ihl {
+                return Err(Skip::Malformed);
+            }
+            if l3 + tot_len > frame_len {
+                return Err(Skip::Truncated);
+            }
+            // MF flag or a non-zero fragment offset.
+            if be16([fixed[6], fixed[7]]) & 0x3fff != 0 {
+                return Err(Skip::Fragment);
+            }
+            if fixed[9] != IPPROTO_TCP {
+                return Err(Skip::NotTcp);
+            }
+            let addrs = f.load::<[u8; 8]>(l3 + 12).ok_or(Skip::Truncated)?;
+            key.initiator[..4].copy_from_slice(&addrs[..4]);
+            key.target[..4].copy_from_slice(&addrs[4..]);
+            key.family = FAMILY_IPV4;
+            l4 = l3 + ihl;
+            ip_end = l3 + tot_len;
+        }
+        ETH_P_IPV6 => {
+            // version (0), payload length (4..6), next header (6).
+            let hdr = f.load::<[u8; 8]>(l3).ok_or(Skip::Truncated)?;
+            if f.load::<[u8; 32]>(l3 + 8).is_none() {
+                return Err(Skip::Truncated);
+            }
+            if hdr[0] >> 4 != 6 {
+                return Err(Skip::Malformed);
+            }
+            let payload_len = be16([hdr[4], hdr[5]]) as usize;
+            ip_end = l3 + IPV6_HLEN + payload_len;
+            if ip_end > frame_len {
+                return Err(Skip::Truncated);
+            }
+            let mut nh = hdr[6];
+            let mut off = l3 + IPV6_HLEN;
+            let mut walked = 0;
+            while walked < MAX_IPV6_EXT_HEADERS {
+                let len = match nh {
+                    NH_HOPOPTS | NH_ROUTING | NH_DSTOPTS | NH_MOBILITY | NH_HIP | NH_SHIM6 => {
+                        let b = ext_head(f, off, ip_end)?;
+                        nh = b[0];
+                        (b[1] as usize + 1) * 8
+                    }
+                    NH_AH => {
+                        let b = ext_head(f, off, ip_end)?;
+                        nh = b[0];
+                        (b[1] as usize + 2) * 4
+                    }
+                    NH_FRAGMENT => {
+                        if off + 8 > ip_end {
+                            return Err(Skip::Malformed);
+                        }
+                        let b = f.load::<[u8; 4]>(off).ok_or(Skip::Truncated)?;
+                        // Offset (13 bits) or M flag: a real fragment. An atomic
+                        // fragment (both zero) is a whole packet.
+                        if be16([b[2], b[3]]) & 0xfff9 != 0 {
+                            return Err(Skip::Fragment);
+                        }
+                        nh = b[0];
+                        8
+                    }
+                    _ => break,
+                };
+                off += len;
+                walked += 1;
+            }
+            if walked == MAX_IPV6_EXT_HEADERS && is_ext_header(nh) {
+                return Err(Skip::ExtHeaderLimit);
+            }
+            if nh != IPPROTO_TCP {
+                return Err(Skip::NotTcp);
+            }
+            key.initiator = f.load::<[u8; 16]>(l3 + 8).ok_or(Skip::Truncated)?;
+            key.target = f.load::<[u8; 16]>(l3 + 24).ok_or(Skip::Truncated)?;
+            key.family = FAMILY_IPV6;
+            l4 = off;
+        }
+        _ => return Err(Skip::NotIp),
+    }
+
+    if l4 + TCP_HLEN > ip_end {
+        return Err(Skip::Malformed);
+    }
+    let ports = f.load::<[u8; 4]>(l4).ok_or(Skip::Truncated)?;
+    let sport = be16([ports[0], ports[1]]);
+    let dport = be16([ports[2], ports[3]]);
+    let to_target = if is_iscsi_port(dport) {
+        true
+    } else if is_iscsi_port(sport) {
+        core::mem::swap(&mut key.initiator, &mut key.target);
+        false
+    } else {
+        return Err(Skip::NotIscsi);
+    };
+    let doff = ((f.load::<u8>(l4 + 12).ok_or(Skip::Truncated)? >> 4) as usize) * 4;
+    if doff < TCP_HLEN || l4 + doff > ip_end {
+        return Err(Skip::Malformed);
+    }
+    let payload_off = l4 + doff;
+    Ok(Parsed {
+        to_target,
+        payload_off: payload_off as u32,
+        payload_len: (ip_end - payload_off) as u32,
+    })
+}
+
+#[inline(always)]
+fn ext_head<F: Frame>(f: &F, off: usize, ip_end: usize) -> Result<[u8; 2], Skip> {
+    // Every extension header is at least 8 bytes long.
+    if off + 8 > ip_end {
+        return Err(Skip::Malformed);
+    }
+    f.load::<[u8; 2]>(off).ok_or(Skip::Truncated)
+}
+
+#[inline(always)]
+fn is_ext_header(nh: u8) -> bool {
+    matches!(
+        nh,
+        NH_HOPOPTS
+            | NH_ROUTING
+            | NH_FRAGMENT
+            | NH_AH
+            | NH_DSTOPTS
+            | NH_MOBILITY
+            | NH_HIP
+            | NH_SHIM6
+    )
+}
+
+/// A SCSI Command PDU found at the start of the TCP payload.
+pub struct ScsiCommand {
+    pub read: bool,
+    pub write: bool,
+    /// Expected Data Transfer Length.
+    pub edtl: u32,
+}
+
+const BHS_LEN: usize = 48;
+
+/// Best effort: a segment that starts with a SCSI Command BHS (opcode 0x01,
+/// reserved bits clear). A segment that starts mid-PDU is not recognised unless
+/// its bytes happen to look like one; this is a statistic, not a decoder.
+#[inline(always)]
+pub fn scsi_command<F: Frame>(f: &F, p: &Parsed) -> Option<ScsiCommand> {
+    if (p.payload_len as usize) < BHS_LEN {
+        return None;
+    }
+    let off = p.payload_off as usize;
+    let head = f.load::<[u8; 4]>(off)?;
+    // Byte 0: reserved bit 7, Immediate bit 6, opcode 0x01. Byte 1: F R W, two
+    // reserved bits, ATTR. Bytes 2-3 reserved.
+    if head[0] & 0xbf != 0x01 || head[1] & 0x18 != 0 || head[2] != 0 || head[3] != 0 {
+        return None;
+    }
+    let edtl = f.load::<[u8; 4]>(off + 20)?;
+    Some(ScsiCommand {
+        read: head[1] & 0x40 != 0,
+        write: head[1] & 0x20 != 0,
+        edtl: u32::from_be_bytes(edtl),
+    })
+}

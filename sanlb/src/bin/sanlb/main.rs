@@ -1,0 +1,34 @@
+//! The `sanlb` command: one binary, one subcommand per role.
+
+mod agent;
+mod args;
+mod counters;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let args = args::Cli::parse();
+    init_tracing();
+    let result = match args.command {
+        args::Command::Agent(a) => agent::run(a),
+        args::Command::Counters(c) => counters::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("sanlb: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,14 @@
+//! sanlb balances iSCSI traffic across the gateways of an IP SAN.
+//!
+//! The four stages of the mission and where they live:
+//! 1. count: [`dataplane`] loads the XDP/TC programs of `sanlb-ebpf` and reads
+//!    their pinned maps; [`counters`] presents them;
+//! 2. aggregate: the controller's statistics (issue 5);
+//! 3. optimise: the pure optimiser (issue 4);
+//! 4. enforce: address ownership on the gateways (issue 6).
+//!
+//! `docs/architecture.md` has the map of the code and its invariants.
+#![deny(missing_docs)]
+
+pub mod counters;
+pub mod dataplane;
