@@ -121,7 +121,8 @@ mod tests {
             rec("198.18.0.9", "198.18.1.50", 10, 0),
         ];
         let order: Vec<String> = sorted(&flows).iter().map(|f| f.initiator.to_string()).collect();
-        assert_eq!(order, ["198.18.0.11", "198.18.0.10", "198.18.0.9"]);
+        // Addresses compare numerically: .9 before .10.
+        assert_eq!(order, ["198.18.0.11", "198.18.0.9", "198.18.0.10"]);
     }
 
     #[test]

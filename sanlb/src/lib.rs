@@ -12,3 +12,5 @@
 
 pub mod counters;
 pub mod dataplane;
+pub mod enforce;
+pub mod optimize;

