@@ -1,0 +1,150 @@
+//! `cargo xtask setup`: install what sanlb needs on Debian 12, idempotently.
+//!
+//! Each step checks first and only installs what is missing, so `test`,
+//! `bench`, `run` and `demo` call it every time at the cost of a few probes.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::util::{self, is_root};
+
+/// Debian packages: the eBPF toolchain (LLVM 22 for bpf-linker, bpftool), the
+/// lab's peers (tgt, libiscsi), the tools the lab and tests use.
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "bpftool",
+    "iproute2",
+    "tgt",
+    "libiscsi-bin",
+    "libiscsi-dev",
+    "arping",
+    "ndisc6",
+    "tcpdump",
+    "open-isns-server",
+    "gcc",
+    "pkg-config",
+];
+
+/// The bpf-linker release this workspace is built and tested with.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+
+pub fn run() -> Result<()> {
+    apt()?;
+    nightly()?;
+    bpf_linker()?;
+    Ok(())
+}
+
+fn apt() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages: {}; run `sudo -E cargo xtask setup` (apt needs root)",
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    util::status(Command::new("apt-get").args(["update", "-q"]))?;
+    util::status(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing),
+    )?;
+    // Debian enables tgt.service with the package; a tgtd it starts would
+    // hold the default control socket. The lab gives each of its tgtd a
+    // control port of its own, so it does not depend on this, but a fresh
+    // install should not leave a daemon running that nobody asked for.
+    if missing.contains(&"tgt") && Path::new("/run/systemd/system").exists() {
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "tgt.service"])
+            .status();
+    }
+    Ok(())
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+/// aya-build compiles the eBPF crate with `rustup run nightly` and
+/// `-Z build-std=core`, which needs rust-src for that toolchain.
+fn nightly() -> Result<()> {
+    let toolchains = util::output(Command::new("rustup").args(["toolchain", "list"]))
+        .context("rustup is needed (https://rustup.rs)")?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        eprintln!("xtask: installing the nightly toolchain with rust-src");
+        return util::status(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]));
+    }
+    let components = util::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))?;
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("xtask: adding rust-src to nightly");
+        util::status(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    Ok(())
+}
+
+/// bpf-linker built against Debian's LLVM 22: without LLVM 22's llvm-config
+/// first on PATH its build finds LLVM 14's and fails to link.
+fn bpf_linker() -> Result<()> {
+    let current = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if current.contains(BPF_LINKER_VERSION) {
+        return Ok(());
+    }
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about 75 s)");
+    let path = format!(
+        "{LLVM_BIN}:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    util::status(
+        util::cargo(&[
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
+        .env("PATH", path),
+    )
+}
