@@ -3,14 +3,19 @@
 //! The four stages of the mission and where they live:
 //! 1. count: [`dataplane`] loads the XDP/TC programs of `sanlb-ebpf` and reads
 //!    their pinned maps; [`counters`] presents them;
-//! 2. aggregate: the controller's statistics (issue 5);
+//! 2. aggregate: [`controller`] (the statistical server) with [`stats`],
+//!    fed by [`agent`]s over the [`proto`] API;
 //! 3. optimise: the pure optimiser (issue 4);
 //! 4. enforce: address ownership on the gateways (issue 6).
 //!
 //! `docs/architecture.md` has the map of the code and its invariants.
 #![deny(missing_docs)]
 
+pub mod agent;
+pub mod controller;
 pub mod counters;
 pub mod dataplane;
 pub mod enforce;
 pub mod optimize;
+pub mod proto;
+pub mod stats;

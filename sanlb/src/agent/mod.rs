@@ -1,0 +1,309 @@
+//! The agent's side of the protocol: read the counters every interval,
+//! report them, apply the share the controller hands back.
+//!
+//! [`Agent`] is generic over where counters come from ([`CounterSource`]:
+//! the data plane, or synthetic snapshots in tests) and over how addresses
+//! are held ([`AddressOwner`]: rtnetlink on a gateway, in memory in tests).
+//!
+//! Rules it keeps:
+//! - **reconcile**: every share it accepts is applied as an exact set:
+//!   addresses it holds but the share lacks are released first, then the
+//!   missing ones acquired. It only ever sees the addresses the owner
+//!   manages ([`AddressOwner::owned`]), so it never touches others;
+//! - **acknowledge**: after applying a share completely it reports at once
+//!   with `applied` = that generation, which is what lets the controller
+//!   hand a released address to its new owner (break-before-make);
+//! - **fail-static**: when the controller cannot be reached, or hands out no
+//!   address set, it keeps what it holds and keeps counting;
+//! - **monotonic**: a share older than the one applied is ignored.
+
+pub mod client;
+
+use std::{
+    collections::BTreeSet,
+    future::Future,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+pub use client::{Client, ClientError};
+
+use crate::{
+    dataplane::{Dataplane, DataplaneError, PinnedMaps, Snapshot},
+    enforce::AddressOwner,
+    proto::{EnforceCounters, Flow, MAX_FLOWS_PER_REPORT, Report, Share},
+};
+
+/// Errors of the agent loop.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Reading the counters failed.
+    #[error("reading the counters")]
+    Counters(#[source] DataplaneError),
+    /// The controller could not be reached or refused.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// Where an agent's cumulative counters come from.
+pub trait CounterSource: Send {
+    /// The cumulative counters now.
+    fn flows(&mut self) -> Result<Vec<Flow>, AgentError>;
+}
+
+fn snapshot_flows(s: Snapshot) -> Vec<Flow> {
+    s.flows
+        .into_iter()
+        .map(|f| Flow {
+            initiator: f.initiator,
+            target: f.target,
+            to_target_bytes: f.counters.to_target_bytes,
+            to_initiator_bytes: f.counters.to_initiator_bytes,
+        })
+        .collect()
+}
+
+impl CounterSource for Dataplane {
+    fn flows(&mut self) -> Result<Vec<Flow>, AgentError> {
+        self.snapshot().map(snapshot_flows).map_err(AgentError::Counters)
+    }
+}
+
+impl CounterSource for PinnedMaps {
+    fn flows(&mut self) -> Result<Vec<Flow>, AgentError> {
+        self.snapshot().map(snapshot_flows).map_err(AgentError::Counters)
+    }
+}
+
+/// How an agent reports.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Gateway name.
+    pub gateway: String,
+    /// Relative capacity.
+    pub capacity: f64,
+    /// Report period.
+    pub interval: Duration,
+    /// Longest wait of one long poll for a new share.
+    pub long_poll: Duration,
+}
+
+/// Random id of one agent run.
+pub fn new_boot_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// One gateway's agent.
+#[derive(Debug)]
+pub struct Agent<C, A> {
+    cfg: AgentConfig,
+    client: Client,
+    counters: C,
+    owner: A,
+    boot_id: String,
+    started: Instant,
+    seq: u64,
+    /// Last counters read and when (agent time, ms): resent when a read fails
+    /// so the report still carries liveness and acknowledgements.
+    last_flows: Vec<Flow>,
+    last_read_ms: u64,
+    applied: u64,
+    seen: u64,
+    enforce: EnforceCounters,
+    truncated_warned: bool,
+}
+
+impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
+    /// An agent that starts a new boot now.
+    pub fn new(cfg: AgentConfig, client: Client, counters: C, owner: A) -> Self {
+        Self {
+            cfg,
+            client,
+            counters,
+            owner,
+            boot_id: new_boot_id(),
+            started: Instant::now(),
+            seq: 0,
+            last_flows: Vec::new(),
+            last_read_ms: 0,
+            applied: 0,
+            seen: 0,
+            enforce: EnforceCounters::default(),
+            truncated_warned: false,
+        }
+    }
+
+    /// Generation of the last share applied completely.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// The address owner.
+    pub fn owner(&self) -> &A {
+        &self.owner
+    }
+
+    /// Reports, then applies the reply; when that applied a new generation,
+    /// reports again at once to acknowledge it.
+    pub async fn cycle(&mut self) -> Result<(), AgentError> {
+        if self.report_and_apply().await? {
+            self.report_and_apply().await?;
+        }
+        Ok(())
+    }
+
+    async fn report_and_apply(&mut self) -> Result<bool, AgentError> {
+        let report = self.build_report().await;
+        let reply = self.client.report(&report).await?;
+        Ok(self.apply(&reply.share).await)
+    }
+
+    async fn build_report(&mut self) -> Report {
+        match self.counters.flows() {
+            Ok(mut flows) => {
+                if flows.len() > MAX_FLOWS_PER_REPORT {
+                    if !self.truncated_warned {
+                        tracing::warn!(flows = flows.len(), max = MAX_FLOWS_PER_REPORT, "too many flows for one report: sending the largest");
+                        self.truncated_warned = true;
+                    }
+                    flows.sort_by_key(|f| std::cmp::Reverse(f.to_target_bytes.saturating_add(f.to_initiator_bytes)));
+                    flows.truncate(MAX_FLOWS_PER_REPORT);
+                }
+                self.last_flows = flows;
+                self.last_read_ms = self.started.elapsed().as_millis() as u64;
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::dataplane::error_chain(&e), "reading the counters failed: resending the last ones");
+            }
+        }
+        let owned = match self.owner.owned().await {
+            Ok(o) => o.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %crate::dataplane::error_chain(&e), "listing owned addresses failed");
+                self.enforce.failed += 1;
+                Vec::new()
+            }
+        };
+        let seq = self.seq;
+        self.seq += 1;
+        Report {
+            gateway: self.cfg.gateway.clone(),
+            boot_id: self.boot_id.clone(),
+            seq,
+            uptime_ms: self.last_read_ms,
+            capacity: self.cfg.capacity,
+            applied: self.applied,
+            owned,
+            enforce: self.enforce,
+            flows: self.last_flows.clone(),
+        }
+    }
+
+    /// Applies `share` if it is not older than the last applied one and
+    /// carries an address set. Returns whether a new generation was applied.
+    pub async fn apply(&mut self, share: &Share) -> bool {
+        self.seen = self.seen.max(share.generation);
+        if share.generation < self.applied {
+            tracing::warn!(generation = share.generation, applied = self.applied, "ignoring a share older than the one applied");
+            return false;
+        }
+        let Some(addresses) = &share.addresses else {
+            return false;
+        };
+        let want: BTreeSet<IpAddr> = addresses.iter().copied().collect();
+        let have = match self.owner.owned().await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %crate::dataplane::error_chain(&e), "listing owned addresses failed: share not applied");
+                self.enforce.failed += 1;
+                return false;
+            }
+        };
+        let generation = share.generation;
+        let mut complete = true;
+        for &addr in have.difference(&want) {
+            let t = Instant::now();
+            match self.owner.release(addr).await {
+                Ok(()) => {
+                    self.enforce.released += 1;
+                    tracing::info!(%addr, generation, ms = t.elapsed().as_secs_f64() * 1000.0, "released");
+                }
+                Err(e) => {
+                    self.enforce.failed += 1;
+                    complete = false;
+                    tracing::error!(%addr, generation, error = %crate::dataplane::error_chain(&e), "release failed");
+                }
+            }
+        }
+        for &addr in want.difference(&have) {
+            let t = Instant::now();
+            match self.owner.acquire(addr).await {
+                Ok(()) => {
+                    self.enforce.acquired += 1;
+                    tracing::info!(%addr, generation, ms = t.elapsed().as_secs_f64() * 1000.0, "acquired");
+                }
+                Err(e) => {
+                    self.enforce.failed += 1;
+                    complete = false;
+                    tracing::error!(%addr, generation, error = %crate::dataplane::error_chain(&e), "acquire failed");
+                }
+            }
+        }
+        if complete && generation > self.applied {
+            self.applied = generation;
+            return true;
+        }
+        false
+    }
+
+    /// Runs until `shutdown` resolves: a report every interval, and a long
+    /// poll that picks up new shares between reports.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut tick = tokio::time::interval(self.cfg.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut poll = std::pin::pin!(long_poll(self.client.clone(), self.cfg.gateway.clone(), self.seen, self.cfg.long_poll, Duration::ZERO));
+        let mut unreachable = false;
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                _ = tick.tick() => {
+                    match self.cycle().await {
+                        Ok(()) => {
+                            if unreachable {
+                                tracing::info!("controller reachable again");
+                                unreachable = false;
+                            }
+                        }
+                        Err(e) => {
+                            if !unreachable {
+                                tracing::warn!(error = %crate::dataplane::error_chain(&e), "controller unreachable: keeping the addresses held, counting on");
+                                unreachable = true;
+                            }
+                        }
+                    }
+                }
+                r = &mut poll => {
+                    let delay = match r {
+                        Ok(share) => {
+                            if self.apply(&share).await
+                                && let Err(e) = self.cycle().await
+                            {
+                                tracing::debug!(error = %crate::dataplane::error_chain(&e), "acknowledging failed");
+                            }
+                            Duration::ZERO
+                        }
+                        // Back off: the report loop says what is wrong.
+                        Err(_) => self.cfg.interval,
+                    };
+                    poll.set(long_poll(self.client.clone(), self.cfg.gateway.clone(), self.seen, self.cfg.long_poll, delay));
+                }
+            }
+        }
+    }
+}
+
+async fn long_poll(client: Client, gateway: String, after: u64, wait: Duration, delay: Duration) -> Result<Share, ClientError> {
+    tokio::time::sleep(delay).await;
+    client.share(&gateway, after, wait).await
+}

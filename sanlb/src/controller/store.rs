@@ -1,0 +1,215 @@
+//! The controller's state file: JSON, replaced atomically (write a temporary
+//! file beside it, fsync, rename over, fsync the directory), so a crash
+//! leaves either the old or the new state, never a mix.
+//!
+//! A plain file rather than an embedded database: the state is one small
+//! document rewritten whole (map, generation, gateways, the rate window),
+//! with no queries and one writer.
+
+use std::{
+    fs,
+    io::Write as _,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::proto::{Mode, Ownership, RebalanceRecord};
+
+/// Version of the file format.
+pub const VERSION: u32 = 1;
+
+/// Errors of the state file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Reading, writing, syncing or renaming failed.
+    #[error("{what} {path}")]
+    Io {
+        /// The operation.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a state this version understands.
+    #[error("{path}: not a sanlb controller state")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A newer format.
+    #[error("{path}: format version {version}, this controller reads {VERSION}")]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        version: u32,
+    },
+}
+
+/// A gateway as persisted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedGateway {
+    /// Name.
+    pub name: String,
+    /// Relative capacity.
+    pub capacity: f64,
+    /// Alive when saved.
+    pub alive: bool,
+}
+
+/// A route as persisted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedRoute {
+    /// Host (pair mode).
+    pub host: Option<IpAddr>,
+    /// Target.
+    pub target: IpAddr,
+    /// Its state.
+    pub ownership: Ownership,
+    /// Generation of its last change.
+    pub changed: u64,
+}
+
+/// The persisted state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Saved {
+    /// [`VERSION`].
+    pub version: u32,
+    /// Unit of assignment of the map.
+    pub mode: Mode,
+    /// Generation.
+    pub generation: u64,
+    /// Gateways.
+    pub gateways: Vec<SavedGateway>,
+    /// The map.
+    pub routes: Vec<SavedRoute>,
+    /// The rate window, oldest sample first: (host, target, bytes/s).
+    pub window: Vec<Vec<(IpAddr, IpAddr, f64)>>,
+    /// Recent rebalance decisions.
+    pub history: Vec<RebalanceRecord>,
+}
+
+/// The state file.
+#[derive(Clone, Debug)]
+pub struct Store {
+    path: PathBuf,
+}
+
+impl Store {
+    /// The state lives at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The saved state, `None` when there is no file yet.
+    pub fn load(&self) -> Result<Option<Saved>, StoreError> {
+        let text = match fs::read(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    what: "reading",
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+        };
+        #[derive(Deserialize)]
+        struct Probe {
+            version: u32,
+        }
+        let parse = |source| StoreError::Parse {
+            path: self.path.clone(),
+            source,
+        };
+        let probe: Probe = serde_json::from_slice(&text).map_err(parse)?;
+        if probe.version != VERSION {
+            return Err(StoreError::Version {
+                path: self.path.clone(),
+                version: probe.version,
+            });
+        }
+        serde_json::from_slice(&text).map(Some).map_err(parse)
+    }
+
+    /// Replaces the saved state atomically and durably.
+    pub fn save(&self, state: &Saved) -> Result<(), StoreError> {
+        let io = |what, path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io { what, path, source }
+        };
+        let bytes = serde_json::to_vec(state).expect("the state serialises");
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let mut name = self.path.file_name().unwrap_or_default().to_owned();
+        name.push(".tmp");
+        let tmp = dir.join(name);
+        let mut f = fs::File::create(&tmp).map_err(io("creating", &tmp))?;
+        f.write_all(&bytes).map_err(io("writing", &tmp))?;
+        f.sync_all().map_err(io("syncing", &tmp))?;
+        drop(f);
+        fs::rename(&tmp, &self.path).map_err(io("renaming over", &self.path))?;
+        fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("syncing", &dir))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("state.json"));
+        assert_eq!(store.load().unwrap(), None);
+        let saved = Saved {
+            version: VERSION,
+            mode: Mode::Target,
+            generation: 7,
+            gateways: vec![SavedGateway {
+                name: "gw1".into(),
+                capacity: 2.0,
+                alive: true,
+            }],
+            routes: vec![SavedRoute {
+                host: None,
+                target: IpAddr::from([198, 18, 1, 1]),
+                ownership: Ownership::Moving {
+                    from: "gw1".into(),
+                    to: "gw2".into(),
+                    release: 7,
+                },
+                changed: 7,
+            }],
+            window: vec![vec![(IpAddr::from([198, 18, 0, 1]), IpAddr::from([198, 18, 1, 1]), 5.5)]],
+            history: vec![],
+        };
+        store.save(&saved).unwrap();
+        assert_eq!(store.load().unwrap(), Some(saved));
+        assert!(!dir.path().join("state.json.tmp").exists());
+        fs::write(store.path(), b"{\"version\": 9}").unwrap();
+        assert!(matches!(store.load(), Err(StoreError::Version { version: 9, .. })));
+        fs::write(store.path(), b"garbage").unwrap();
+        assert!(matches!(store.load(), Err(StoreError::Parse { .. })));
+    }
+}

@@ -1,0 +1,265 @@
+//! The agent ↔ controller protocol, version 1 (HTTP/JSON under `/v1/`).
+//!
+//! | endpoint | body | reply |
+//! | --- | --- | --- |
+//! | `POST /v1/report` | [`Report`] | [`ReportReply`] (the sender's [`Share`]) |
+//! | `GET /v1/share?gateway=G&after=N&wait_ms=T` | — | [`Share`] once its generation > N, or at T |
+//! | `GET /v1/status` | — | [`Status`] |
+//! | `GET /metrics` | — | Prometheus text format |
+//!
+//! Every request carries `Authorization: Bearer <token>`; errors are
+//! [`ApiError`] bodies with a 4xx status. Bodies are parsed strictly
+//! (`deny_unknown_fields`): a v1 peer sending a field this version does not
+//! know is refused rather than half-understood.
+//!
+//! Counters are cumulative since the agent started (`boot_id`); the
+//! controller turns them into deltas (`crate::stats`).
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::optimize::Solver;
+
+/// Path prefix of this version.
+pub const PREFIX: &str = "/v1";
+/// Largest request body the controller reads.
+pub const MAX_BODY_BYTES: usize = 16 << 20;
+/// Most flows one report may carry (an agent with more sends the largest).
+pub const MAX_FLOWS_PER_REPORT: usize = 131_072;
+/// Most addresses a gateway may report as owned.
+pub const MAX_OWNED_PER_REPORT: usize = 65_536;
+/// Longest gateway name.
+pub const MAX_NAME_LEN: usize = 64;
+/// Longest boot id.
+pub const MAX_BOOT_ID_LEN: usize = 64;
+/// Longest long-poll the controller grants.
+pub const MAX_WAIT_MS: u64 = 60_000;
+
+/// One (initiator, target) flow's cumulative counters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flow {
+    /// The host (iSCSI initiator).
+    pub initiator: IpAddr,
+    /// The storage entity (iSCSI target address).
+    pub target: IpAddr,
+    /// iSCSI payload bytes towards the target since the agent started.
+    pub to_target_bytes: u64,
+    /// iSCSI payload bytes towards the initiator since the agent started.
+    pub to_initiator_bytes: u64,
+}
+
+/// Cumulative enforcement counters of an agent (for metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnforceCounters {
+    /// Addresses acquired.
+    pub acquired: u64,
+    /// Addresses released.
+    pub released: u64,
+    /// Acquire or release calls that failed.
+    pub failed: u64,
+}
+
+/// What an agent sends every interval.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    /// Gateway name: 1–64 characters of `[A-Za-z0-9._-]`.
+    pub gateway: String,
+    /// Random id of this agent run; a new one means counters restarted at 0.
+    pub boot_id: String,
+    /// Report number within this boot, from 0, increasing.
+    pub seq: u64,
+    /// Milliseconds since this boot started (the agent's monotonic clock);
+    /// the span between two reports is what turns deltas into rates.
+    pub uptime_ms: u64,
+    /// Relative capacity of the gateway (> 0, finite).
+    #[serde(default = "default_capacity")]
+    pub capacity: f64,
+    /// Generation of the last share the agent applied completely (0: none).
+    pub applied: u64,
+    /// The storage addresses the agent holds now.
+    pub owned: Vec<IpAddr>,
+    /// Enforcement counters since the agent started.
+    #[serde(default)]
+    pub enforce: EnforceCounters,
+    /// Cumulative counters per (initiator, target).
+    pub flows: Vec<Flow>,
+}
+
+fn default_capacity() -> f64 {
+    1.0
+}
+
+/// The controller's answer to a report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportReply {
+    /// False when the report was a duplicate or older than one already seen
+    /// (it changed nothing).
+    pub counted: bool,
+    /// What the gateway should own now.
+    pub share: Share,
+}
+
+/// What one gateway should own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Share {
+    /// The gateway.
+    pub gateway: String,
+    /// Generation of the hand-out this share belongs to; never decreases.
+    pub generation: u64,
+    /// The exact set of storage addresses to hold, or `None`: keep what you
+    /// hold (the controller is not steering addresses yet, or is in pair
+    /// mode, which address ownership cannot enforce).
+    pub addresses: Option<Vec<IpAddr>>,
+}
+
+/// Unit of assignment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A storage entity (its address): what address ownership enforces.
+    #[default]
+    Target,
+    /// A (host, target) pair: computed and published, not enforced.
+    Pair,
+}
+
+/// An error reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// What was wrong, naming the field or input.
+    pub error: String,
+}
+
+/// `GET /v1/status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Current generation.
+    pub generation: u64,
+    /// Unit of assignment.
+    pub mode: Mode,
+    /// Rebalance interval, ms.
+    pub interval_ms: u64,
+    /// Number of intervals averaged.
+    pub window: usize,
+    /// Lease after which a silent gateway is dead, ms.
+    pub lease_ms: u64,
+    /// Current normalised variance of utilisation.
+    pub var_norm: f64,
+    /// Gateways, by name.
+    pub gateways: Vec<GatewayStatus>,
+    /// The map, by route.
+    pub map: Vec<MapEntry>,
+    /// Most recent rebalance decisions, newest last.
+    pub rebalances: Vec<RebalanceRecord>,
+    /// Reports refused since start, by reason.
+    pub report_errors: Vec<(String, u64)>,
+}
+
+/// One gateway in [`Status`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GatewayStatus {
+    /// Name.
+    pub name: String,
+    /// Relative capacity.
+    pub capacity: f64,
+    /// Reporting within its lease.
+    pub alive: bool,
+    /// Milliseconds since its last report (`None`: none since the controller started).
+    pub last_report_ms: Option<u64>,
+    /// Sum of the rates of the routes the map gives it, bytes/s.
+    pub load: f64,
+    /// `load / capacity`.
+    pub utilisation: f64,
+    /// Generation it last applied.
+    pub applied: u64,
+    /// Addresses it reported holding.
+    pub owned: Vec<IpAddr>,
+    /// Its enforcement counters.
+    pub enforce: EnforceCounters,
+}
+
+/// Where a route is in the move protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum Ownership {
+    /// Nobody holds it and nobody is told to.
+    Unowned,
+    /// `gateway` holds it (it is in that gateway's share).
+    Owned {
+        /// The owner.
+        gateway: String,
+    },
+    /// Withheld from everyone until `from` acknowledges generation `release`
+    /// without it (or is dead); then it goes to `to`.
+    Moving {
+        /// The old owner.
+        from: String,
+        /// The new owner.
+        to: String,
+        /// Generation of the first share without it for `from`.
+        release: u64,
+    },
+}
+
+impl Ownership {
+    /// The gateway the map assigns it to (the new owner while moving).
+    pub fn assigned(&self) -> Option<&str> {
+        match self {
+            Self::Unowned => None,
+            Self::Owned { gateway } => Some(gateway),
+            Self::Moving { to, .. } => Some(to),
+        }
+    }
+}
+
+/// One route of the map.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MapEntry {
+    /// Storage address.
+    pub target: IpAddr,
+    /// Host, in pair mode.
+    pub host: Option<IpAddr>,
+    /// Its state.
+    #[serde(flatten)]
+    pub ownership: Ownership,
+    /// Generation in which its state last changed.
+    pub changed: u64,
+    /// Its rate, bytes/s (mean over the window).
+    pub rate: f64,
+}
+
+/// One rebalance decision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RebalanceRecord {
+    /// Unix time, ms.
+    pub at_ms: u64,
+    /// Generation after the decision.
+    pub generation: u64,
+    /// Why it ran: `interval`, `failover`.
+    pub trigger: String,
+    /// Whether the new map was adopted.
+    pub adopted: bool,
+    /// Why (adopted or not), for people.
+    pub reason: String,
+    /// Cost of the map in force.
+    pub cost_before: f64,
+    /// Cost of the proposed map.
+    pub cost_after: f64,
+    /// var_norm of the map in force.
+    pub var_norm_before: f64,
+    /// var_norm of the proposed map.
+    pub var_norm_after: f64,
+    /// Routes that change gateway.
+    pub moves: usize,
+    /// Solver time, ms.
+    pub duration_ms: f64,
+    /// Algorithm of the proposal.
+    pub solver: Solver,
+}

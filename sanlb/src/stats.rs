@@ -1,0 +1,542 @@
+//! The statistical server's arithmetic: cumulative counters → deltas →
+//! per-interval rates → a sliding window → the traffic matrix.
+//!
+//! Rate model: every interval yields one sample of the matrix (bytes/s per
+//! (host, target), summed over gateways); a route's rate is the **mean of
+//! the last W samples**. Chosen over an EWMA because its memory is bounded
+//! and explicit (W samples), a burst weighs exactly 1/W and is forgotten
+//! after W intervals (an EWMA never forgets completely, so a stopped route
+//! keeps a tail), and operators can read it: "the average over the last
+//! W × interval seconds".
+//!
+//! Within an interval a gateway's rate for a flow is the bytes its reports
+//! added divided by the time those reports span, measured on the agent's
+//! own clock (`uptime_ms`). A report that arrives after a long silence
+//! therefore spreads its delta over the silence instead of spiking one
+//! interval. A gateway that sent nothing in an interval (but is alive)
+//! keeps its previous rates.
+//!
+//! Delta rules, per (gateway, flow):
+//! - a report from an unknown boot id is a baseline (counts nothing): the
+//!   counters restarted (agent restart) or the controller does not know
+//!   what came before (controller restart);
+//! - a report whose seq is not above the last one of its boot, or from a
+//!   boot already replaced, is stale (duplicate or reordered): ignored;
+//! - a counter below its previous value either wrapped (the previous value
+//!   was within [`WRAP_WINDOW`] of 2⁶⁴: delta = the wrapped distance) or its
+//!   map entry was evicted and re-created (delta = the new value);
+//! - a flow absent from the previous report is new in the map: its whole
+//!   value is the delta;
+//! - a delta above [`MAX_RATE`] × span is absurd: the report is refused.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::IpAddr,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::proto::Report;
+
+/// (host, target).
+pub type FlowKey = (IpAddr, IpAddr);
+
+/// Highest plausible rate of one flow, bytes/s (8 Tbit/s): more is a bug or
+/// a forged report.
+pub const MAX_RATE: f64 = 1e12;
+/// A counter that falls from within this distance of 2⁶⁴ wrapped.
+pub const WRAP_WINDOW: u64 = 1 << 48;
+/// Boot ids remembered per gateway to recognise late reports of old boots.
+const RETIRED_BOOTS: usize = 8;
+
+/// Errors of the statistics.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StatsError {
+    /// A delta that no link can carry.
+    #[error("flow {initiator}→{target}: {field} grew by {delta} in {span_ms} ms (over {max} bytes/s)", max = MAX_RATE)]
+    Absurd {
+        /// Host.
+        initiator: IpAddr,
+        /// Target.
+        target: IpAddr,
+        /// Counter name.
+        field: &'static str,
+        /// The delta.
+        delta: u64,
+        /// Agent time since the previous report.
+        span_ms: u64,
+    },
+    /// Same boot, later seq, earlier clock.
+    #[error("uptime_ms went backwards within boot {boot_id} ({previous} → {now})")]
+    UptimeBackwards {
+        /// The boot.
+        boot_id: String,
+        /// Previous report's uptime.
+        previous: u64,
+        /// This report's uptime.
+        now: u64,
+    },
+    /// The same flow twice in one report.
+    #[error("flow {initiator}→{target} listed twice")]
+    DuplicateFlow {
+        /// Host.
+        initiator: IpAddr,
+        /// Target.
+        target: IpAddr,
+    },
+    /// A bad a-priori traffic matrix.
+    #[error("traffic matrix line {line}: {message}")]
+    Matrix {
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// What a report did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ingest {
+    /// First report of a boot: a baseline, nothing counted.
+    Baseline,
+    /// Deltas counted.
+    Counted,
+    /// Duplicate or out of order: ignored.
+    Stale,
+}
+
+#[derive(Debug, Default)]
+struct Source {
+    boot_id: String,
+    seq: u64,
+    uptime_ms: u64,
+    /// Cumulative counters of the last report.
+    cum: HashMap<FlowKey, [u64; 2]>,
+    retired: VecDeque<String>,
+    /// This interval: agent time covered and bytes per flow.
+    span_ms: u64,
+    acc: HashMap<FlowKey, u64>,
+    /// Rates of the last interval in which it reported.
+    last: HashMap<FlowKey, f64>,
+}
+
+/// Deltas, windows and the measured traffic matrix.
+#[derive(Debug)]
+pub struct Stats {
+    window: usize,
+    sources: HashMap<String, Source>,
+    samples: VecDeque<HashMap<FlowKey, f64>>,
+    mean: HashMap<FlowKey, f64>,
+}
+
+/// Distance a counter moved from `old` to `new` (see the module docs).
+pub fn counter_delta(old: u64, new: u64) -> u64 {
+    if new >= old {
+        new - old
+    } else {
+        let wrapped = new.wrapping_sub(old);
+        if wrapped <= WRAP_WINDOW { wrapped } else { new }
+    }
+}
+
+impl Stats {
+    /// Mean over `window` (≥ 1) intervals.
+    pub fn new(window: usize) -> Self {
+        Self {
+            window: window.max(1),
+            sources: HashMap::new(),
+            samples: VecDeque::new(),
+            mean: HashMap::new(),
+        }
+    }
+
+    /// Turns a report into deltas. On error nothing changes.
+    pub fn ingest(&mut self, r: &Report) -> Result<Ingest, StatsError> {
+        let src = self.sources.entry(r.gateway.clone()).or_default();
+        if src.retired.contains(&r.boot_id) {
+            return Ok(Ingest::Stale);
+        }
+        let mut cum = HashMap::with_capacity(r.flows.len());
+        for f in &r.flows {
+            let key = (f.initiator, f.target);
+            if cum.insert(key, [f.to_target_bytes, f.to_initiator_bytes]).is_some() {
+                return Err(StatsError::DuplicateFlow {
+                    initiator: f.initiator,
+                    target: f.target,
+                });
+            }
+        }
+        if src.boot_id != r.boot_id {
+            if !src.boot_id.is_empty() {
+                let old = std::mem::take(&mut src.boot_id);
+                src.retired.push_back(old);
+                if src.retired.len() > RETIRED_BOOTS {
+                    src.retired.pop_front();
+                }
+            }
+            src.boot_id = r.boot_id.clone();
+            src.seq = r.seq;
+            src.uptime_ms = r.uptime_ms;
+            src.cum = cum;
+            return Ok(Ingest::Baseline);
+        }
+        if r.seq <= src.seq {
+            return Ok(Ingest::Stale);
+        }
+        if r.uptime_ms < src.uptime_ms {
+            return Err(StatsError::UptimeBackwards {
+                boot_id: r.boot_id.clone(),
+                previous: src.uptime_ms,
+                now: r.uptime_ms,
+            });
+        }
+        let span_ms = r.uptime_ms - src.uptime_ms;
+        let limit = MAX_RATE * (span_ms.max(1) as f64 / 1000.0);
+        let mut deltas = Vec::with_capacity(cum.len());
+        for (key, now) in &cum {
+            let before = src.cum.get(key).copied().unwrap_or([0, 0]);
+            let mut sum = 0u64;
+            for (i, field) in ["to_target_bytes", "to_initiator_bytes"].into_iter().enumerate() {
+                let delta = counter_delta(before[i], now[i]);
+                if delta as f64 > limit {
+                    return Err(StatsError::Absurd {
+                        initiator: key.0,
+                        target: key.1,
+                        field,
+                        delta,
+                        span_ms,
+                    });
+                }
+                sum = sum.saturating_add(delta);
+            }
+            if sum > 0 {
+                deltas.push((*key, sum));
+            }
+        }
+        src.seq = r.seq;
+        src.uptime_ms = r.uptime_ms;
+        src.cum = cum;
+        src.span_ms = src.span_ms.saturating_add(span_ms);
+        for (key, d) in deltas {
+            let acc = src.acc.entry(key).or_default();
+            *acc = acc.saturating_add(d);
+        }
+        Ok(Ingest::Counted)
+    }
+
+    /// Ends an interval: one sample of the matrix from the gateways for which
+    /// `alive` holds, pushed into the window.
+    pub fn close_interval(&mut self, alive: impl Fn(&str) -> bool) {
+        let mut sample: HashMap<FlowKey, f64> = HashMap::new();
+        for (name, src) in &mut self.sources {
+            if !alive(name) {
+                src.acc.clear();
+                src.last.clear();
+                src.span_ms = 0;
+                continue;
+            }
+            if src.span_ms > 0 {
+                let secs = src.span_ms as f64 / 1000.0;
+                src.last = src.acc.drain().map(|(k, b)| (k, b as f64 / secs)).collect();
+                src.span_ms = 0;
+            }
+            for (k, r) in &src.last {
+                *sample.entry(*k).or_default() += r;
+            }
+        }
+        self.push(sample);
+    }
+
+    fn push(&mut self, sample: HashMap<FlowKey, f64>) {
+        self.samples.push_back(sample);
+        while self.samples.len() > self.window {
+            self.samples.pop_front();
+        }
+        self.recompute();
+    }
+
+    fn recompute(&mut self) {
+        self.mean.clear();
+        let n = self.samples.len() as f64;
+        for s in &self.samples {
+            for (k, r) in s {
+                *self.mean.entry(*k).or_default() += r / n;
+            }
+        }
+    }
+
+    /// Fills an empty window with `matrix` (a-priori seed).
+    pub fn seed(&mut self, matrix: &HashMap<FlowKey, f64>) {
+        if self.samples.is_empty() {
+            for _ in 0..self.window {
+                self.samples.push_back(matrix.clone());
+            }
+            self.recompute();
+        }
+    }
+
+    /// The measured traffic matrix: mean rate per (host, target), bytes/s.
+    pub fn matrix(&self) -> &HashMap<FlowKey, f64> {
+        &self.mean
+    }
+
+    /// Samples in the window.
+    pub fn samples(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// The window, oldest first, for persistence.
+    pub fn export(&self) -> Vec<Vec<(IpAddr, IpAddr, f64)>> {
+        self.samples
+            .iter()
+            .map(|s| {
+                let mut v: Vec<_> = s.iter().map(|(k, r)| (k.0, k.1, *r)).collect();
+                v.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+                v
+            })
+            .collect()
+    }
+
+    /// Restores a window saved by [`Stats::export`] (the newest W samples).
+    pub fn import(&mut self, samples: Vec<Vec<(IpAddr, IpAddr, f64)>>) {
+        self.samples = samples
+            .into_iter()
+            .map(|s| {
+                s.into_iter()
+                    .filter(|(_, _, r)| r.is_finite() && *r >= 0.0)
+                    .map(|(h, t, r)| ((h, t), r))
+                    .collect()
+            })
+            .collect();
+        while self.samples.len() > self.window {
+            self.samples.pop_front();
+        }
+        self.recompute();
+    }
+}
+
+/// Sums a (host, target) matrix per target.
+pub fn per_target(matrix: &HashMap<FlowKey, f64>) -> BTreeMap<IpAddr, f64> {
+    let mut out = BTreeMap::new();
+    for ((_, t), r) in matrix {
+        *out.entry(*t).or_default() += r;
+    }
+    out
+}
+
+/// An a-priori traffic matrix.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrafficMatrix {
+    /// Bytes per interval per (host, target).
+    pub cells: Vec<(IpAddr, IpAddr, f64)>,
+}
+
+impl TrafficMatrix {
+    /// The matrix in bytes/s, for an interval of `interval_s` seconds.
+    pub fn rates(&self, interval_s: f64) -> HashMap<FlowKey, f64> {
+        self.cells
+            .iter()
+            .map(|&(h, t, b)| ((h, t), b / interval_s))
+            .collect()
+    }
+
+    /// Target addresses, in order of appearance.
+    pub fn targets(&self) -> Vec<IpAddr> {
+        let mut seen = Vec::new();
+        for &(_, t, _) in &self.cells {
+            if !seen.contains(&t) {
+                seen.push(t);
+            }
+        }
+        seen
+    }
+}
+
+/// Parses the patent's matrix as CSV: first row target addresses (after a
+/// corner cell), first column host addresses, cells bytes per interval.
+/// Blank lines and lines starting with `#` are skipped.
+///
+/// Written here because `sanlb plan` (which reads the same format) has no
+/// reusable parser yet; the format is too small to need a CSV crate.
+pub fn parse_traffic_csv(text: &str) -> Result<TrafficMatrix, StatsError> {
+    let err = |line: usize, message: String| StatsError::Matrix { line, message };
+    let mut rows = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
+    let (hline, header) = rows.next().ok_or_else(|| err(1, "empty matrix".into()))?;
+    let mut targets = Vec::new();
+    for (col, cell) in header.split(',').enumerate().skip(1) {
+        let cell = cell.trim();
+        let t: IpAddr = cell
+            .parse()
+            .map_err(|_| err(hline, format!("column {}: {cell:?} is not a target address", col + 1)))?;
+        if targets.contains(&t) {
+            return Err(err(hline, format!("column {}: target {t} twice", col + 1)));
+        }
+        targets.push(t);
+    }
+    if targets.is_empty() {
+        return Err(err(hline, "no target addresses in the first row".into()));
+    }
+    let mut hosts = Vec::new();
+    let mut cells = Vec::new();
+    for (line, row) in rows {
+        let fields: Vec<&str> = row.split(',').map(str::trim).collect();
+        if fields.len() != targets.len() + 1 {
+            return Err(err(
+                line,
+                format!("{} cells, expected {} (a host and one per target)", fields.len(), targets.len() + 1),
+            ));
+        }
+        let h: IpAddr = fields[0]
+            .parse()
+            .map_err(|_| err(line, format!("{:?} is not a host address", fields[0])))?;
+        if hosts.contains(&h) {
+            return Err(err(line, format!("host {h} twice")));
+        }
+        hosts.push(h);
+        for (cell, t) in fields[1..].iter().zip(&targets) {
+            let b: f64 = cell
+                .parse()
+                .map_err(|_| err(line, format!("{h}→{t}: {cell:?} is not a number")))?;
+            if !b.is_finite() || b < 0.0 {
+                return Err(err(line, format!("{h}→{t}: {b} is not a finite number ≥ 0")));
+            }
+            cells.push((h, *t, b));
+        }
+    }
+    if hosts.is_empty() {
+        return Err(err(hline, "no host rows".into()));
+    }
+    Ok(TrafficMatrix { cells })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{EnforceCounters, Flow};
+
+    const H: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 0, 10));
+    const T: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 1, 50));
+
+    fn report(boot: &str, seq: u64, uptime_ms: u64, tx: u64, rx: u64) -> Report {
+        Report {
+            gateway: "gw1".into(),
+            boot_id: boot.into(),
+            seq,
+            uptime_ms,
+            capacity: 1.0,
+            applied: 0,
+            owned: vec![],
+            enforce: EnforceCounters::default(),
+            flows: vec![Flow {
+                initiator: H,
+                target: T,
+                to_target_bytes: tx,
+                to_initiator_bytes: rx,
+            }],
+        }
+    }
+
+    fn rate(s: &Stats) -> f64 {
+        s.matrix().get(&(H, T)).copied().unwrap_or(0.0)
+    }
+
+    #[test]
+    fn deltas_over_agent_time() {
+        let mut s = Stats::new(1);
+        assert_eq!(s.ingest(&report("a", 0, 1000, 100, 0)).unwrap(), Ingest::Baseline);
+        assert_eq!(s.ingest(&report("a", 1, 2000, 600, 500)).unwrap(), Ingest::Counted);
+        assert_eq!(s.ingest(&report("a", 2, 3000, 1100, 1000)).unwrap(), Ingest::Counted);
+        s.close_interval(|_| true);
+        // 2000 bytes over 2 s.
+        assert_eq!(rate(&s), 1000.0);
+    }
+
+    #[test]
+    fn duplicates_and_reordering_count_once() {
+        let mut s = Stats::new(1);
+        s.ingest(&report("a", 0, 0, 0, 0)).unwrap();
+        s.ingest(&report("a", 2, 2000, 2000, 0)).unwrap();
+        assert_eq!(s.ingest(&report("a", 2, 2000, 2000, 0)).unwrap(), Ingest::Stale);
+        assert_eq!(s.ingest(&report("a", 1, 1000, 1000, 0)).unwrap(), Ingest::Stale);
+        s.close_interval(|_| true);
+        assert_eq!(rate(&s), 1000.0);
+    }
+
+    #[test]
+    fn restart_is_a_baseline_and_keeps_the_rate() {
+        let mut s = Stats::new(1);
+        s.ingest(&report("a", 0, 0, 0, 0)).unwrap();
+        s.ingest(&report("a", 1, 1000, 5000, 0)).unwrap();
+        s.close_interval(|_| true);
+        assert_eq!(rate(&s), 5000.0);
+        // New boot with counters back near zero: no negative, no spike.
+        assert_eq!(s.ingest(&report("b", 0, 10, 10, 0)).unwrap(), Ingest::Baseline);
+        s.close_interval(|_| true);
+        assert_eq!(rate(&s), 5000.0, "the previous rate carries over the baseline interval");
+        s.ingest(&report("b", 1, 1010, 4010, 0)).unwrap();
+        s.close_interval(|_| true);
+        assert_eq!(rate(&s), 4000.0);
+        // A late report of the old boot changes nothing.
+        assert_eq!(s.ingest(&report("a", 7, 9000, 1 << 40, 0)).unwrap(), Ingest::Stale);
+    }
+
+    #[test]
+    fn wrap_and_eviction() {
+        assert_eq!(counter_delta(u64::MAX - 9, 5), 15);
+        assert_eq!(counter_delta(1_000_000, 300), 300);
+        assert_eq!(counter_delta(7, 7), 0);
+        let mut s = Stats::new(1);
+        s.ingest(&report("a", 0, 0, u64::MAX - 999, 0)).unwrap();
+        s.ingest(&report("a", 1, 1000, 1000, 0)).unwrap();
+        s.close_interval(|_| true);
+        assert_eq!(rate(&s), 2000.0);
+    }
+
+    #[test]
+    fn absurd_delta_is_refused_without_change() {
+        let mut s = Stats::new(1);
+        s.ingest(&report("a", 0, 0, 0, 0)).unwrap();
+        let e = s.ingest(&report("a", 1, 1000, 1 << 50, 0)).unwrap_err();
+        assert!(matches!(e, StatsError::Absurd { field: "to_target_bytes", .. }), "{e}");
+        // The baseline is intact: the next sane report counts from it.
+        s.ingest(&report("a", 2, 2000, 4000, 0)).unwrap();
+        s.close_interval(|_| true);
+        assert_eq!(rate(&s), 2000.0);
+        let e = s.ingest(&report("a", 3, 1500, 4000, 0)).unwrap_err();
+        assert!(matches!(e, StatsError::UptimeBackwards { .. }));
+    }
+
+    #[test]
+    fn window_is_a_mean_of_the_last_w_samples() {
+        let mut s = Stats::new(3);
+        s.ingest(&report("a", 0, 0, 0, 0)).unwrap();
+        let mut total = 0;
+        for (i, r) in [300u64, 600, 900, 0].into_iter().enumerate() {
+            total += r;
+            s.ingest(&report("a", i as u64 + 1, (i as u64 + 1) * 1000, total, 0)).unwrap();
+            s.close_interval(|_| true);
+        }
+        assert_eq!(rate(&s), 500.0); // (600 + 900 + 0) / 3
+        // A dead gateway contributes nothing.
+        s.close_interval(|_| false);
+        assert_eq!(rate(&s), 300.0); // (900 + 0 + 0) / 3
+    }
+
+    #[test]
+    fn matrix_csv() {
+        let m = parse_traffic_csv("host,198.18.1.1,198.18.1.2\n# c\n198.18.0.1, 10, 0\n198.18.0.2,5,7.5\n").unwrap();
+        assert_eq!(m.cells.len(), 4);
+        assert_eq!(m.targets(), vec![IpAddr::from([198, 18, 1, 1]), IpAddr::from([198, 18, 1, 2])]);
+        let r = m.rates(5.0);
+        assert_eq!(r[&(IpAddr::from([198, 18, 0, 2]), IpAddr::from([198, 18, 1, 2]))], 1.5);
+        let e = parse_traffic_csv("x,198.18.1.1\n198.18.0.1,-3\n").unwrap_err();
+        assert_eq!(e.to_string(), "traffic matrix line 2: 198.18.0.1→198.18.1.1: -3 is not a finite number ≥ 0");
+        let e = parse_traffic_csv("x,198.18.1.1\n198.18.0.1,1,2\n").unwrap_err();
+        assert!(e.to_string().starts_with("traffic matrix line 2: 3 cells"), "{e}");
+        assert!(parse_traffic_csv("x,nope\n").is_err());
+    }
+}
