@@ -143,6 +143,11 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
         &self.owner
     }
 
+    /// Gives the counter source back (to detach the data plane).
+    pub fn into_counters(self) -> C {
+        self.counters
+    }
+
     /// Reports, then applies the reply; when that applied a new generation,
     /// reports again at once to acknowledge it.
     pub async fn cycle(&mut self) -> Result<(), AgentError> {
@@ -258,7 +263,7 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
 
     /// Runs until `shutdown` resolves: a report every interval, and a long
     /// poll that picks up new shares between reports.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+    pub async fn run(&mut self, shutdown: impl Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut tick = tokio::time::interval(self.cfg.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -2,7 +2,9 @@
 
 mod agent;
 mod args;
+mod controller;
 mod counters;
+mod status;
 
 use std::process::ExitCode;
 
@@ -14,6 +16,8 @@ fn main() -> ExitCode {
     let result = match args.command {
         args::Command::Agent(a) => agent::run(a),
         args::Command::Counters(c) => counters::run(c),
+        args::Command::Controller(c) => controller::run(c),
+        args::Command::Status(s) => status::run(s),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,74 @@
+//! `sanlb controller`.
+
+use std::{path::Path, process::ExitCode};
+
+use anyhow::Context as _;
+use sanlb::{
+    controller::{Config, Controller, server::Server, store::Store},
+    optimize::Options,
+    stats,
+};
+
+use crate::args::ControllerArgs;
+
+/// Reads a bearer token: the file's content without surrounding whitespace.
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the token file {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        anyhow::bail!("token file {}: expected one printable token", path.display());
+    }
+    Ok(token.to_owned())
+}
+
+pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    let token = read_token(&args.token_file)?;
+    let traffic = args
+        .traffic
+        .as_deref()
+        .map(|p| -> anyhow::Result<_> {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            stats::parse_traffic_csv(&text).with_context(|| format!("{}", p.display()))
+        })
+        .transpose()?;
+    let cfg = Config {
+        interval: args.interval,
+        window: args.window,
+        w_var: args.w_var,
+        w_change: args.w_change,
+        min_gain: args.min_gain,
+        lease: args.lease,
+        mode: args.mode,
+        storage: args.storage,
+        targets: args.targets,
+        traffic,
+        traffic_replace: args.traffic_replace,
+        solver: Options {
+            solver: args.solver,
+            time_limit: args.time_limit,
+            seed: args.seed,
+        },
+    };
+    if let Err(e) = cfg.validate() {
+        eprintln!("sanlb: {e}");
+        return Ok(ExitCode::from(2));
+    }
+    let controller = Controller::new(cfg, Some(Store::new(&args.state)), std::time::Instant::now())
+        .with_context(|| format!("starting from {}", args.state.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        let server = Server::start(controller, token, listener)?;
+        crate::agent::shutdown_signal().await;
+        tracing::info!("stopping");
+        server.stop().await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

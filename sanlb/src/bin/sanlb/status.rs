@@ -1,0 +1,110 @@
+//! `sanlb status`.
+
+use std::{fmt::Write as _, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use sanlb::{
+    agent::Client,
+    counters::human_bytes,
+    proto::{Ownership, Status},
+};
+
+use crate::args::StatusArgs;
+
+pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let token = match &args.token_file {
+        Some(p) => crate::controller::read_token(p)?,
+        None => String::new(),
+    };
+    let client = Client::new(&args.controller, &token, Duration::from_secs(5))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let status = rt.block_on(client.status())?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", render(&args.controller, &status));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rate(r: f64) -> String {
+    format!("{}/s", human_bytes(r.max(0.0) as u64))
+}
+
+fn bar(fraction: f64, width: usize) -> String {
+    let full = ((fraction.clamp(0.0, 1.0)) * width as f64).round() as usize;
+    format!("{}{}", "█".repeat(full), "░".repeat(width - full))
+}
+
+/// `HH:MM:SS` (UTC) of a Unix time in ms.
+fn clock(at_ms: u64) -> String {
+    let s = at_ms / 1000 % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+fn render(url: &str, st: &Status) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "controller {url}  generation {}  mode {:?}  var_norm {:.4}  interval {} ms × {}  lease {} ms\n",
+        st.generation, st.mode, st.var_norm, st.interval_ms, st.window, st.lease_ms
+    );
+    let max_u = st.gateways.iter().map(|g| g.utilisation).fold(0.0, f64::max);
+    let _ = writeln!(o, "{:<16} {:<5} {:>5} {:>12} {:<20} {:>6} {:>7} {:>8}", "GATEWAY", "STATE", "CAP", "LOAD", "", "ROUTES", "APPLIED", "LAST");
+    for g in &st.gateways {
+        let routes = st.map.iter().filter(|m| m.ownership.assigned() == Some(g.name.as_str())).count();
+        let frac = if max_u > 0.0 { g.utilisation / max_u } else { 0.0 };
+        let last = g.last_report_ms.map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+        let _ = writeln!(
+            o,
+            "{:<16} {:<5} {:>5} {:>12} {} {:>6} {:>7} {:>8}",
+            g.name,
+            if g.alive { "up" } else { "DEAD" },
+            g.capacity,
+            rate(g.load),
+            bar(frac, 20),
+            routes,
+            g.applied,
+            last
+        );
+    }
+    let _ = writeln!(o, "\n{:<40} {:<24} {:<8} {:>7} {:>12}", "ROUTE", "OWNER", "STATE", "CHANGED", "RATE");
+    for m in &st.map {
+        let route = match m.host {
+            Some(h) => format!("{h}→{}", m.target),
+            None => m.target.to_string(),
+        };
+        let (owner, state) = match &m.ownership {
+            Ownership::Unowned => ("-".to_owned(), "unowned"),
+            Ownership::Owned { gateway } => (gateway.clone(), "owned"),
+            Ownership::Moving { from, to, .. } => (format!("{from}→{to}"), "moving"),
+        };
+        let _ = writeln!(o, "{route:<40} {owner:<24} {state:<8} {:>7} {:>12}", m.changed, rate(m.rate));
+    }
+    let _ = writeln!(o, "\nREBALANCES (newest last)");
+    let _ = writeln!(o, "{:<8} {:>5} {:<9} {:<10} {:>5} {:>17} {:>9}  WHY", "UTC", "GEN", "TRIGGER", "RESULT", "MOVES", "VAR_NORM", "SOLVE");
+    for r in st.rebalances.iter().rev().take(8).rev() {
+        let _ = writeln!(
+            o,
+            "{:<8} {:>5} {:<9} {:<10} {:>5} {:>17} {:>7.1}ms  {}",
+            clock(r.at_ms),
+            r.generation,
+            r.trigger,
+            if r.adopted { "adopted" } else { "kept" },
+            r.moves,
+            format!("{:.4}→{:.4}", r.var_norm_before, r.var_norm_after),
+            r.duration_ms,
+            r.reason
+        );
+    }
+    if !st.report_errors.is_empty() {
+        let _ = writeln!(o, "\nREFUSED REQUESTS");
+        for (reason, n) in &st.report_errors {
+            let _ = writeln!(o, "{reason:<24} {n}");
+        }
+    }
+    o
+}
