@@ -248,12 +248,13 @@ pub struct RebalanceRecord {
     pub adopted: bool,
     /// Why (adopted or not), for people.
     pub reason: String,
-    /// Cost of the map in force.
-    pub cost_before: f64,
+    /// Cost of the map in force (`None`: it had routes on dead gateways or
+    /// on none).
+    pub cost_before: Option<f64>,
     /// Cost of the proposed map.
     pub cost_after: f64,
     /// var_norm of the map in force.
-    pub var_norm_before: f64,
+    pub var_norm_before: Option<f64>,
     /// var_norm of the proposed map.
     pub var_norm_after: f64,
     /// Routes that change gateway.

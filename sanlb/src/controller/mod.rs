@@ -808,8 +808,7 @@ impl Controller {
             })
             .collect();
         let before = current.as_ref().and_then(|a| optimize::evaluate(p, a).ok());
-        let (cost_before, var_before) = before.as_ref().map_or((f64::INFINITY, f64::NAN), |e| (e.cost, e.var_norm));
-        let gain = cost_before - solution.cost;
+        let gain = before.as_ref().map_or(f64::INFINITY, |e| e.cost - solution.cost);
         let mut record = RebalanceRecord {
             at_ms: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -818,9 +817,9 @@ impl Controller {
             trigger: plan.trigger.label().into(),
             adopted: false,
             reason: String::new(),
-            cost_before,
+            cost_before: before.as_ref().map(|e| e.cost),
             cost_after: solution.cost,
-            var_norm_before: var_before,
+            var_norm_before: before.as_ref().map(|e| e.var_norm),
             var_norm_after: solution.var_norm,
             moves: solution.moves,
             duration_ms: solve_time.as_secs_f64() * 1000.0,
@@ -963,8 +962,75 @@ impl Controller {
 }
 
 /// Runs the solver on a plan and times it.
+///
+/// Two candidates, scored on the same objective against the map in force:
+/// the solver started from the map in force, and the solver from scratch
+/// (no current gateway) whose moves are then counted. A change-aware
+/// heuristic stays close to the map it starts from and can settle in a
+/// local optimum; the fresh start escapes it when the gain pays for the
+/// moves. Whichever costs less wins (the first on a tie).
 pub fn solve(plan: &Plan) -> Result<(Solution, Duration), optimize::OptimizeError> {
     let t = Instant::now();
-    let s = optimize::solve(&plan.problem, &plan.options)?;
-    Ok((s, t.elapsed()))
+    let near = optimize::solve(&plan.problem, &plan.options)?;
+    let mut fresh_problem = plan.problem.clone();
+    for r in &mut fresh_problem.routes {
+        r.current = None;
+    }
+    let mut fresh = optimize::solve(&fresh_problem, &plan.options)?;
+    relabel(&plan.problem, &mut fresh.assignment);
+    let scored = optimize::evaluate(&plan.problem, &fresh.assignment)?;
+    let best = if scored.cost < near.cost - 1e-12 {
+        Solution {
+            cost: scored.cost,
+            var_norm: scored.var_norm,
+            moves: scored.moves,
+            loads: scored.loads,
+            ..fresh
+        }
+    } else {
+        near
+    };
+    Ok((best, t.elapsed()))
+}
+
+/// Renames the gateways of a map made from scratch to keep as many routes
+/// as possible where they are: a map from scratch is only defined up to a
+/// permutation of gateways of equal capacity, and the permutation that
+/// overlaps most with the map in force moves least. Greedy matching by
+/// overlap (largest first); loads are only permuted among equal
+/// capacities, so var_norm does not change.
+fn relabel(p: &Problem, assignment: &mut [usize]) {
+    let k = p.gateways.len();
+    let index: HashMap<&str, usize> = p.gateways.iter().enumerate().map(|(i, g)| (g.name.as_str(), i)).collect();
+    let mut overlap = vec![0usize; k * k];
+    for (r, &b) in p.routes.iter().zip(assignment.iter()) {
+        if let Some(&g) = r.current.as_deref().and_then(|c| index.get(c)) {
+            overlap[b * k + g] += 1;
+        }
+    }
+    let same = |a: usize, b: usize| p.gateways[a].capacity.to_bits() == p.gateways[b].capacity.to_bits();
+    let mut pairs: Vec<(usize, usize, usize)> = (0..k)
+        .flat_map(|b| (0..k).map(move |g| (b, g)))
+        .filter(|&(b, g)| overlap[b * k + g] > 0 && same(b, g))
+        .map(|(b, g)| (overlap[b * k + g], b, g))
+        .collect();
+    pairs.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
+    let mut perm: Vec<Option<usize>> = vec![None; k];
+    let mut taken = vec![false; k];
+    for (_, b, g) in pairs {
+        if perm[b].is_none() && !taken[g] {
+            perm[b] = Some(g);
+            taken[g] = true;
+        }
+    }
+    for b in 0..k {
+        if perm[b].is_none() {
+            let g = (0..k).find(|&g| !taken[g] && same(b, g)).expect("a bin always has its own capacity class");
+            perm[b] = Some(g);
+            taken[g] = true;
+        }
+    }
+    for a in assignment.iter_mut() {
+        *a = perm[*a].expect("every bin is mapped");
+    }
 }

@@ -95,7 +95,7 @@ fn render(url: &str, st: &Status) -> String {
             r.trigger,
             if r.adopted { "adopted" } else { "kept" },
             r.moves,
-            format!("{:.4}→{:.4}", r.var_norm_before, r.var_norm_after),
+            format!("{}→{:.4}", r.var_norm_before.map_or("-".into(), |v| format!("{v:.4}")), r.var_norm_after),
             r.duration_ms,
             r.reason
         );
