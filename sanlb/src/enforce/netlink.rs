@@ -478,11 +478,16 @@ impl AddressOwner for NetlinkOwner {
     }
 
     async fn acquire(&self, addr: IpAddr) -> Result<(), EnforceError> {
-        validate_storage_addr(addr)?;
         let start = Instant::now();
-        let _serial = self.ops.lock().await;
         let iface = &self.cfg.iface;
-        match self.acquire_locked(addr).await {
+        let result = match validate_storage_addr(addr) {
+            Ok(()) => {
+                let _serial = self.ops.lock().await;
+                self.acquire_locked(addr).await
+            }
+            Err(refused) => Err(refused),
+        };
+        match result {
             Ok(added) => {
                 let took = start.elapsed();
                 self.counters.acquired(took);
@@ -505,11 +510,16 @@ impl AddressOwner for NetlinkOwner {
     }
 
     async fn release(&self, addr: IpAddr) -> Result<(), EnforceError> {
-        validate_storage_addr(addr)?;
         let start = Instant::now();
-        let _serial = self.ops.lock().await;
         let iface = &self.cfg.iface;
-        match self.release_locked(addr).await {
+        let result = match validate_storage_addr(addr) {
+            Ok(()) => {
+                let _serial = self.ops.lock().await;
+                self.release_locked(addr).await
+            }
+            Err(refused) => Err(refused),
+        };
+        match result {
             Ok(removed) => {
                 let took = start.elapsed();
                 if removed {
