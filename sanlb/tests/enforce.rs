@@ -293,13 +293,17 @@ fn move_between_gateways(v6: bool) {
     );
 }
 
-/// Lower bound on the spacing of announcement rounds (scheduling can only
-/// make the gaps longer).
+/// Lower bound on the spacing of announcement rounds: the sender's timer
+/// never fires early; the margin is for delivery jitter on the receiver.
 fn assert_spacing(stamps: &[Duration], interval: Duration) {
-    for w in stamps.windows(2) {
-        let gap = w[1].saturating_sub(w[0]);
+    let gaps: Vec<Duration> = stamps
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .collect();
+    eprintln!("announcement rounds arrived {gaps:?} apart");
+    for gap in gaps {
         assert!(
-            gap >= interval * 9 / 10,
+            gap >= interval * 8 / 10,
             "rounds {gap:?} apart, configured {interval:?}"
         );
     }
@@ -726,12 +730,17 @@ fn quiet_move(lab: &Lab, addrs: [IpAddr; 2], from: &NetlinkOwner, to: &NetlinkOw
     }
 }
 
-/// Checks `ip` reports the storage addresses the way operators will see them.
+/// `ip` shows the storage addresses as host prefixes; IPv6 ones are added
+/// without DAD, so they are never tentative even where DAD is on.
 #[test]
 #[ignore = "privileged: needs root, run by cargo xtask test"]
 fn operators_see_host_prefixes_on_the_nic() {
     let lab = Lab::new();
     let gw = &lab.gw2;
+    gw.sysctl(&[
+        "net.ipv6.conf.eth0.accept_dad=1",
+        "net.ipv6.conf.eth0.dad_transmits=3",
+    ]);
     let owner = owner_on(gw, OwnerConfig::new("eth0"));
     for addr in [IpAddr::from(STORAGE_V4), STORAGE_V6.into()] {
         gw.rt.block_on(owner.acquire(addr)).unwrap();

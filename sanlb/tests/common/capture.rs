@@ -64,6 +64,15 @@ impl Capture {
         if r != 0 {
             return Err(io::Error::last_os_error());
         }
+        // The first SIOCGSTAMPNS turns receive stamps on (it fails with
+        // ENOENT: nothing read yet). Without it now, frames that arrive
+        // before the first read would get the time they were read.
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: SIOCGSTAMPNS writes at most one timespec.
+        unsafe { libc::ioctl(fd.as_raw_fd(), SIOCGSTAMPNS, &raw mut ts) };
         let tv = libc::timeval {
             tv_sec: 0,
             tv_usec: 20_000,

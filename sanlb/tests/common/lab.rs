@@ -43,6 +43,11 @@ impl Node {
         ip(Some(&self.netns), args)
     }
 
+    /// `sysctl -w` in the node's namespace.
+    pub fn sysctl(&self, settings: &[&str]) {
+        sysctl(&self.netns, settings);
+    }
+
     /// The NIC's own addresses ("addr/len") as `ip` reports them.
     pub fn own_addrs(&self) -> Vec<String> {
         vec![format!("{}/24", self.v4), format!("{}/64", self.v6)]
