@@ -77,10 +77,10 @@ pub enum EnforceError {
         proto: u8,
     },
     /// The kernel accepted the address but dropped sanlb's marker (IFA_PROTO,
-    /// Linux 6.3 and later); the address was removed again.
+    /// Linux 5.18 and later); the address was removed again.
     #[error(
         "the kernel did not keep the address protocol of {addr} on {iface} (IFA_PROTO needs \
-         Linux 6.3 or later); the address was removed again"
+         Linux 5.18 or later); the address was removed again"
     )]
     MarkerUnsupported {
         /// The address.

@@ -1,13 +1,14 @@
 //! [`NetlinkOwner`]: storage addresses on one NIC, through rtnetlink.
 //!
 //! sanlb marks the addresses it adds with its own address protocol number
-//! (`IFA_PROTO`, Linux 6.3 and later; `ip addr` shows it as `proto 83`). The
-//! kernel keeps the marker with the address, so it survives an agent crash or
-//! restart with no state file to lose or get out of step, and every other
-//! address (the NIC's own, an operator's, another tool's) is recognisable as
-//! not sanlb's. On a kernel that drops the attribute, [`NetlinkOwner`] removes
-//! the address again and returns [`EnforceError::MarkerUnsupported`], so it
-//! never leaves an unmarked address behind.
+//! (`IFA_PROTO`, Linux 5.18 and later; iproute2 6.3 and later shows it as
+//! `proto 83`). The kernel keeps the marker with the address, so it survives
+//! an agent crash or restart with no state file to lose or get out of step,
+//! and every other address (the NIC's own, an operator's, another tool's) is
+//! recognisable as not sanlb's. On a kernel that drops the attribute,
+//! [`NetlinkOwner`] removes the address again and returns
+//! [`EnforceError::MarkerUnsupported`], so it never leaves an unmarked address
+//! behind.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -407,7 +408,7 @@ impl NetlinkOwner {
         Ok(added)
     }
 
-    /// Kernels before 6.3 ignore IFA_PROTO: an address added there would be
+    /// Kernels before 5.18 ignore IFA_PROTO: an address added there would be
     /// invisible to [`AddressOwner::owned`], so it is removed again.
     async fn check_marker(&self, link: &Link, addr: IpAddr) -> Result<(), EnforceError> {
         let now = self.configured().await?;
