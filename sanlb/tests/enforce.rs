@@ -147,6 +147,9 @@ fn move_between_gateways(v6: bool) {
         .rt
         .run(async { Capture::open("eth0") })
         .expect("capture on the host");
+    // The kernel turns receive stamps on in deferred work: give it time, or
+    // the first frames are stamped when read.
+    std::thread::sleep(Duration::from_millis(100));
 
     let acquired = Instant::now();
     lab.gw2.rt.block_on(o2.acquire(addr)).unwrap();
@@ -163,7 +166,7 @@ fn move_between_gateways(v6: bool) {
         neighbour(&lab.host, addr).map(|m| fmt_mac(&m)),
         fmt_mac(&lab.gw2.mac)
     );
-    let frames = capture.collect(interval * count + Duration::from_millis(300));
+    let frames = capture.collect(interval * count + Duration::from_secs(1));
 
     if v6 {
         let IpAddr::V6(target) = addr else {

@@ -66,7 +66,9 @@ impl Capture {
         }
         // The first SIOCGSTAMPNS turns receive stamps on (it fails with
         // ENOENT: nothing read yet). Without it now, frames that arrive
-        // before the first read would get the time they were read.
+        // before the first read would get the time they were read. The
+        // kernel switches stamping on in deferred work: wait a little before
+        // the frames that matter.
         let mut ts = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
