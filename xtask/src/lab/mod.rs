@@ -34,6 +34,7 @@
 //! # anyhow::Ok(())
 //! ```
 
+pub mod loadgen;
 pub mod netns;
 pub mod proc;
 pub mod tgtd;

@@ -187,6 +187,21 @@ impl Tgtd {
             "--params",
             &params,
         ])?;
+        // Writes of up to 256 KiB travel as immediate data in the command
+        // PDU, with no Data-Out PDUs. libiscsi 1.19 gives a NOP-Out that
+        // answers a target NOP-In the CmdSN of the head of its send queue;
+        // when that head is a Data-Out of a command the target already has,
+        // the CmdSN is below ExpCmdSN, libiscsi drops the connection and
+        // the reconnect waits up to 3 s (its reconnect throttle).
+        for (key, value) in [
+            ("MaxRecvDataSegmentLength", "262144"),
+            ("FirstBurstLength", "262144"),
+            ("MaxBurstLength", "262144"),
+        ] {
+            self.tgtadm(&[
+                "--op", "update", "--mode", "target", "--tid", &tid, "-n", key, "-v", value,
+            ])?;
+        }
         self.tgtadm(&[
             "--op", "bind", "--mode", "target", "--tid", &tid, "-I", "ALL",
         ])?;
