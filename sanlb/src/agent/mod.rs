@@ -6,10 +6,10 @@
 //! are held ([`AddressOwner`]: rtnetlink on a gateway, in memory in tests).
 //!
 //! Rules it keeps:
-//! - **reconcile**: every share it accepts is applied as an exact set:
-//!   addresses it holds but the share lacks are released first, then the
-//!   missing ones acquired. It only ever sees the addresses the owner
-//!   manages ([`AddressOwner::owned`]), so it never touches others;
+//! - **reconcile**: every share it accepts is applied as an exact set with
+//!   [`reconcile`]: addresses it holds but the share lacks are released
+//!   first, then the missing ones acquired. It only ever sees the addresses
+//!   the owner manages ([`AddressOwner::owned`]), so it never touches others;
 //! - **acknowledge**: after applying a share completely it reports at once
 //!   with `applied` = that generation, which is what lets the controller
 //!   hand a released address to its new owner (break-before-make);
@@ -27,10 +27,11 @@ use std::{
 };
 
 pub use client::{Client, ClientError};
+use tracing::Instrument as _;
 
 use crate::{
     dataplane::{Dataplane, DataplaneError, PinnedMaps, Snapshot},
-    enforce::AddressOwner,
+    enforce::{AddressOwner, reconcile},
     proto::{EnforceCounters, Flow, MAX_FLOWS_PER_REPORT, Report, Share},
 };
 
@@ -216,45 +217,33 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
             return false;
         };
         let want: BTreeSet<IpAddr> = addresses.iter().copied().collect();
-        let have = match self.owner.owned().await {
-            Ok(h) => h,
+        let generation = share.generation;
+        let started = Instant::now();
+        // The owner logs every acquire and release with its timing; the span
+        // adds the generation they belong to.
+        let span = tracing::info_span!("share", generation);
+        let report = match reconcile(&self.owner, &want).instrument(span).await {
+            Ok(r) => r,
             Err(e) => {
-                tracing::warn!(error = %crate::dataplane::error_chain(&e), "listing owned addresses failed: share not applied");
+                tracing::error!(generation, error = %crate::dataplane::error_chain(&e), "share not applied");
                 self.enforce.failed += 1;
                 return false;
             }
         };
-        let generation = share.generation;
-        let mut complete = true;
-        for &addr in have.difference(&want) {
-            let t = Instant::now();
-            match self.owner.release(addr).await {
-                Ok(()) => {
-                    self.enforce.released += 1;
-                    tracing::info!(%addr, generation, ms = t.elapsed().as_secs_f64() * 1000.0, "released");
-                }
-                Err(e) => {
-                    self.enforce.failed += 1;
-                    complete = false;
-                    tracing::error!(%addr, generation, error = %crate::dataplane::error_chain(&e), "release failed");
-                }
-            }
+        self.enforce.released += report.released.len() as u64;
+        self.enforce.acquired += report.acquired.len() as u64;
+        self.enforce.failed += report.failed.len() as u64;
+        if !report.released.is_empty() || !report.acquired.is_empty() || !report.failed.is_empty() {
+            tracing::info!(
+                generation,
+                released = ?report.released,
+                acquired = ?report.acquired,
+                failed = report.failed.len(),
+                ms = started.elapsed().as_secs_f64() * 1000.0,
+                "applied share"
+            );
         }
-        for &addr in want.difference(&have) {
-            let t = Instant::now();
-            match self.owner.acquire(addr).await {
-                Ok(()) => {
-                    self.enforce.acquired += 1;
-                    tracing::info!(%addr, generation, ms = t.elapsed().as_secs_f64() * 1000.0, "acquired");
-                }
-                Err(e) => {
-                    self.enforce.failed += 1;
-                    complete = false;
-                    tracing::error!(%addr, generation, error = %crate::dataplane::error_chain(&e), "acquire failed");
-                }
-            }
-        }
-        if complete && generation > self.applied {
+        if report.is_complete() && generation > self.applied {
             self.applied = generation;
             return true;
         }

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use sanlb::{
     agent::{Agent, AgentConfig, Client},
     dataplane::{Dataplane, DataplaneConfig},
-    enforce::{AddressOwner, EnforceError},
+    enforce::{NetlinkOwner, OwnerConfig},
 };
 
 use crate::args::AgentArgs;
@@ -17,6 +17,10 @@ const LONG_POLL: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     // Everything that can fail on input is checked before attaching.
     let controller = match &args.controller {
         Some(url) => {
@@ -25,7 +29,15 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             if !args.capacity.is_finite() || args.capacity <= 0.0 {
                 anyhow::bail!("--capacity must be a finite number > 0, not {}", args.capacity);
             }
-            Some((client, address_owner(&args)?))
+            // The owner's sockets and tasks live on this runtime.
+            let _rt = rt.enter();
+            let owner = NetlinkOwner::new(OwnerConfig {
+                garp_count: args.garp_count,
+                garp_interval: args.garp_interval,
+                ..OwnerConfig::new(&args.dp.iface)
+            })
+            .with_context(|| format!("managing storage addresses on {}", args.dp.iface))?;
+            Some((client, owner))
         }
         None => None,
     };
@@ -44,10 +56,6 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         ports = ?cfg.ports,
         "counting iSCSI traffic (XDP ingress, TC egress)"
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
     let dp = match controller {
         None => {
             rt.block_on(shutdown_signal());
@@ -64,43 +72,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             };
             let mut agent = Agent::new(agent_cfg, client, dp, owner);
             rt.block_on(agent.run(shutdown_signal()));
+            // Fail-static: the addresses stay on the NIC for the next run.
             agent.into_counters()
         }
     };
     tracing::info!(iface = dp.iface(), keep_pins = args.keep_pins, "detaching");
     dp.detach(args.keep_pins);
     Ok(ExitCode::SUCCESS)
-}
-
-/// The address owner of this gateway: where enforcement is wired in.
-///
-/// `sanlb::enforce` has no rtnetlink implementation in this build yet, so an
-/// agent with `--controller` refuses to start rather than report addresses
-/// it cannot move. When `NetlinkOwner` lands, the body becomes
-/// `Ok(NetlinkOwner::new(OwnerConfig { iface: args.dp.iface.clone(),
-/// garp_count: args.garp_count, garp_interval: args.garp_interval })?)`
-/// and the return type `anyhow::Result<NetlinkOwner>`.
-fn address_owner(args: &AgentArgs) -> anyhow::Result<NoOwner> {
-    let _ = (args.garp_count, args.garp_interval);
-    anyhow::bail!(
-        "--controller needs address enforcement on {} (sanlb::enforce::NetlinkOwner), which this build does not have yet",
-        args.dp.iface
-    )
-}
-
-/// No owner can exist: stands for the rtnetlink owner until it lands.
-enum NoOwner {}
-
-impl AddressOwner for NoOwner {
-    async fn owned(&self) -> Result<std::collections::BTreeSet<std::net::IpAddr>, EnforceError> {
-        match *self {}
-    }
-    async fn acquire(&self, _: std::net::IpAddr) -> Result<(), EnforceError> {
-        match *self {}
-    }
-    async fn release(&self, _: std::net::IpAddr) -> Result<(), EnforceError> {
-        match *self {}
-    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -75,7 +75,7 @@ pub struct AgentArgs {
     #[arg(long, value_parser = duration, default_value = "1s")]
     pub interval: Duration,
     /// Gratuitous ARP / unsolicited NA messages sent on acquiring an address.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = sanlb::enforce::DEFAULT_GARP_COUNT)]
     pub garp_count: u32,
     /// Time between those messages.
     #[arg(long, value_parser = duration, default_value = "200ms")]
