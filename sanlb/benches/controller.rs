@@ -1,1 +1,201 @@
-fn main() {}
+//! The controller at 1,000 gateways × 1,000 routes.
+//!
+//! - `controller/loopback_ingest`: reports over real HTTP on loopback from
+//!   8 concurrent clients, each report 1,000 flows; prints reports/s and the
+//!   p50/p99 latency seen by the clients (client and server share the CPUs).
+//! - `controller/ingest_1000_flows` (criterion): one report through
+//!   `Controller::ingest`, no HTTP.
+//! - `controller/rebalance_1000x1000` (criterion): plan + solve of the map.
+
+use std::{
+    hint::black_box,
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use criterion::{Criterion, Throughput};
+use sanlb::{
+    agent::Client,
+    controller::{Config, Controller, Trigger, server::Server, solve},
+    optimize::{Options, Solver},
+    proto::{EnforceCounters, Flow, Mode, Report},
+};
+
+const GATEWAYS: usize = 1000;
+const ROUTES: usize = 1000;
+const TOKEN: &str = "bench-token";
+
+fn target(i: usize) -> IpAddr {
+    IpAddr::from([198, 18, 4 + (i / 250) as u8, (i % 250) as u8 + 1])
+}
+
+fn host(i: usize) -> IpAddr {
+    IpAddr::from([198, 18, (i / 250) as u8, (i % 250) as u8 + 1])
+}
+
+fn config() -> Config {
+    Config {
+        // Timers out of the way: only ingest is measured.
+        interval: Duration::from_secs(3600),
+        window: 6,
+        w_var: 1.0,
+        w_change: 0.01,
+        min_gain: 0.02,
+        lease: Duration::from_secs(3600),
+        mode: Mode::Target,
+        storage: vec!["198.18.0.0/15".parse().unwrap()],
+        targets: vec![],
+        traffic: None,
+        traffic_replace: false,
+        solver: Options {
+            solver: Solver::Auto,
+            time_limit: Duration::from_secs(10),
+            seed: 1,
+        },
+    }
+}
+
+/// Report `seq` of gateway `g`: 1,000 flows (one per route, from one host
+/// per gateway), skewed rates, cumulative counters.
+fn report(g: usize, seq: u64) -> Report {
+    Report {
+        gateway: format!("gw{g:04}"),
+        boot_id: format!("boot-{g}"),
+        seq,
+        uptime_ms: seq * 1000,
+        capacity: 1.0,
+        applied: 0,
+        owned: if seq == 0 && g < ROUTES { vec![target(g)] } else { vec![] },
+        enforce: EnforceCounters::default(),
+        flows: (0..ROUTES)
+            .map(|r| {
+                let rate = 1000 + (r as u64 * 7919 + g as u64 * 104_729) % 100_000;
+                Flow {
+                    initiator: host(g),
+                    target: target(r),
+                    to_target_bytes: rate * seq,
+                    to_initiator_bytes: rate * seq / 2,
+                }
+            })
+            .collect(),
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn loopback_ingest() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let c = Controller::new(config(), None, Instant::now()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = Server::start(c, TOKEN.into(), listener).unwrap();
+        let url = format!("http://{}", server.addr());
+        let rounds = 3u64;
+        let mut all = Vec::new();
+        let mut wall = Duration::ZERO;
+        for seq in 0..rounds {
+            let next = Arc::new(AtomicUsize::new(0));
+            let t = Instant::now();
+            let tasks: Vec<_> = (0..8)
+                .map(|_| {
+                    let next = next.clone();
+                    let client = Client::new(&url, TOKEN, Duration::from_secs(30)).unwrap();
+                    tokio::spawn(async move {
+                        let mut lat = Vec::new();
+                        loop {
+                            let g = next.fetch_add(1, Ordering::Relaxed);
+                            if g >= GATEWAYS {
+                                return lat;
+                            }
+                            let r = report(g, seq);
+                            let t = Instant::now();
+                            client.report(&r).await.expect("report accepted");
+                            lat.push(t.elapsed());
+                        }
+                    })
+                })
+                .collect();
+            let mut lat = Vec::new();
+            for t in tasks {
+                lat.extend(t.await.unwrap());
+            }
+            // Round 0 is the baselines; rounds 1.. count deltas.
+            if seq > 0 {
+                wall += t.elapsed();
+                all.extend(lat);
+            }
+        }
+        all.sort();
+        println!(
+            "controller/loopback_ingest: {GATEWAYS} gateways × {ROUTES} flows/report, 8 clients: {:.0} reports/s, latency p50 {:.2} ms, p99 {:.2} ms ({} reports)",
+            all.len() as f64 / wall.as_secs_f64(),
+            percentile(&all, 0.50).as_secs_f64() * 1000.0,
+            percentile(&all, 0.99).as_secs_f64() * 1000.0,
+            all.len()
+        );
+        server.stop().await;
+    });
+}
+
+/// A controller that has heard from every gateway twice and closed an
+/// interval: ready to rebalance 1,000 routes over 1,000 gateways.
+fn loaded() -> Controller {
+    let mut cfg = config();
+    cfg.lease = Duration::from_millis(1);
+    let t0 = Instant::now();
+    let mut c = Controller::new(cfg, None, t0).unwrap();
+    for seq in 0..2 {
+        for g in 0..GATEWAYS {
+            c.ingest(&report(g, seq), t0).unwrap();
+        }
+    }
+    c.close_interval();
+    // Past the grace, every gateway heard from "now".
+    c.expire(t0 + Duration::from_millis(1));
+    for g in 0..GATEWAYS {
+        c.ingest(&report(g, 2), t0 + Duration::from_millis(1)).unwrap();
+    }
+    c
+}
+
+fn benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("controller");
+    group.sample_size(10);
+    let mut ctl = loaded();
+    let mut seq = 3;
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("ingest_1000_flows", |b| {
+        b.iter_custom(|iters| {
+            let rs: Vec<Report> = (0..iters).map(|i| report(i as usize % GATEWAYS, seq + i / GATEWAYS as u64)).collect();
+            seq += iters / GATEWAYS as u64 + 1;
+            let now = Instant::now();
+            let t = Instant::now();
+            for r in &rs {
+                black_box(ctl.ingest(r, now).unwrap());
+            }
+            t.elapsed()
+        })
+    });
+    let ctl = loaded();
+    let plan = ctl.plan(Trigger::Failover).expect("a plan");
+    assert_eq!((plan.problem.gateways.len(), plan.problem.routes.len()), (GATEWAYS, ROUTES));
+    group.throughput(Throughput::Elements(ROUTES as u64));
+    group.bench_function("rebalance_1000x1000", |b| b.iter(|| black_box(solve(&plan).unwrap())));
+    group.finish();
+}
+
+fn main() {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    if filter.as_deref().is_none_or(|f| "controller/loopback_ingest".contains(f)) {
+        loopback_ingest();
+    }
+    let mut c = Criterion::default().configure_from_args();
+    benches(&mut c);
+    c.final_summary();
+}

@@ -57,7 +57,8 @@ impl Lab {
     }
 
     /// Waits for a balanced map with every address held once, then for the
-    /// window to forget the convergence (three quiet intervals).
+    /// controller to stop improving it (six intervals without a move: three
+    /// fresh windows).
     async fn converge(&self, alive: &[&str]) {
         let end = std::time::Instant::now() + Duration::from_secs(40);
         loop {
@@ -77,12 +78,12 @@ impl Lab {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let mut quiet_since = (self.moves(), std::time::Instant::now());
-        eventually(Duration::from_secs(20), "three intervals without moves", || {
+        eventually(Duration::from_secs(30), "six intervals without moves", || {
             let m = self.moves();
             if m != quiet_since.0 {
                 quiet_since = (m, std::time::Instant::now());
             }
-            quiet_since.1.elapsed() > Duration::from_millis(900)
+            quiet_since.1.elapsed() > Duration::from_millis(1800)
         })
         .await;
     }

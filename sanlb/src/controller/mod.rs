@@ -255,6 +255,10 @@ pub struct Controller {
     history: VecDeque<RebalanceRecord>,
     started: Instant,
     ready: bool,
+    /// Intervals closed since the last adopted map: rates measured while
+    /// routes move (one is briefly held by nobody) are not representative,
+    /// so the next periodic rebalance waits for a fresh window.
+    settled: usize,
     counters: Counters,
     store: Option<Store>,
     /// Generation changed and not yet persisted.
@@ -281,6 +285,7 @@ impl Controller {
             history: VecDeque::new(),
             started: now,
             ready: false,
+            settled: 0,
             counters: Counters::default(),
             store: None,
             dirty: false,
@@ -714,6 +719,7 @@ impl Controller {
     pub fn close_interval(&mut self) {
         let gws = &self.gateways;
         self.stats.close_interval(|n| gws.get(n).is_some_and(|g| g.alive));
+        self.settled = self.settled.saturating_add(1);
         if let Some(store) = &self.store
             && !self.dirty
             && let Err(e) = store.save(&self.saved())
@@ -748,13 +754,14 @@ impl Controller {
     }
 
     /// The problem for a rebalance, or `None` when there is nothing to do:
-    /// grace not over, no alive gateway, no route, or (periodic) moves still
-    /// in flight.
+    /// grace not over, no alive gateway, no route, or (periodic only) moves
+    /// still in flight or fewer than `window` intervals since the last
+    /// adopted map.
     pub fn plan(&self, trigger: Trigger) -> Option<Plan> {
         if !self.ready || self.routes.is_empty() || !self.gateways.values().any(|g| g.alive) {
             return None;
         }
-        if trigger == Trigger::Interval && self.moves_in_flight() > 0 {
+        if trigger == Trigger::Interval && (self.moves_in_flight() > 0 || self.settled < self.cfg.window) {
             return None;
         }
         let rates = self.rates();
@@ -869,6 +876,7 @@ impl Controller {
 
     fn apply(&mut self, plan: &Plan, solution: &Solution, now: Instant) {
         let g = self.bump();
+        self.settled = 0;
         let alive: BTreeSet<String> = self
             .gateways
             .iter()
