@@ -69,7 +69,11 @@ fn report(g: usize, seq: u64) -> Report {
         uptime_ms: seq * 1000,
         capacity: 1.0,
         applied: 0,
-        owned: if seq == 0 && g < ROUTES { vec![target(g)] } else { vec![] },
+        owned: if seq == 0 && g < ROUTES {
+            vec![target(g)]
+        } else {
+            vec![]
+        },
         enforce: EnforceCounters::default(),
         flows: (0..ROUTES)
             .map(|r| {
@@ -90,7 +94,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn loopback_ingest() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let c = Controller::new(config(), None, Instant::now()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -159,7 +167,8 @@ fn loaded() -> Controller {
     // Past the grace, every gateway heard from "now".
     c.expire(t0 + Duration::from_millis(1));
     for g in 0..GATEWAYS {
-        c.ingest(&report(g, 2), t0 + Duration::from_millis(1)).unwrap();
+        c.ingest(&report(g, 2), t0 + Duration::from_millis(1))
+            .unwrap();
     }
     c
 }
@@ -172,7 +181,9 @@ fn benches(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("ingest_1000_flows", |b| {
         b.iter_custom(|iters| {
-            let rs: Vec<Report> = (0..iters).map(|i| report(i as usize % GATEWAYS, seq + i / GATEWAYS as u64)).collect();
+            let rs: Vec<Report> = (0..iters)
+                .map(|i| report(i as usize % GATEWAYS, seq + i / GATEWAYS as u64))
+                .collect();
             seq += iters / GATEWAYS as u64 + 1;
             let now = Instant::now();
             let t = Instant::now();
@@ -184,15 +195,23 @@ fn benches(c: &mut Criterion) {
     });
     let ctl = loaded();
     let plan = ctl.plan(Trigger::Failover).expect("a plan");
-    assert_eq!((plan.problem.gateways.len(), plan.problem.routes.len()), (GATEWAYS, ROUTES));
+    assert_eq!(
+        (plan.problem.gateways.len(), plan.problem.routes.len()),
+        (GATEWAYS, ROUTES)
+    );
     group.throughput(Throughput::Elements(ROUTES as u64));
-    group.bench_function("rebalance_1000x1000", |b| b.iter(|| black_box(solve(&plan).unwrap())));
+    group.bench_function("rebalance_1000x1000", |b| {
+        b.iter(|| black_box(solve(&plan).unwrap()))
+    });
     group.finish();
 }
 
 fn main() {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    if filter.as_deref().is_none_or(|f| "controller/loopback_ingest".contains(f)) {
+    if filter
+        .as_deref()
+        .is_none_or(|f| "controller/loopback_ingest".contains(f))
+    {
         loopback_ingest();
     }
     let mut c = Criterion::default().configure_from_args();

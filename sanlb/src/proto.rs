@@ -119,8 +119,7 @@ pub struct Share {
 }
 
 /// Unit of assignment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[derive(clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// A storage entity (its address): what address ownership enforces.
@@ -128,6 +127,15 @@ pub enum Mode {
     Target,
     /// A (host, target) pair: computed and published, not enforced.
     Pair,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Target => "target",
+            Self::Pair => "pair",
+        })
+    }
 }
 
 /// An error reply.

@@ -159,7 +159,10 @@ impl Stats {
         let mut cum = HashMap::with_capacity(r.flows.len());
         for f in &r.flows {
             let key = (f.initiator, f.target);
-            if cum.insert(key, [f.to_target_bytes, f.to_initiator_bytes]).is_some() {
+            if cum
+                .insert(key, [f.to_target_bytes, f.to_initiator_bytes])
+                .is_some()
+            {
                 return Err(StatsError::DuplicateFlow {
                     initiator: f.initiator,
                     target: f.target,
@@ -196,7 +199,10 @@ impl Stats {
         for (key, now) in &cum {
             let before = src.cum.get(key).copied().unwrap_or([0, 0]);
             let mut sum = 0u64;
-            for (i, field) in ["to_target_bytes", "to_initiator_bytes"].into_iter().enumerate() {
+            for (i, field) in ["to_target_bytes", "to_initiator_bytes"]
+                .into_iter()
+                .enumerate()
+            {
                 let delta = counter_delta(before[i], now[i]);
                 if delta as f64 > limit {
                     return Err(StatsError::Absurd {
@@ -291,7 +297,7 @@ impl Stats {
             .iter()
             .map(|s| {
                 let mut v: Vec<_> = s.iter().map(|(k, r)| (k.0, k.1, *r)).collect();
-                v.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+                v.sort_by_key(|x| (x.0, x.1));
                 v
             })
             .collect()
@@ -369,9 +375,12 @@ pub fn parse_traffic_csv(text: &str) -> Result<TrafficMatrix, StatsError> {
     let mut targets = Vec::new();
     for (col, cell) in header.split(',').enumerate().skip(1) {
         let cell = cell.trim();
-        let t: IpAddr = cell
-            .parse()
-            .map_err(|_| err(hline, format!("column {}: {cell:?} is not a target address", col + 1)))?;
+        let t: IpAddr = cell.parse().map_err(|_| {
+            err(
+                hline,
+                format!("column {}: {cell:?} is not a target address", col + 1),
+            )
+        })?;
         if targets.contains(&t) {
             return Err(err(hline, format!("column {}: target {t} twice", col + 1)));
         }
@@ -387,7 +396,11 @@ pub fn parse_traffic_csv(text: &str) -> Result<TrafficMatrix, StatsError> {
         if fields.len() != targets.len() + 1 {
             return Err(err(
                 line,
-                format!("{} cells, expected {} (a host and one per target)", fields.len(), targets.len() + 1),
+                format!(
+                    "{} cells, expected {} (a host and one per target)",
+                    fields.len(),
+                    targets.len() + 1
+                ),
             ));
         }
         let h: IpAddr = fields[0]
@@ -402,7 +415,10 @@ pub fn parse_traffic_csv(text: &str) -> Result<TrafficMatrix, StatsError> {
                 .parse()
                 .map_err(|_| err(line, format!("{h}→{t}: {cell:?} is not a number")))?;
             if !b.is_finite() || b < 0.0 {
-                return Err(err(line, format!("{h}→{t}: {b} is not a finite number ≥ 0")));
+                return Err(err(
+                    line,
+                    format!("{h}→{t}: {b} is not a finite number ≥ 0"),
+                ));
             }
             cells.push((h, *t, b));
         }
@@ -447,9 +463,18 @@ mod tests {
     #[test]
     fn deltas_over_agent_time() {
         let mut s = Stats::new(1);
-        assert_eq!(s.ingest(&report("a", 0, 1000, 100, 0)).unwrap(), Ingest::Baseline);
-        assert_eq!(s.ingest(&report("a", 1, 2000, 600, 500)).unwrap(), Ingest::Counted);
-        assert_eq!(s.ingest(&report("a", 2, 3000, 1100, 1000)).unwrap(), Ingest::Counted);
+        assert_eq!(
+            s.ingest(&report("a", 0, 1000, 100, 0)).unwrap(),
+            Ingest::Baseline
+        );
+        assert_eq!(
+            s.ingest(&report("a", 1, 2000, 600, 500)).unwrap(),
+            Ingest::Counted
+        );
+        assert_eq!(
+            s.ingest(&report("a", 2, 3000, 1100, 1000)).unwrap(),
+            Ingest::Counted
+        );
         s.close_interval(|_| true);
         // 2000 bytes over 2 s.
         assert_eq!(rate(&s), 1000.0);
@@ -460,8 +485,14 @@ mod tests {
         let mut s = Stats::new(1);
         s.ingest(&report("a", 0, 0, 0, 0)).unwrap();
         s.ingest(&report("a", 2, 2000, 2000, 0)).unwrap();
-        assert_eq!(s.ingest(&report("a", 2, 2000, 2000, 0)).unwrap(), Ingest::Stale);
-        assert_eq!(s.ingest(&report("a", 1, 1000, 1000, 0)).unwrap(), Ingest::Stale);
+        assert_eq!(
+            s.ingest(&report("a", 2, 2000, 2000, 0)).unwrap(),
+            Ingest::Stale
+        );
+        assert_eq!(
+            s.ingest(&report("a", 1, 1000, 1000, 0)).unwrap(),
+            Ingest::Stale
+        );
         s.close_interval(|_| true);
         assert_eq!(rate(&s), 1000.0);
     }
@@ -474,14 +505,24 @@ mod tests {
         s.close_interval(|_| true);
         assert_eq!(rate(&s), 5000.0);
         // New boot with counters back near zero: no negative, no spike.
-        assert_eq!(s.ingest(&report("b", 0, 10, 10, 0)).unwrap(), Ingest::Baseline);
+        assert_eq!(
+            s.ingest(&report("b", 0, 10, 10, 0)).unwrap(),
+            Ingest::Baseline
+        );
         s.close_interval(|_| true);
-        assert_eq!(rate(&s), 5000.0, "the previous rate carries over the baseline interval");
+        assert_eq!(
+            rate(&s),
+            5000.0,
+            "the previous rate carries over the baseline interval"
+        );
         s.ingest(&report("b", 1, 1010, 4010, 0)).unwrap();
         s.close_interval(|_| true);
         assert_eq!(rate(&s), 4000.0);
         // A late report of the old boot changes nothing.
-        assert_eq!(s.ingest(&report("a", 7, 9000, 1 << 40, 0)).unwrap(), Ingest::Stale);
+        assert_eq!(
+            s.ingest(&report("a", 7, 9000, 1 << 40, 0)).unwrap(),
+            Ingest::Stale
+        );
     }
 
     #[test]
@@ -501,7 +542,16 @@ mod tests {
         let mut s = Stats::new(1);
         s.ingest(&report("a", 0, 0, 0, 0)).unwrap();
         let e = s.ingest(&report("a", 1, 1000, 1 << 50, 0)).unwrap_err();
-        assert!(matches!(e, StatsError::Absurd { field: "to_target_bytes", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                StatsError::Absurd {
+                    field: "to_target_bytes",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         // The baseline is intact: the next sane report counts from it.
         s.ingest(&report("a", 2, 2000, 4000, 0)).unwrap();
         s.close_interval(|_| true);
@@ -517,7 +567,8 @@ mod tests {
         let mut total = 0;
         for (i, r) in [300u64, 600, 900, 0].into_iter().enumerate() {
             total += r;
-            s.ingest(&report("a", i as u64 + 1, (i as u64 + 1) * 1000, total, 0)).unwrap();
+            s.ingest(&report("a", i as u64 + 1, (i as u64 + 1) * 1000, total, 0))
+                .unwrap();
             s.close_interval(|_| true);
         }
         assert_eq!(rate(&s), 500.0); // (600 + 900 + 0) / 3
@@ -528,15 +579,30 @@ mod tests {
 
     #[test]
     fn matrix_csv() {
-        let m = parse_traffic_csv("host,198.18.1.1,198.18.1.2\n# c\n198.18.0.1, 10, 0\n198.18.0.2,5,7.5\n").unwrap();
+        let m = parse_traffic_csv(
+            "host,198.18.1.1,198.18.1.2\n# c\n198.18.0.1, 10, 0\n198.18.0.2,5,7.5\n",
+        )
+        .unwrap();
         assert_eq!(m.cells.len(), 4);
-        assert_eq!(m.targets(), vec![IpAddr::from([198, 18, 1, 1]), IpAddr::from([198, 18, 1, 2])]);
+        assert_eq!(
+            m.targets(),
+            vec![IpAddr::from([198, 18, 1, 1]), IpAddr::from([198, 18, 1, 2])]
+        );
         let r = m.rates(5.0);
-        assert_eq!(r[&(IpAddr::from([198, 18, 0, 2]), IpAddr::from([198, 18, 1, 2]))], 1.5);
+        assert_eq!(
+            r[&(IpAddr::from([198, 18, 0, 2]), IpAddr::from([198, 18, 1, 2]))],
+            1.5
+        );
         let e = parse_traffic_csv("x,198.18.1.1\n198.18.0.1,-3\n").unwrap_err();
-        assert_eq!(e.to_string(), "traffic matrix line 2: 198.18.0.1→198.18.1.1: -3 is not a finite number ≥ 0");
+        assert_eq!(
+            e.to_string(),
+            "traffic matrix line 2: 198.18.0.1→198.18.1.1: -3 is not a finite number ≥ 0"
+        );
         let e = parse_traffic_csv("x,198.18.1.1\n198.18.0.1,1,2\n").unwrap_err();
-        assert!(e.to_string().starts_with("traffic matrix line 2: 3 cells"), "{e}");
+        assert!(
+            e.to_string().starts_with("traffic matrix line 2: 3 cells"),
+            "{e}"
+        );
         assert!(parse_traffic_csv("x,nope\n").is_err());
     }
 }

@@ -29,8 +29,17 @@ fn cfg() -> AgentConfig {
 
 /// A controller address nothing listens on.
 fn dead_client() -> Client {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    Client::new(&format!("http://127.0.0.1:{port}"), TOKEN, Duration::from_millis(200)).unwrap()
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    Client::new(
+        &format!("http://127.0.0.1:{port}"),
+        TOKEN,
+        Duration::from_millis(200),
+    )
+    .unwrap()
 }
 
 fn share(generation: u64, addrs: Option<&[u8]>) -> Share {
@@ -78,8 +87,14 @@ async fn a_share_is_applied_as_an_exact_set_releases_first() {
     owner.held.lock().unwrap().extend([target(1), target(2)]);
     let mut agent = Agent::new(cfg(), dead_client(), NoCounters, owner.clone());
     assert!(agent.apply(&share(4, Some(&[2, 3]))).await);
-    assert_eq!(*owner.held.lock().unwrap(), BTreeSet::from([target(2), target(3)]));
-    assert_eq!(*owner.ops.lock().unwrap(), vec!["-198.18.1.1", "+198.18.1.3"]);
+    assert_eq!(
+        *owner.held.lock().unwrap(),
+        BTreeSet::from([target(2), target(3)])
+    );
+    assert_eq!(
+        *owner.ops.lock().unwrap(),
+        vec!["-198.18.1.1", "+198.18.1.3"]
+    );
     assert_eq!(agent.applied(), 4);
     // The same generation again changes nothing and acknowledges nothing new.
     assert!(!agent.apply(&share(4, Some(&[2, 3]))).await);
@@ -91,7 +106,10 @@ async fn older_shares_and_shares_without_addresses_change_nothing() {
     let owner = Recorder::default();
     let mut agent = Agent::new(cfg(), dead_client(), NoCounters, owner.clone());
     assert!(agent.apply(&share(7, Some(&[1]))).await);
-    assert!(!agent.apply(&share(6, Some(&[2]))).await, "older generation applied");
+    assert!(
+        !agent.apply(&share(6, Some(&[2]))).await,
+        "older generation applied"
+    );
     assert!(!agent.apply(&share(9, None)).await);
     assert_eq!(*owner.held.lock().unwrap(), BTreeSet::from([target(1)]));
     assert_eq!(agent.applied(), 7);
@@ -105,7 +123,11 @@ async fn a_failed_release_is_not_acknowledged() {
     world.set_failing("gw1", true);
     let mut agent = Agent::new(cfg(), dead_client(), world.counters("gw1"), owner);
     assert!(!agent.apply(&share(3, Some(&[]))).await);
-    assert_eq!(agent.applied(), 0, "acknowledged a generation it did not apply");
+    assert_eq!(
+        agent.applied(),
+        0,
+        "acknowledged a generation it did not apply"
+    );
     assert!(world.held("gw1").contains(&target(1)));
     world.set_failing("gw1", false);
     assert!(agent.apply(&share(3, Some(&[]))).await);
@@ -128,7 +150,12 @@ async fn without_a_controller_the_agent_keeps_what_it_holds_and_keeps_counting()
     let owner = Recorder::default();
     owner.held.lock().unwrap().extend([target(1), target(2)]);
     let reads = Arc::new(Mutex::new(0));
-    let mut agent = Agent::new(cfg(), dead_client(), CountingReads(reads.clone()), owner.clone());
+    let mut agent = Agent::new(
+        cfg(),
+        dead_client(),
+        CountingReads(reads.clone()),
+        owner.clone(),
+    );
     assert!(matches!(agent.cycle().await, Err(AgentError::Client(_))));
     // Run the loop for a while against nothing.
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
@@ -143,8 +170,19 @@ async fn without_a_controller_the_agent_keeps_what_it_holds_and_keeps_counting()
     tokio::time::sleep(Duration::from_millis(600)).await;
     stop.send(()).unwrap();
     let agent = run.await.unwrap();
-    assert!(*reads.lock().unwrap() >= 5, "stopped counting: {} reads", reads.lock().unwrap());
-    assert!(owner.ops.lock().unwrap().is_empty(), "changed addresses: {:?}", owner.ops.lock().unwrap());
-    assert_eq!(*owner.held.lock().unwrap(), BTreeSet::from([target(1), target(2)]));
+    assert!(
+        *reads.lock().unwrap() >= 5,
+        "stopped counting: {} reads",
+        reads.lock().unwrap()
+    );
+    assert!(
+        owner.ops.lock().unwrap().is_empty(),
+        "changed addresses: {:?}",
+        owner.ops.lock().unwrap()
+    );
+    assert_eq!(
+        *owner.held.lock().unwrap(),
+        BTreeSet::from([target(1), target(2)])
+    );
     assert_eq!(agent.applied(), 0);
 }

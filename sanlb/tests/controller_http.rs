@@ -52,7 +52,12 @@ struct Api {
 impl Api {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let c = Controller::new(config(&[target(1), target(2)]), Some(Store::new(dir.path().join("s.json"))), Instant::now()).unwrap();
+        let c = Controller::new(
+            config(&[target(1), target(2)]),
+            Some(Store::new(dir.path().join("s.json"))),
+            Instant::now(),
+        )
+        .unwrap();
         Self {
             state: AppState::new(c, TOKEN.into()),
             _dir: dir,
@@ -62,7 +67,15 @@ impl Api {
     async fn call(&self, req: Request<Body>) -> (StatusCode, Vec<u8>) {
         let resp = app(self.state.clone()).oneshot(req).await.unwrap();
         let status = resp.status();
-        (status, resp.into_body().collect().await.unwrap().to_bytes().to_vec())
+        (
+            status,
+            resp.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
     }
 
     async fn post(&self, token: Option<&str>, body: impl Into<Body>) -> (StatusCode, Vec<u8>) {
@@ -83,7 +96,11 @@ impl Api {
         let c = self.state.lock();
         let mut st = c.status(at);
         st.report_errors.clear();
-        (st, c.counters().reports, serde_json::to_value(c.saved()).unwrap())
+        (
+            st,
+            c.counters().reports,
+            serde_json::to_value(c.saved()).unwrap(),
+        )
     }
 }
 
@@ -92,7 +109,12 @@ async fn bad_requests_are_refused_and_change_nothing() {
     let api = Api::new();
     // Some state first: a baseline and one counted report.
     for (seq, up, b) in [(0, 0, 0), (1, 1000, 5000)] {
-        let (s, body) = api.post(Some(TOKEN), serde_json::to_vec(&report(seq, up, b)).unwrap()).await;
+        let (s, body) = api
+            .post(
+                Some(TOKEN),
+                serde_json::to_vec(&report(seq, up, b)).unwrap(),
+            )
+            .await;
         assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
         let reply: ReportReply = serde_json::from_slice(&body).unwrap();
         assert!(reply.counted);
@@ -113,25 +135,108 @@ async fn bad_requests_are_refused_and_change_nothing() {
         g["gateway"] = serde_json::Value::String("x".repeat(17 << 20));
         serde_json::to_vec(&g).unwrap()
     };
-    let cases: Vec<(&str, Option<&str>, Vec<u8>, StatusCode, &str)> = vec![
-        ("no token", None, serde_json::to_vec(&good).unwrap(), StatusCode::UNAUTHORIZED, "no bearer token"),
-        ("wrong token", Some("nope"), serde_json::to_vec(&good).unwrap(), StatusCode::UNAUTHORIZED, "wrong bearer token"),
-        ("malformed json", Some(TOKEN), b"{\"gateway\": \"gw1\",".to_vec(), StatusCode::BAD_REQUEST, ""),
-        ("wrong type", Some(TOKEN), with("/seq", serde_json::json!("three")), StatusCode::UNPROCESSABLE_ENTITY, "seq"),
-        ("unknown field", Some(TOKEN), serde_json::to_vec(&unknown).unwrap(), StatusCode::UNPROCESSABLE_ENTITY, "surprise"),
-        ("negative count", Some(TOKEN), with("/flows/0/to_target_bytes", serde_json::json!(-5)), StatusCode::UNPROCESSABLE_ENTITY, "to_target_bytes"),
-        ("absurd count", Some(TOKEN), with("/flows/0/to_target_bytes", serde_json::json!(1u64 << 60)), StatusCode::UNPROCESSABLE_ENTITY, "198.18.0.10→198.18.1.1: to_target_bytes"),
-        ("bad gateway name", Some(TOKEN), with("/gateway", serde_json::json!("gw 1/../x")), StatusCode::UNPROCESSABLE_ENTITY, "gateway:"),
-        ("zero capacity", Some(TOKEN), with("/capacity", serde_json::json!(0.0)), StatusCode::UNPROCESSABLE_ENTITY, "capacity:"),
-        ("absurd generation", Some(TOKEN), with("/applied", serde_json::json!(1u64 << 60)), StatusCode::UNPROCESSABLE_ENTITY, "applied:"),
-        ("multicast owned", Some(TOKEN), with("/owned/0", serde_json::json!("224.0.0.1")), StatusCode::UNPROCESSABLE_ENTITY, "owned:"),
-        ("huge body", Some(TOKEN), huge, StatusCode::PAYLOAD_TOO_LARGE, ""),
+    // (name, token, body, expected status, what the error must say)
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, StatusCode, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "no token",
+            None,
+            serde_json::to_vec(&good).unwrap(),
+            StatusCode::UNAUTHORIZED,
+            "no bearer token",
+        ),
+        (
+            "wrong token",
+            Some("nope"),
+            serde_json::to_vec(&good).unwrap(),
+            StatusCode::UNAUTHORIZED,
+            "wrong bearer token",
+        ),
+        (
+            "malformed json",
+            Some(TOKEN),
+            b"{\"gateway\": \"gw1\",".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "",
+        ),
+        (
+            "wrong type",
+            Some(TOKEN),
+            with("/seq", serde_json::json!("three")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "seq",
+        ),
+        (
+            "unknown field",
+            Some(TOKEN),
+            serde_json::to_vec(&unknown).unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "surprise",
+        ),
+        (
+            "negative count",
+            Some(TOKEN),
+            with("/flows/0/to_target_bytes", serde_json::json!(-5)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "to_target_bytes",
+        ),
+        (
+            "absurd count",
+            Some(TOKEN),
+            with("/flows/0/to_target_bytes", serde_json::json!(1u64 << 60)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "198.18.0.10→198.18.1.1: to_target_bytes",
+        ),
+        (
+            "bad gateway name",
+            Some(TOKEN),
+            with("/gateway", serde_json::json!("gw 1/../x")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "gateway:",
+        ),
+        (
+            "zero capacity",
+            Some(TOKEN),
+            with("/capacity", serde_json::json!(0.0)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "capacity:",
+        ),
+        (
+            "absurd generation",
+            Some(TOKEN),
+            with("/applied", serde_json::json!(1u64 << 60)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "applied:",
+        ),
+        (
+            "multicast owned",
+            Some(TOKEN),
+            with("/owned/0", serde_json::json!("224.0.0.1")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "owned:",
+        ),
+        (
+            "huge body",
+            Some(TOKEN),
+            huge,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "",
+        ),
     ];
     for (name, token, body, want, says) in cases {
         let (got, reply) = api.post(token, body).await;
         assert_eq!(got, want, "{name}: {}", String::from_utf8_lossy(&reply));
-        let err: ApiError = serde_json::from_slice(&reply).unwrap_or_else(|_| panic!("{name}: not an error body: {}", String::from_utf8_lossy(&reply)));
-        assert!(err.error.contains(says), "{name}: {:?} does not say {says:?}", err.error);
+        let err: ApiError = serde_json::from_slice(&reply).unwrap_or_else(|_| {
+            panic!(
+                "{name}: not an error body: {}",
+                String::from_utf8_lossy(&reply)
+            )
+        });
+        assert!(
+            err.error.contains(says),
+            "{name}: {:?} does not say {says:?}",
+            err.error
+        );
         assert_eq!(api.snapshot(at), before, "{name} changed the state");
     }
     // Missing content type.
@@ -142,7 +247,9 @@ async fn bad_requests_are_refused_and_change_nothing() {
     assert_eq!(api.call(req).await.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     // Reads need the token too.
     for uri in ["/v1/status", "/metrics", "/v1/share?gateway=gw1"] {
-        let (s, _) = api.call(Request::get(uri).body(Body::empty()).unwrap()).await;
+        let (s, _) = api
+            .call(Request::get(uri).body(Body::empty()).unwrap())
+            .await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{uri}");
     }
     assert_eq!(api.snapshot(at), before);
@@ -157,26 +264,41 @@ async fn bad_requests_are_refused_and_change_nothing() {
         "sanlb_report_errors_total{reason=\"content_type\"} 1",
         "sanlb_reports_total 2",
     ] {
-        assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in\n{metrics}"
+        );
     }
-    let (s, _) = api.post(Some(TOKEN), serde_json::to_vec(&good).unwrap()).await;
+    let (s, _) = api
+        .post(Some(TOKEN), serde_json::to_vec(&good).unwrap())
+        .await;
     assert_eq!(s, StatusCode::OK);
     api.state.lock().close_interval();
     let st: Status = serde_json::from_slice(&api.get("/v1/status").await.1).unwrap();
     // 6000 bytes over 2 s since the baseline.
-    assert_eq!(st.map.iter().find(|m| m.target == target(1)).unwrap().rate, 3000.0);
+    assert_eq!(
+        st.map.iter().find(|m| m.target == target(1)).unwrap().rate,
+        3000.0
+    );
 }
 
 #[tokio::test]
 async fn long_poll_returns_on_a_new_generation_or_at_its_deadline() {
     let api = Api::new();
-    let (s, _) = api.post(Some(TOKEN), serde_json::to_vec(&report(0, 0, 0)).unwrap()).await;
+    let (s, _) = api
+        .post(Some(TOKEN), serde_json::to_vec(&report(0, 0, 0)).unwrap())
+        .await;
     assert_eq!(s, StatusCode::OK);
     let g = api.state.lock().generation();
     // Nothing new: returns at the deadline with the same generation, and
     // no address set during the start-up grace.
     let t = Instant::now();
-    let share: Share = serde_json::from_slice(&api.get(&format!("/v1/share?gateway=gw1&after={g}&wait_ms=300")).await.1).unwrap();
+    let share: Share = serde_json::from_slice(
+        &api.get(&format!("/v1/share?gateway=gw1&after={g}&wait_ms=300"))
+            .await
+            .1,
+    )
+    .unwrap();
     assert!(t.elapsed() >= Duration::from_millis(300));
     assert_eq!((share.generation, share.addresses), (g, None));
     // The grace ends while a poll waits: it returns at once with the address set.
@@ -189,7 +311,12 @@ async fn long_poll_returns_on_a_new_generation_or_at_its_deadline() {
         c.expire(Instant::now());
     });
     let t = Instant::now();
-    let share: Share = serde_json::from_slice(&api.get(&format!("/v1/share?gateway=gw1&after={g}&wait_ms=20000")).await.1).unwrap();
+    let share: Share = serde_json::from_slice(
+        &api.get(&format!("/v1/share?gateway=gw1&after={g}&wait_ms=20000"))
+            .await
+            .1,
+    )
+    .unwrap();
     assert!(t.elapsed() < Duration::from_secs(5));
     assert!(share.generation > g);
     // gw1 held target 1 when it first reported: it was adopted.
@@ -205,11 +332,26 @@ async fn long_poll_returns_on_a_new_generation_or_at_its_deadline() {
 #[tokio::test]
 async fn metrics_are_prometheus_text() {
     let api = Api::new();
-    api.post(Some(TOKEN), serde_json::to_vec(&report(0, 0, 0)).unwrap()).await;
-    let req = Request::get("/metrics").header(header::AUTHORIZATION, format!("Bearer {TOKEN}")).body(Body::empty()).unwrap();
+    api.post(Some(TOKEN), serde_json::to_vec(&report(0, 0, 0)).unwrap())
+        .await;
+    let req = Request::get("/metrics")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
     let resp = app(api.state.clone()).oneshot(req).await.unwrap();
-    assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/plain; version=0.0.4; charset=utf-8");
-    let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert_eq!(
+        resp.headers()[header::CONTENT_TYPE],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
     for name in [
         "sanlb_generation",
         "sanlb_gateway_load_bytes_per_second",
@@ -225,7 +367,10 @@ async fn metrics_are_prometheus_text() {
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let (series, value) = line.rsplit_once(' ').unwrap();
         assert!(series.starts_with("sanlb_"), "{line}");
-        assert!(value.parse::<f64>().is_ok() || ["NaN", "+Inf", "-Inf"].contains(&value), "{line}");
+        assert!(
+            value.parse::<f64>().is_ok() || ["NaN", "+Inf", "-Inf"].contains(&value),
+            "{line}"
+        );
     }
     assert!(text.contains("sanlb_gateway_up{gateway=\"gw1\"} 1\n"));
     assert!(text.contains("sanlb_route_rate_bytes_per_second{target=\"198.18.1.1\"} 0\n"));

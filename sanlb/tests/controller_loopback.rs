@@ -63,7 +63,10 @@ impl Lab {
         let end = std::time::Instant::now() + Duration::from_secs(40);
         loop {
             let st = status(&self.server);
-            if st.map.iter().all(|m| matches!(m.ownership, Ownership::Owned { .. }))
+            if st
+                .map
+                .iter()
+                .all(|m| matches!(m.ownership, Ownership::Owned { .. }))
                 && true_imbalance(&st, &self.world) < 1.10
                 && held_once(&self.world, alive, &self.targets)
             {
@@ -78,13 +81,17 @@ impl Lab {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let mut quiet_since = (self.moves(), std::time::Instant::now());
-        eventually(Duration::from_secs(30), "six intervals without moves", || {
-            let m = self.moves();
-            if m != quiet_since.0 {
-                quiet_since = (m, std::time::Instant::now());
-            }
-            quiet_since.1.elapsed() > Duration::from_millis(1800)
-        })
+        eventually(
+            Duration::from_secs(30),
+            "six intervals without moves",
+            || {
+                let m = self.moves();
+                if m != quiet_since.0 {
+                    quiet_since = (m, std::time::Instant::now());
+                }
+                quiet_since.1.elapsed() > Duration::from_millis(1800)
+            },
+        )
         .await;
     }
 
@@ -111,13 +118,25 @@ async fn skewed_load_converges_and_then_stays() {
     // The controller's own view agrees with the truth within measurement noise.
     let loads: Vec<f64> = st.gateways.iter().map(|g| g.load).collect();
     let mean = loads.iter().sum::<f64>() / 4.0;
-    assert!(loads.iter().all(|l| *l < 1.15 * mean), "measured loads {loads:?}");
+    assert!(
+        loads.iter().all(|l| *l < 1.15 * mean),
+        "measured loads {loads:?}"
+    );
     // Steady load: no further moves, no new generation, for ten intervals.
     let (moves, generation) = (lab.moves(), st.generation);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(lab.moves(), moves, "a steady load moved routes: {:#?}", status(&lab.server).rebalances);
+    assert_eq!(
+        lab.moves(),
+        moves,
+        "a steady load moved routes: {:#?}",
+        status(&lab.server).rebalances
+    );
     assert_eq!(status(&lab.server).generation, generation);
-    assert!(lab.world.violations().is_empty(), "{:?}", lab.world.violations());
+    assert!(
+        lab.world.violations().is_empty(),
+        "{:?}",
+        lab.world.violations()
+    );
     lab.stop().await;
 }
 
@@ -136,13 +155,22 @@ async fn agent_restart_causes_no_spike_and_no_move() {
         let st = status(&lab.server);
         for m in &st.map {
             let truth = demand[&m.target];
-            assert!(m.rate <= truth * 1.10 + 1.0, "{}: rate {} for a demand of {truth}", m.target, m.rate);
+            assert!(
+                m.rate <= truth * 1.10 + 1.0,
+                "{}: rate {} for a demand of {truth}",
+                m.target,
+                m.rate
+            );
         }
         assert!(st.gateways.iter().all(|g| g.alive));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(lab.moves(), moves, "the restart moved routes");
-    assert!(lab.world.violations().is_empty(), "{:?}", lab.world.violations());
+    assert!(
+        lab.world.violations().is_empty(),
+        "{:?}",
+        lab.world.violations()
+    );
     lab.stop().await;
 }
 
@@ -160,22 +188,44 @@ async fn silent_gateway_loses_its_routes_after_the_lease_and_comes_back_empty() 
     tokio::time::sleep(Duration::from_millis(400)).await;
     let st = status(&lab.server);
     assert!(st.gateways.iter().any(|g| g.name == "gw3" && g.alive));
-    assert!(had.iter().all(|t| st.map.iter().any(|m| m.target == *t && m.ownership.assigned() == Some("gw3"))));
+    assert!(had.iter().all(|t| {
+        st.map
+            .iter()
+            .any(|m| m.target == *t && m.ownership.assigned() == Some("gw3"))
+    }));
     // After it, its routes are held by the others.
     let alive = ["gw1", "gw2", "gw4"];
-    eventually(Duration::from_secs(5), "gw3's routes held elsewhere", || held_once(&lab.world, &alive, &lab.targets)).await;
+    eventually(
+        Duration::from_secs(5),
+        "gw3's routes held elsewhere",
+        || held_once(&lab.world, &alive, &lab.targets),
+    )
+    .await;
     // The lease runs from gw3's last report, up to one report period (100 ms) before `died`.
-    assert!(died.elapsed() >= Duration::from_millis(800), "moved before the lease");
+    assert!(
+        died.elapsed() >= Duration::from_millis(800),
+        "moved before the lease"
+    );
     let st = status(&lab.server);
     assert!(st.gateways.iter().any(|g| g.name == "gw3" && !g.alive));
     assert!(st.map.iter().all(|m| m.ownership.assigned() != Some("gw3")));
     // It comes back empty and gets routes through normal rebalancing.
     let back = spawn_agent(&lab.world, "gw3", lab.port());
     lab.agents.push(("gw3".into(), back));
-    eventually(Duration::from_secs(3), "gw3 alive again", || status(&lab.server).gateways.iter().any(|g| g.name == "gw3" && g.alive)).await;
+    eventually(Duration::from_secs(3), "gw3 alive again", || {
+        status(&lab.server)
+            .gateways
+            .iter()
+            .any(|g| g.name == "gw3" && g.alive)
+    })
+    .await;
     lab.converge(&GWS).await;
     assert!(!lab.world.held("gw3").is_empty());
-    assert!(lab.world.violations().is_empty(), "{:?}", lab.world.violations());
+    assert!(
+        lab.world.violations().is_empty(),
+        "{:?}",
+        lab.world.violations()
+    );
     lab.stop().await;
 }
 
@@ -198,20 +248,37 @@ async fn controller_down_changes_nothing_and_restart_keeps_generation_and_map() 
     // Down for two leases: the agents keep what they hold.
     let end = std::time::Instant::now() + Duration::from_millis(1800);
     while std::time::Instant::now() < end {
-        assert_eq!(world.all_held(), held, "an agent changed its addresses while the controller was down");
+        assert_eq!(
+            world.all_held(),
+            held,
+            "an agent changed its addresses while the controller was down"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let server = start(config(&targets), &state, port).await;
     let after = status(&server);
-    assert_eq!(after.generation, before.generation, "generation not resumed");
-    let owners = |s: &sanlb::proto::Status| s.map.iter().map(|m| (m.target, m.ownership.clone())).collect::<Vec<_>>();
+    assert_eq!(
+        after.generation, before.generation,
+        "generation not resumed"
+    );
+    let owners = |s: &sanlb::proto::Status| {
+        s.map
+            .iter()
+            .map(|m| (m.target, m.ownership.clone()))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(owners(&after), owners(&before), "map not resumed");
     // Past the start-up grace and a few intervals: same map, nothing moved.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let later = status(&server);
     assert_eq!(owners(&later), owners(&before));
     assert!(later.generation >= before.generation);
-    assert!(later.gateways.iter().all(|g| g.alive && g.applied >= before.generation));
+    assert!(
+        later
+            .gateways
+            .iter()
+            .all(|g| g.alive && g.applied >= before.generation)
+    );
     assert_eq!(world.all_held(), held);
     assert_eq!(server.state().lock().counters().moves, 0);
     assert!(world.violations().is_empty(), "{:?}", world.violations());
@@ -230,12 +297,20 @@ async fn churn_never_puts_an_address_on_two_gateways() {
         let mut d = skewed();
         let rates: Vec<f64> = d.iter().map(|x| x.1).collect();
         for (i, x) in d.iter_mut().enumerate() {
-            x.1 = if round == 0 { rates[rates.len() - 1 - i] } else { rates[i] };
+            x.1 = if round == 0 {
+                rates[rates.len() - 1 - i]
+            } else {
+                rates[i]
+            };
         }
         lab.world.set_demand(&d);
         lab.converge(&GWS).await;
     }
     assert!(lab.moves() > 0);
-    assert!(lab.world.violations().is_empty(), "{:?}", lab.world.violations());
+    assert!(
+        lab.world.violations().is_empty(),
+        "{:?}",
+        lab.world.violations()
+    );
     lab.stop().await;
 }

@@ -53,7 +53,8 @@ impl Sim {
         *uptime += ms;
         let held = self.held.get(gw).cloned().unwrap_or_default();
         for t in &held {
-            *self.bytes.entry((gw.into(), *t)).or_default() += self.rate.get(t).copied().unwrap_or(0) * ms / 1000;
+            *self.bytes.entry((gw.into(), *t)).or_default() +=
+                self.rate.get(t).copied().unwrap_or(0) * ms / 1000;
         }
         let flows = self
             .bytes
@@ -86,7 +87,13 @@ impl Sim {
     }
 
     fn owner(&self, t: IpAddr) -> Ownership {
-        self.c.status(self.now).map.into_iter().find(|m| m.target == t).unwrap().ownership
+        self.c
+            .status(self.now)
+            .map
+            .into_iter()
+            .find(|m| m.target == t)
+            .unwrap()
+            .ownership
     }
 
     fn share(&self, gw: &str) -> Option<Vec<IpAddr>> {
@@ -103,7 +110,9 @@ impl Sim {
     }
 
     fn rebalance(&mut self, trigger: Trigger) -> bool {
-        let Some(plan) = self.c.plan(trigger) else { return false };
+        let Some(plan) = self.c.plan(trigger) else {
+            return false;
+        };
         let (sol, took) = solve(&plan).unwrap();
         self.c.adopt(&plan, &sol, took, self.now).adopted
     }
@@ -119,7 +128,10 @@ fn two_on_one(store: Option<Store>) -> Sim {
     s.held.insert("gw1".into(), vec![target(1), target(2)]);
     s.report("gw1", 0);
     s.report("gw2", 0);
-    assert!(matches!(s.owner(target(1)), Ownership::Owned { gateway } if gateway == "gw1"), "adopted from the report");
+    assert!(
+        matches!(s.owner(target(1)), Ownership::Owned { gateway } if gateway == "gw1"),
+        "adopted from the report"
+    );
     s.advance(LEASE);
     s.report("gw1", 1000);
     s.report("gw2", 1000);
@@ -145,8 +157,13 @@ fn start_move(s: &mut Sim) -> IpAddr {
 fn a_move_waits_for_the_old_owner_to_release() {
     let mut s = two_on_one(None);
     let t = start_move(&mut s);
-    let Ownership::Moving { from, to, release } = s.owner(t) else { unreachable!() };
-    assert_eq!((from.as_str(), to.as_str(), release), ("gw1", "gw2", s.c.generation()));
+    let Ownership::Moving { from, to, release } = s.owner(t) else {
+        unreachable!()
+    };
+    assert_eq!(
+        (from.as_str(), to.as_str(), release),
+        ("gw1", "gw2", s.c.generation())
+    );
     // Withheld from everyone.
     assert!(!s.share("gw1").unwrap().contains(&t));
     assert!(!s.share("gw2").unwrap().contains(&t));
@@ -161,7 +178,10 @@ fn a_move_waits_for_the_old_owner_to_release() {
     assert!(s.c.generation() > release);
     assert_eq!(s.share("gw2").unwrap(), vec![t]);
     let st = s.c.status(s.now);
-    assert_eq!(st.map.iter().find(|m| m.target == t).unwrap().changed, s.c.generation());
+    assert_eq!(
+        st.map.iter().find(|m| m.target == t).unwrap().changed,
+        s.c.generation()
+    );
     // A steady load: no further move.
     s.apply("gw2");
     for _ in 0..3 {
@@ -222,13 +242,28 @@ fn the_generation_is_persisted_and_resumed() {
     // What a gateway can see is on disk.
     let saved = Store::new(&path).load().unwrap().unwrap();
     assert_eq!(saved.generation, s.c.generation());
-    assert!(saved.routes.iter().any(|r| r.target == t && matches!(r.ownership, Ownership::Moving { .. })));
+    assert!(
+        saved
+            .routes
+            .iter()
+            .any(|r| r.target == t && matches!(r.ownership, Ownership::Moving { .. }))
+    );
     let before = s.c.status(s.now);
     drop(s);
-    let c = Controller::new(config(&[target(1), target(2)]), Some(Store::new(&path)), Instant::now()).unwrap();
+    let c = Controller::new(
+        config(&[target(1), target(2)]),
+        Some(Store::new(&path)),
+        Instant::now(),
+    )
+    .unwrap();
     let after = c.status(Instant::now());
     assert_eq!(after.generation, before.generation);
-    let owners = |st: &sanlb::proto::Status| st.map.iter().map(|m| (m.target, m.ownership.clone(), m.changed)).collect::<Vec<_>>();
+    let owners = |st: &sanlb::proto::Status| {
+        st.map
+            .iter()
+            .map(|m| (m.target, m.ownership.clone(), m.changed))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(owners(&after), owners(&before));
     // A state written in another mode is refused, not reinterpreted.
     let mut pair = config(&[]);
@@ -292,7 +327,11 @@ fn pair_mode_maps_pairs_and_leaves_addresses_alone() {
     assert_eq!(st.map.len(), 1);
     assert_eq!((st.map[0].host, st.map[0].target), (Some(HOST), target(1)));
     assert!(matches!(&st.map[0].ownership, Ownership::Owned { gateway } if gateway == "gw1"));
-    assert_eq!(s.share("gw1"), None, "address ownership cannot enforce pairs");
+    assert_eq!(
+        s.share("gw1"),
+        None,
+        "address ownership cannot enforce pairs"
+    );
 }
 
 #[test]
@@ -304,5 +343,8 @@ fn targets_outside_the_storage_ranges_are_not_routes() {
     s.held.insert("gw1".into(), vec![target(1), target(9)]);
     s.report("gw1", 0);
     let st = s.c.status(s.now);
-    assert_eq!(st.map.iter().map(|m| m.target).collect::<Vec<_>>(), vec![target(1)]);
+    assert_eq!(
+        st.map.iter().map(|m| m.target).collect::<Vec<_>>(),
+        vec![target(1)]
+    );
 }

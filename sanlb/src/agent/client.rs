@@ -65,17 +65,29 @@ impl Client {
         })
     }
 
-    async fn send<T: serde::de::DeserializeOwned>(&self, req: reqwest::RequestBuilder, url: String) -> Result<T, ClientError> {
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: String,
+    ) -> Result<T, ClientError> {
         let transport = |source| ClientError::Transport {
             url: url.clone(),
             source,
         };
-        let resp = req.bearer_auth(&self.token).send().await.map_err(transport)?;
+        let resp = req
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(transport)?;
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
             let message = serde_json::from_str::<ApiError>(&text).map_or(text, |e| e.error);
-            return Err(ClientError::Refused { url, status, message });
+            return Err(ClientError::Refused {
+                url,
+                status,
+                message,
+            });
         }
         resp.json().await.map_err(transport)
     }
@@ -83,18 +95,28 @@ impl Client {
     /// `POST /v1/report`.
     pub async fn report(&self, r: &Report) -> Result<ReportReply, ClientError> {
         let url = format!("{}/v1/report", self.base);
-        self.send(self.http.post(&url).json(r).timeout(self.timeout), url).await
+        self.send(self.http.post(&url).json(r).timeout(self.timeout), url)
+            .await
     }
 
     /// `GET /v1/share`: returns once the generation exceeds `after`, or
     /// after `wait`.
-    pub async fn share(&self, gateway: &str, after: u64, wait: Duration) -> Result<Share, ClientError> {
+    pub async fn share(
+        &self,
+        gateway: &str,
+        after: u64,
+        wait: Duration,
+    ) -> Result<Share, ClientError> {
         let url = format!("{}/v1/share", self.base);
         let wait_ms = wait.as_millis().to_string();
         let req = self
             .http
             .get(&url)
-            .query(&[("gateway", gateway), ("after", &after.to_string()), ("wait_ms", &wait_ms)])
+            .query(&[
+                ("gateway", gateway),
+                ("after", &after.to_string()),
+                ("wait_ms", &wait_ms),
+            ])
             .timeout(wait + self.timeout);
         self.send(req, url).await
     }
@@ -102,6 +124,7 @@ impl Client {
     /// `GET /v1/status`.
     pub async fn status(&self) -> Result<Status, ClientError> {
         let url = format!("{}/v1/status", self.base);
-        self.send(self.http.get(&url).timeout(self.timeout), url).await
+        self.send(self.http.get(&url).timeout(self.timeout), url)
+            .await
     }
 }

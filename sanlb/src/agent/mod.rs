@@ -66,13 +66,17 @@ fn snapshot_flows(s: Snapshot) -> Vec<Flow> {
 
 impl CounterSource for Dataplane {
     fn flows(&mut self) -> Result<Vec<Flow>, AgentError> {
-        self.snapshot().map(snapshot_flows).map_err(AgentError::Counters)
+        self.snapshot()
+            .map(snapshot_flows)
+            .map_err(AgentError::Counters)
     }
 }
 
 impl CounterSource for PinnedMaps {
     fn flows(&mut self) -> Result<Vec<Flow>, AgentError> {
-        self.snapshot().map(snapshot_flows).map_err(AgentError::Counters)
+        self.snapshot()
+            .map(snapshot_flows)
+            .map_err(AgentError::Counters)
     }
 }
 
@@ -169,10 +173,16 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
             Ok(mut flows) => {
                 if flows.len() > MAX_FLOWS_PER_REPORT {
                     if !self.truncated_warned {
-                        tracing::warn!(flows = flows.len(), max = MAX_FLOWS_PER_REPORT, "too many flows for one report: sending the largest");
+                        tracing::warn!(
+                            flows = flows.len(),
+                            max = MAX_FLOWS_PER_REPORT,
+                            "too many flows for one report: sending the largest"
+                        );
                         self.truncated_warned = true;
                     }
-                    flows.sort_by_key(|f| std::cmp::Reverse(f.to_target_bytes.saturating_add(f.to_initiator_bytes)));
+                    flows.sort_by_key(|f| {
+                        std::cmp::Reverse(f.to_target_bytes.saturating_add(f.to_initiator_bytes))
+                    });
                     flows.truncate(MAX_FLOWS_PER_REPORT);
                 }
                 self.last_flows = flows;
@@ -210,7 +220,11 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
     pub async fn apply(&mut self, share: &Share) -> bool {
         self.seen = self.seen.max(share.generation);
         if share.generation < self.applied {
-            tracing::warn!(generation = share.generation, applied = self.applied, "ignoring a share older than the one applied");
+            tracing::warn!(
+                generation = share.generation,
+                applied = self.applied,
+                "ignoring a share older than the one applied"
+            );
             return false;
         }
         let Some(addresses) = &share.addresses else {
@@ -256,7 +270,13 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut tick = tokio::time::interval(self.cfg.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut poll = std::pin::pin!(long_poll(self.client.clone(), self.cfg.gateway.clone(), self.seen, self.cfg.long_poll, Duration::ZERO));
+        let mut poll = std::pin::pin!(long_poll(
+            self.client.clone(),
+            self.cfg.gateway.clone(),
+            self.seen,
+            self.cfg.long_poll,
+            Duration::ZERO
+        ));
         let mut unreachable = false;
         loop {
             tokio::select! {
@@ -297,7 +317,13 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
     }
 }
 
-async fn long_poll(client: Client, gateway: String, after: u64, wait: Duration, delay: Duration) -> Result<Share, ClientError> {
+async fn long_poll(
+    client: Client,
+    gateway: String,
+    after: u64,
+    wait: Duration,
+    delay: Duration,
+) -> Result<Share, ClientError> {
     tokio::time::sleep(delay).await;
     client.share(&gateway, after, wait).await
 }

@@ -17,7 +17,9 @@ use axum::{
 use serde::Deserialize;
 
 use super::{Controller, metrics};
-use crate::proto::{ApiError, MAX_BODY_BYTES, MAX_NAME_LEN, MAX_WAIT_MS, Report, ReportReply, Share, Status};
+use crate::proto::{
+    ApiError, MAX_BODY_BYTES, MAX_NAME_LEN, MAX_WAIT_MS, Report, ReportReply, Share, Status,
+};
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -70,7 +72,13 @@ pub fn app(state: Arc<AppState>) -> Router {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(ApiError { error: message.into() })).into_response()
+    (
+        status,
+        Json(ApiError {
+            error: message.into(),
+        }),
+    )
+        .into_response()
 }
 
 /// Compares without an early exit, so the time taken does not reveal how
@@ -97,16 +105,25 @@ async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.to_string())
         .unwrap_or_else(|| "unknown".into());
-    let why = if presented.is_some() { "wrong bearer token" } else { "no bearer token" };
+    let why = if presented.is_some() {
+        "wrong bearer token"
+    } else {
+        "no bearer token"
+    };
     tracing::warn!(%peer, path = %req.uri().path(), "refused: {why}");
     state.lock().count_error("unauthorized");
     let mut resp = error(StatusCode::UNAUTHORIZED, why);
-    resp.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
     resp
 }
 
-async fn report(State(state): State<Arc<AppState>>, body: Result<Json<Report>, JsonRejection>) -> Response {
+async fn report(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<Report>, JsonRejection>,
+) -> Response {
     let r = match body {
         Ok(Json(r)) => r,
         Err(rej) => {
@@ -144,7 +161,10 @@ struct ShareQuery {
     wait_ms: u64,
 }
 
-async fn share(State(state): State<Arc<AppState>>, q: Result<Query<ShareQuery>, axum::extract::rejection::QueryRejection>) -> Response {
+async fn share(
+    State(state): State<Arc<AppState>>,
+    q: Result<Query<ShareQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     let Query(q) = match q {
         Ok(q) => q,
         Err(rej) => {

@@ -41,14 +41,20 @@ impl Out {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', r"\\").replace('"', "\\\"").replace('\n', r"\n")
+    v.replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('\n', r"\n")
 }
 
 fn number(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v.is_infinite() {
-        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
     } else {
         format!("{v}")
     }
@@ -59,27 +65,78 @@ pub fn render(c: &Controller, now: Instant) -> String {
     let st = c.status(now);
     let k = c.counters();
     let mut o = Out(String::with_capacity(4096));
-    o.one("sanlb_generation", "gauge", "Generation of the hand-out in force.", st.generation as f64);
-    o.one("sanlb_var_norm", "gauge", "Normalised variance of gateway utilisation under the current map.", st.var_norm);
-    o.one("sanlb_window_samples", "gauge", "Interval samples in the rate window.", c.stats.samples() as f64);
+    o.one(
+        "sanlb_generation",
+        "gauge",
+        "Generation of the hand-out in force.",
+        st.generation as f64,
+    );
+    o.one(
+        "sanlb_var_norm",
+        "gauge",
+        "Normalised variance of gateway utilisation under the current map.",
+        st.var_norm,
+    );
+    o.one(
+        "sanlb_window_samples",
+        "gauge",
+        "Interval samples in the rate window.",
+        c.stats.samples() as f64,
+    );
 
-    o.head("sanlb_gateway_up", "gauge", "1 while the gateway reports within its lease.");
+    o.head(
+        "sanlb_gateway_up",
+        "gauge",
+        "1 while the gateway reports within its lease.",
+    );
     for g in &st.gateways {
-        o.sample("sanlb_gateway_up", &[("gateway", &g.name)], f64::from(u8::from(g.alive)));
+        o.sample(
+            "sanlb_gateway_up",
+            &[("gateway", &g.name)],
+            f64::from(u8::from(g.alive)),
+        );
     }
-    o.head("sanlb_gateway_capacity", "gauge", "Relative capacity the gateway reports.");
+    o.head(
+        "sanlb_gateway_capacity",
+        "gauge",
+        "Relative capacity the gateway reports.",
+    );
     for g in &st.gateways {
-        o.sample("sanlb_gateway_capacity", &[("gateway", &g.name)], g.capacity);
+        o.sample(
+            "sanlb_gateway_capacity",
+            &[("gateway", &g.name)],
+            g.capacity,
+        );
     }
-    o.head("sanlb_gateway_load_bytes_per_second", "gauge", "Sum of the rates of the routes the map gives the gateway.");
+    o.head(
+        "sanlb_gateway_load_bytes_per_second",
+        "gauge",
+        "Sum of the rates of the routes the map gives the gateway.",
+    );
     for g in &st.gateways {
-        o.sample("sanlb_gateway_load_bytes_per_second", &[("gateway", &g.name)], g.load);
+        o.sample(
+            "sanlb_gateway_load_bytes_per_second",
+            &[("gateway", &g.name)],
+            g.load,
+        );
     }
-    o.head("sanlb_gateway_utilisation", "gauge", "Load divided by capacity.");
+    o.head(
+        "sanlb_gateway_utilisation",
+        "gauge",
+        "Load divided by capacity.",
+    );
     for g in &st.gateways {
-        o.sample("sanlb_gateway_utilisation", &[("gateway", &g.name)], g.utilisation);
+        o.sample(
+            "sanlb_gateway_utilisation",
+            &[("gateway", &g.name)],
+            g.utilisation,
+        );
     }
-    o.head("sanlb_gateway_routes", "gauge", "Routes the map assigns to the gateway (moving ones count for the new owner).");
+    o.head(
+        "sanlb_gateway_routes",
+        "gauge",
+        "Routes the map assigns to the gateway (moving ones count for the new owner).",
+    );
     for g in &st.gateways {
         let n = st
             .map
@@ -88,14 +145,34 @@ pub fn render(c: &Controller, now: Instant) -> String {
             .count();
         o.sample("sanlb_gateway_routes", &[("gateway", &g.name)], n as f64);
     }
-    o.head("sanlb_gateway_applied_generation", "gauge", "Generation the gateway last applied.");
+    o.head(
+        "sanlb_gateway_applied_generation",
+        "gauge",
+        "Generation the gateway last applied.",
+    );
     for g in &st.gateways {
-        o.sample("sanlb_gateway_applied_generation", &[("gateway", &g.name)], g.applied as f64);
+        o.sample(
+            "sanlb_gateway_applied_generation",
+            &[("gateway", &g.name)],
+            g.applied as f64,
+        );
     }
     for (name, help, get) in [
-        ("sanlb_gateway_acquires_total", "Addresses the gateway's agent acquired (since it started).", (|e: &crate::proto::EnforceCounters| e.acquired) as fn(&_) -> u64),
-        ("sanlb_gateway_releases_total", "Addresses the gateway's agent released (since it started).", |e| e.released),
-        ("sanlb_gateway_enforce_failures_total", "Failed acquires and releases (since the agent started).", |e| e.failed),
+        (
+            "sanlb_gateway_acquires_total",
+            "Addresses the gateway's agent acquired (since it started).",
+            (|e: &crate::proto::EnforceCounters| e.acquired) as fn(&_) -> u64,
+        ),
+        (
+            "sanlb_gateway_releases_total",
+            "Addresses the gateway's agent released (since it started).",
+            |e| e.released,
+        ),
+        (
+            "sanlb_gateway_enforce_failures_total",
+            "Failed acquires and releases (since the agent started).",
+            |e| e.failed,
+        ),
     ] {
         o.head(name, "counter", help);
         for g in &st.gateways {
@@ -103,35 +180,104 @@ pub fn render(c: &Controller, now: Instant) -> String {
         }
     }
 
-    o.head("sanlb_route_rate_bytes_per_second", "gauge", "Rate of a route, mean over the window.");
+    o.head(
+        "sanlb_route_rate_bytes_per_second",
+        "gauge",
+        "Rate of a route, mean over the window.",
+    );
     for m in &st.map {
         let target = m.target.to_string();
         match m.host {
             Some(h) => {
                 let host = h.to_string();
-                o.sample("sanlb_route_rate_bytes_per_second", &[("host", &host), ("target", &target)], m.rate)
+                o.sample(
+                    "sanlb_route_rate_bytes_per_second",
+                    &[("host", &host), ("target", &target)],
+                    m.rate,
+                )
             }
-            None => o.sample("sanlb_route_rate_bytes_per_second", &[("target", &target)], m.rate),
+            None => o.sample(
+                "sanlb_route_rate_bytes_per_second",
+                &[("target", &target)],
+                m.rate,
+            ),
         }
     }
-    o.one("sanlb_moves_in_flight", "gauge", "Routes withheld until their old owner releases them.", c.moves_in_flight() as f64);
-    o.one("sanlb_moves_total", "counter", "Routes moved between gateways by adopted maps.", k.moves as f64);
-    o.one("sanlb_moves_bypassed_total", "counter", "Moves completed without the release of a dead old owner.", k.bypassed as f64);
-    o.one("sanlb_moves_abandoned_total", "counter", "Moves abandoned because an alive old owner did not release within a lease.", k.abandoned as f64);
-    o.head("sanlb_rebalances_total", "counter", "Rebalance decisions by result.");
+    o.one(
+        "sanlb_moves_in_flight",
+        "gauge",
+        "Routes withheld until their old owner releases them.",
+        c.moves_in_flight() as f64,
+    );
+    o.one(
+        "sanlb_moves_total",
+        "counter",
+        "Routes moved between gateways by adopted maps.",
+        k.moves as f64,
+    );
+    o.one(
+        "sanlb_moves_bypassed_total",
+        "counter",
+        "Moves completed without the release of a dead old owner.",
+        k.bypassed as f64,
+    );
+    o.one(
+        "sanlb_moves_abandoned_total",
+        "counter",
+        "Moves abandoned because an alive old owner did not release within a lease.",
+        k.abandoned as f64,
+    );
+    o.head(
+        "sanlb_rebalances_total",
+        "counter",
+        "Rebalance decisions by result.",
+    );
     for result in ["adopted", "kept", "superseded"] {
         let n = k.rebalances.get(result).copied().unwrap_or(0);
         o.sample("sanlb_rebalances_total", &[("result", result)], n as f64);
     }
-    o.one("sanlb_rebalance_duration_seconds", "gauge", "Solver time of the last rebalance.", k.last_solve_s);
-    o.one("sanlb_gateway_deaths_total", "counter", "Gateways declared dead after a silent lease.", k.deaths as f64);
-    o.one("sanlb_reports_total", "counter", "Reports counted.", k.reports as f64);
-    o.one("sanlb_reports_stale_total", "counter", "Reports ignored as duplicates or out of order.", k.stale_reports as f64);
-    o.head("sanlb_report_errors_total", "counter", "Requests refused, by reason.");
+    o.one(
+        "sanlb_rebalance_duration_seconds",
+        "gauge",
+        "Solver time of the last rebalance.",
+        k.last_solve_s,
+    );
+    o.one(
+        "sanlb_gateway_deaths_total",
+        "counter",
+        "Gateways declared dead after a silent lease.",
+        k.deaths as f64,
+    );
+    o.one(
+        "sanlb_reports_total",
+        "counter",
+        "Reports counted.",
+        k.reports as f64,
+    );
+    o.one(
+        "sanlb_reports_stale_total",
+        "counter",
+        "Reports ignored as duplicates or out of order.",
+        k.stale_reports as f64,
+    );
+    o.head(
+        "sanlb_report_errors_total",
+        "counter",
+        "Requests refused, by reason.",
+    );
     for (reason, n) in &k.errors {
-        o.sample("sanlb_report_errors_total", &[("reason", reason)], *n as f64);
+        o.sample(
+            "sanlb_report_errors_total",
+            &[("reason", reason)],
+            *n as f64,
+        );
     }
-    o.one("sanlb_state_persist_failures_total", "counter", "Failed writes of the state file.", k.persist_failures as f64);
+    o.one(
+        "sanlb_state_persist_failures_total",
+        "counter",
+        "Failed writes of the state file.",
+        k.persist_failures as f64,
+    );
     o.0
 }
 

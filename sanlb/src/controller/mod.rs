@@ -59,7 +59,9 @@ pub enum ControllerError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The state file was written for another unit of assignment.
-    #[error("state file holds a {saved:?}-mode map, the controller runs in {running:?} mode (move the file away to start afresh)")]
+    #[error(
+        "state file holds a {saved:?}-mode map, the controller runs in {running:?} mode (move the file away to start afresh)"
+    )]
     ModeMismatch {
         /// Mode of the file.
         saved: Mode,
@@ -152,7 +154,11 @@ impl Config {
         if self.window == 0 {
             return bad("--window must be ≥ 1".into());
         }
-        for (name, v) in [("--w-var", self.w_var), ("--w-change", self.w_change), ("--min-gain", self.min_gain)] {
+        for (name, v) in [
+            ("--w-var", self.w_var),
+            ("--w-change", self.w_change),
+            ("--min-gain", self.min_gain),
+        ] {
             if !v.is_finite() || v < 0.0 {
                 return bad(format!("{name} must be a finite number ≥ 0, not {v}"));
             }
@@ -493,12 +499,27 @@ impl Controller {
         let invalid = |field, message: String| Err(IngestError::Invalid { field, message });
         if r.gateway.is_empty()
             || r.gateway.len() > MAX_NAME_LEN
-            || !r.gateway.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            || !r
+                .gateway
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         {
-            return invalid("gateway", format!("{:?}: 1–{MAX_NAME_LEN} characters of [A-Za-z0-9._-]", r.gateway));
+            return invalid(
+                "gateway",
+                format!(
+                    "{:?}: 1–{MAX_NAME_LEN} characters of [A-Za-z0-9._-]",
+                    r.gateway
+                ),
+            );
         }
-        if r.boot_id.is_empty() || r.boot_id.len() > MAX_BOOT_ID_LEN || !r.boot_id.bytes().all(|b| b.is_ascii_graphic()) {
-            return invalid("boot_id", format!("1–{MAX_BOOT_ID_LEN} printable ASCII characters"));
+        if r.boot_id.is_empty()
+            || r.boot_id.len() > MAX_BOOT_ID_LEN
+            || !r.boot_id.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return invalid(
+                "boot_id",
+                format!("1–{MAX_BOOT_ID_LEN} printable ASCII characters"),
+            );
         }
         if !r.capacity.is_finite() || r.capacity <= 0.0 || r.capacity > 1e6 {
             return invalid("capacity", format!("{} is not in (0, 1e6]", r.capacity));
@@ -507,12 +528,25 @@ impl Controller {
             return invalid("applied", format!("{} is absurd (> 2^53)", r.applied));
         }
         if r.flows.len() > MAX_FLOWS_PER_REPORT {
-            return invalid("flows", format!("{} flows, at most {MAX_FLOWS_PER_REPORT}", r.flows.len()));
+            return invalid(
+                "flows",
+                format!("{} flows, at most {MAX_FLOWS_PER_REPORT}", r.flows.len()),
+            );
         }
         if r.owned.len() > MAX_OWNED_PER_REPORT {
-            return invalid("owned", format!("{} addresses, at most {MAX_OWNED_PER_REPORT}", r.owned.len()));
+            return invalid(
+                "owned",
+                format!(
+                    "{} addresses, at most {MAX_OWNED_PER_REPORT}",
+                    r.owned.len()
+                ),
+            );
         }
-        if let Some(a) = r.owned.iter().find(|a| a.is_unspecified() || a.is_multicast() || a.is_loopback()) {
+        if let Some(a) = r
+            .owned
+            .iter()
+            .find(|a| a.is_unspecified() || a.is_multicast() || a.is_loopback())
+        {
             return invalid("owned", format!("{a} cannot be a storage address"));
         }
         Ok(())
@@ -528,15 +562,18 @@ impl Controller {
         } else {
             self.counters.stale_reports += 1;
         }
-        let gw = self.gateways.entry(r.gateway.clone()).or_insert_with(|| Gw {
-            capacity: r.capacity,
-            alive: false,
-            last_seen: now,
-            boot_id: String::new(),
-            applied: 0,
-            owned: BTreeSet::new(),
-            enforce: EnforceCounters::default(),
-        });
+        let gw = self
+            .gateways
+            .entry(r.gateway.clone())
+            .or_insert_with(|| Gw {
+                capacity: r.capacity,
+                alive: false,
+                last_seen: now,
+                boot_id: String::new(),
+                applied: 0,
+                owned: BTreeSet::new(),
+                enforce: EnforceCounters::default(),
+            });
         gw.last_seen = now;
         let revived = !gw.alive;
         gw.alive = true;
@@ -607,14 +644,18 @@ impl Controller {
             let r = self.routes.get_mut(&key).expect("listed above");
             if let Ownership::Moving { from, to, .. } = &r.ownership {
                 tracing::info!(target = %key.1, %from, %to, generation = g, "released: handing over");
-                r.ownership = Ownership::Owned { gateway: to.clone() };
+                r.ownership = Ownership::Owned {
+                    gateway: to.clone(),
+                };
                 r.changed = g;
             }
         }
         for key in adopted {
             tracing::info!(target = %key.1, gateway, generation = g, "adopting an address the gateway already holds");
             let r = self.routes.get_mut(&key).expect("listed above");
-            r.ownership = Ownership::Owned { gateway: gateway.to_owned() };
+            r.ownership = Ownership::Owned {
+                gateway: gateway.to_owned(),
+            };
             r.changed = g;
         }
     }
@@ -682,7 +723,9 @@ impl Controller {
                 let r = self.routes.get_mut(&key).expect("listed above");
                 if let Ownership::Moving { from, to, .. } = &r.ownership {
                     tracing::warn!(target = %key.1, %from, %to, generation = g, "old owner dead: bypassed");
-                    r.ownership = Ownership::Owned { gateway: to.clone() };
+                    r.ownership = Ownership::Owned {
+                        gateway: to.clone(),
+                    };
                     r.changed = g;
                     self.counters.bypassed += 1;
                 }
@@ -691,7 +734,9 @@ impl Controller {
                 let r = self.routes.get_mut(&key).expect("listed above");
                 if let Ownership::Moving { from, to, .. } = &r.ownership {
                     tracing::warn!(target = %key.1, %from, %to, generation = g, "old owner did not release within a lease: move abandoned");
-                    r.ownership = Ownership::Owned { gateway: from.clone() };
+                    r.ownership = Ownership::Owned {
+                        gateway: from.clone(),
+                    };
                     r.changed = g;
                     self.counters.abandoned += 1;
                 }
@@ -718,7 +763,8 @@ impl Controller {
     /// Ends an interval: one sample into the window; persists the rates.
     pub fn close_interval(&mut self) {
         let gws = &self.gateways;
-        self.stats.close_interval(|n| gws.get(n).is_some_and(|g| g.alive));
+        self.stats
+            .close_interval(|n| gws.get(n).is_some_and(|g| g.alive));
         self.settled = self.settled.saturating_add(1);
         if let Some(store) = &self.store
             && !self.dirty
@@ -761,7 +807,9 @@ impl Controller {
         if !self.ready || self.routes.is_empty() || !self.gateways.values().any(|g| g.alive) {
             return None;
         }
-        if trigger == Trigger::Interval && (self.moves_in_flight() > 0 || self.settled < self.cfg.window) {
+        if trigger == Trigger::Interval
+            && (self.moves_in_flight() > 0 || self.settled < self.cfg.window)
+        {
             return None;
         }
         let rates = self.rates();
@@ -803,7 +851,13 @@ impl Controller {
 
     /// Adopts `solution` of `plan` if it is still current and, for a
     /// periodic rebalance, gains at least `min_gain`.
-    pub fn adopt(&mut self, plan: &Plan, solution: &Solution, solve_time: Duration, now: Instant) -> RebalanceRecord {
+    pub fn adopt(
+        &mut self,
+        plan: &Plan,
+        solution: &Solution,
+        solve_time: Duration,
+        now: Instant,
+    ) -> RebalanceRecord {
         self.counters.last_solve_s = solve_time.as_secs_f64();
         let p = &plan.problem;
         let current: Option<Vec<usize>> = p
@@ -811,11 +865,15 @@ impl Controller {
             .iter()
             .map(|r| {
                 let c = r.current.as_deref()?;
-                p.gateways.iter().position(|g| g.name == c && g.capacity > 0.0)
+                p.gateways
+                    .iter()
+                    .position(|g| g.name == c && g.capacity > 0.0)
             })
             .collect();
         let before = current.as_ref().and_then(|a| optimize::evaluate(p, a).ok());
-        let gain = before.as_ref().map_or(f64::INFINITY, |e| e.cost - solution.cost);
+        let gain = before
+            .as_ref()
+            .map_or(f64::INFINITY, |e| e.cost - solution.cost);
         let mut record = RebalanceRecord {
             at_ms: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -838,7 +896,8 @@ impl Controller {
         } else if before.is_some() && solution.moves == 0 {
             record.reason = "no better map".into();
             "kept"
-        } else if before.is_some() && plan.trigger == Trigger::Interval && gain < self.cfg.min_gain {
+        } else if before.is_some() && plan.trigger == Trigger::Interval && gain < self.cfg.min_gain
+        {
             record.reason = format!("gain {gain:.4} < min-gain {}", self.cfg.min_gain);
             "kept"
         } else {
@@ -886,7 +945,9 @@ impl Controller {
         let enforced = self.cfg.mode == Mode::Target;
         for (key, &gi) in plan.keys.iter().zip(&solution.assignment) {
             let to = plan.problem.gateways[gi].name.clone();
-            let Some(r) = self.routes.get_mut(key) else { continue };
+            let Some(r) = self.routes.get_mut(key) else {
+                continue;
+            };
             let next = match &r.ownership {
                 Ownership::Owned { gateway } if *gateway == to => continue,
                 Ownership::Moving { to: t, .. } if *t == to => continue,
@@ -898,7 +959,11 @@ impl Controller {
                         Ownership::Moving { release, .. } => *release,
                         _ => g,
                     };
-                    Ownership::Moving { from: from.clone(), to, release }
+                    Ownership::Moving {
+                        from: from.clone(),
+                        to,
+                        release,
+                    }
                 }
                 _ => Ownership::Owned { gateway: to },
             };
@@ -916,7 +981,8 @@ impl Controller {
     /// `GET /v1/status`.
     pub fn status(&self, now: Instant) -> Status {
         let rates = self.rates();
-        let mut loads: BTreeMap<&str, f64> = self.gateways.keys().map(|n| (n.as_str(), 0.0)).collect();
+        let mut loads: BTreeMap<&str, f64> =
+            self.gateways.keys().map(|n| (n.as_str(), 0.0)).collect();
         for (k, r) in &self.routes {
             if let Some(g) = r.ownership.assigned()
                 && let Some(l) = loads.get_mut(g)
@@ -944,7 +1010,9 @@ impl Controller {
                     name: n.clone(),
                     capacity: g.capacity,
                     alive: g.alive,
-                    last_report_ms: Some(now.saturating_duration_since(g.last_seen).as_millis() as u64),
+                    last_report_ms: Some(
+                        now.saturating_duration_since(g.last_seen).as_millis() as u64
+                    ),
                     load: loads[n.as_str()],
                     utilisation: loads[n.as_str()] / g.capacity,
                     applied: g.applied,
@@ -964,7 +1032,12 @@ impl Controller {
                 })
                 .collect(),
             rebalances: self.history.iter().cloned().collect(),
-            report_errors: self.counters.errors.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            report_errors: self
+                .counters
+                .errors
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
         }
     }
 }
@@ -1009,14 +1082,20 @@ pub fn solve(plan: &Plan) -> Result<(Solution, Duration), optimize::OptimizeErro
 /// capacities, so var_norm does not change.
 fn relabel(p: &Problem, assignment: &mut [usize]) {
     let k = p.gateways.len();
-    let index: HashMap<&str, usize> = p.gateways.iter().enumerate().map(|(i, g)| (g.name.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = p
+        .gateways
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (g.name.as_str(), i))
+        .collect();
     let mut overlap = vec![0usize; k * k];
     for (r, &b) in p.routes.iter().zip(assignment.iter()) {
         if let Some(&g) = r.current.as_deref().and_then(|c| index.get(c)) {
             overlap[b * k + g] += 1;
         }
     }
-    let same = |a: usize, b: usize| p.gateways[a].capacity.to_bits() == p.gateways[b].capacity.to_bits();
+    let same =
+        |a: usize, b: usize| p.gateways[a].capacity.to_bits() == p.gateways[b].capacity.to_bits();
     let mut pairs: Vec<(usize, usize, usize)> = (0..k)
         .flat_map(|b| (0..k).map(move |g| (b, g)))
         .filter(|&(b, g)| overlap[b * k + g] > 0 && same(b, g))
@@ -1031,10 +1110,12 @@ fn relabel(p: &Problem, assignment: &mut [usize]) {
             taken[g] = true;
         }
     }
-    for b in 0..k {
-        if perm[b].is_none() {
-            let g = (0..k).find(|&g| !taken[g] && same(b, g)).expect("a bin always has its own capacity class");
-            perm[b] = Some(g);
+    for (b, p) in perm.iter_mut().enumerate() {
+        if p.is_none() {
+            let g = (0..k)
+                .find(|&g| !taken[g] && same(b, g))
+                .expect("a bin always has its own capacity class");
+            *p = Some(g);
             taken[g] = true;
         }
     }

@@ -22,11 +22,17 @@ pub struct Server {
 
 impl Server {
     /// Serves `controller` on `listener` to clients presenting `token`.
-    pub fn start(controller: Controller, token: String, listener: TcpListener) -> Result<Self, ControllerError> {
-        let addr = listener.local_addr().map_err(|source| ControllerError::Serve {
-            addr: "the listener".into(),
-            source,
-        })?;
+    pub fn start(
+        controller: Controller,
+        token: String,
+        listener: TcpListener,
+    ) -> Result<Self, ControllerError> {
+        let addr = listener
+            .local_addr()
+            .map_err(|source| ControllerError::Serve {
+                addr: "the listener".into(),
+                source,
+            })?;
         let state = AppState::new(controller, token);
         let app = http::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let closing = state.clone();
@@ -65,7 +71,10 @@ impl Server {
         self.timers.abort();
         let _ = self.timers.await;
         let abort = self.serve.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(5), self.serve).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), self.serve)
+            .await
+            .is_err()
+        {
             abort.abort();
         }
     }
@@ -75,7 +84,9 @@ async fn timers(state: Arc<AppState>) {
     let cfg = state.lock().config().clone();
     let mut rebalance = tokio::time::interval_at(Instant::now() + cfg.interval, cfg.interval);
     rebalance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut lease = tokio::time::interval((cfg.lease / 10).clamp(Duration::from_millis(20), Duration::from_secs(1)));
+    let mut lease = tokio::time::interval(
+        (cfg.lease / 10).clamp(Duration::from_millis(20), Duration::from_secs(1)),
+    );
     lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -111,7 +122,9 @@ async fn run(state: &Arc<AppState>, plan: Option<Plan>) {
     .await;
     match solved {
         Ok((plan, Ok((solution, took)))) => {
-            state.lock().adopt(&plan, &solution, took, std::time::Instant::now());
+            state
+                .lock()
+                .adopt(&plan, &solution, took, std::time::Instant::now());
         }
         Ok((_, Err(e))) => tracing::error!(error = %e, "the optimiser refused the problem"),
         Err(e) => tracing::error!(error = %e, "the optimiser panicked"),

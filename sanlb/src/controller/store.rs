@@ -201,14 +201,21 @@ mod tests {
                 },
                 changed: 7,
             }],
-            window: vec![vec![(IpAddr::from([198, 18, 0, 1]), IpAddr::from([198, 18, 1, 1]), 5.5)]],
+            window: vec![vec![(
+                IpAddr::from([198, 18, 0, 1]),
+                IpAddr::from([198, 18, 1, 1]),
+                5.5,
+            )]],
             history: vec![],
         };
         store.save(&saved).unwrap();
         assert_eq!(store.load().unwrap(), Some(saved));
         assert!(!dir.path().join("state.json.tmp").exists());
         fs::write(store.path(), b"{\"version\": 9}").unwrap();
-        assert!(matches!(store.load(), Err(StoreError::Version { version: 9, .. })));
+        assert!(matches!(
+            store.load(),
+            Err(StoreError::Version { version: 9, .. })
+        ));
         fs::write(store.path(), b"garbage").unwrap();
         assert!(matches!(store.load(), Err(StoreError::Parse { .. })));
     }

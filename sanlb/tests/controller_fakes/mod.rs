@@ -54,7 +54,13 @@ impl World {
     }
 
     pub fn held(&self, gateway: &str) -> BTreeSet<IpAddr> {
-        self.0.lock().unwrap().held.get(gateway).cloned().unwrap_or_default()
+        self.0
+            .lock()
+            .unwrap()
+            .held
+            .get(gateway)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn all_held(&self) -> BTreeMap<String, BTreeSet<IpAddr>> {
@@ -198,12 +204,19 @@ pub fn config(targets: &[IpAddr]) -> Config {
 /// Starts a controller on loopback (on `port`, or any when 0).
 pub async fn start(cfg: Config, state: &Path, port: u16) -> Server {
     let c = Controller::new(cfg, Some(Store::new(state)), Instant::now()).expect("controller");
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind");
     Server::start(c, TOKEN.into(), listener).expect("server")
 }
 
 pub fn client(server_port: u16) -> Client {
-    Client::new(&format!("http://127.0.0.1:{server_port}"), TOKEN, Duration::from_secs(2)).unwrap()
+    Client::new(
+        &format!("http://127.0.0.1:{server_port}"),
+        TOKEN,
+        Duration::from_secs(2),
+    )
+    .unwrap()
 }
 
 /// A running fake agent.
@@ -227,7 +240,12 @@ pub fn spawn_agent(world: &World, gateway: &str, port: u16) -> RunningAgent {
         interval: Duration::from_millis(100),
         long_poll: Duration::from_secs(5),
     };
-    let mut agent = Agent::new(cfg, client(port), world.counters(gateway), world.owner(gateway));
+    let mut agent = Agent::new(
+        cfg,
+        client(port),
+        world.counters(gateway),
+        world.owner(gateway),
+    );
     let (stop, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
         agent

@@ -24,10 +24,15 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     // Everything that can fail on input is checked before attaching.
     let controller = match &args.controller {
         Some(url) => {
-            let token = crate::controller::read_token(args.token_file.as_deref().expect("clap requires it"))?;
+            let token = crate::controller::read_token(
+                args.token_file.as_deref().expect("clap requires it"),
+            )?;
             let client = Client::new(url, &token, REQUEST_TIMEOUT)?;
             if !args.capacity.is_finite() || args.capacity <= 0.0 {
-                anyhow::bail!("--capacity must be a finite number > 0, not {}", args.capacity);
+                anyhow::bail!(
+                    "--capacity must be a finite number > 0, not {}",
+                    args.capacity
+                );
             }
             // The owner's sockets and tasks live on this runtime.
             let _rt = rt.enter();

@@ -106,7 +106,7 @@ pub struct ControllerArgs {
     #[arg(long, default_value_t = sanlb::optimize::DEFAULT_W_CHANGE)]
     pub w_change: f64,
     /// Smallest fall of the cost for which a new map is adopted.
-    #[arg(long, default_value_t = 0.02)]
+    #[arg(long, default_value_t = 0.01)]
     pub min_gain: f64,
     /// Silence after which a gateway is dead and its routes move.
     #[arg(long, value_parser = duration, default_value = "3s")]

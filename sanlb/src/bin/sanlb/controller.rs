@@ -13,10 +13,14 @@ use crate::args::ControllerArgs;
 
 /// Reads a bearer token: the file's content without surrounding whitespace.
 pub fn read_token(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading the token file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
     let token = text.trim();
     if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        anyhow::bail!("token file {}: expected one printable token", path.display());
+        anyhow::bail!(
+            "token file {}: expected one printable token",
+            path.display()
+        );
     }
     Ok(token.to_owned())
 }
@@ -27,7 +31,8 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         .traffic
         .as_deref()
         .map(|p| -> anyhow::Result<_> {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             stats::parse_traffic_csv(&text).with_context(|| format!("{}", p.display()))
         })
         .transpose()?;
@@ -53,8 +58,12 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         eprintln!("sanlb: {e}");
         return Ok(ExitCode::from(2));
     }
-    let controller = Controller::new(cfg, Some(Store::new(&args.state)), std::time::Instant::now())
-        .with_context(|| format!("starting from {}", args.state.display()))?;
+    let controller = Controller::new(
+        cfg,
+        Some(Store::new(&args.state)),
+        std::time::Instant::now(),
+    )
+    .with_context(|| format!("starting from {}", args.state.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

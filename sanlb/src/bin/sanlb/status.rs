@@ -49,15 +49,33 @@ fn render(url: &str, st: &Status) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "controller {url}  generation {}  mode {:?}  var_norm {:.4}  interval {} ms × {}  lease {} ms\n",
+        "controller {url}  generation {}  mode {}  var_norm {:.4}  interval {} ms × {}  lease {} ms\n",
         st.generation, st.mode, st.var_norm, st.interval_ms, st.window, st.lease_ms
     );
-    let max_u = st.gateways.iter().map(|g| g.utilisation).fold(0.0, f64::max);
-    let _ = writeln!(o, "{:<16} {:<5} {:>5} {:>12} {:<20} {:>6} {:>7} {:>8}", "GATEWAY", "STATE", "CAP", "LOAD", "", "ROUTES", "APPLIED", "LAST");
+    let max_u = st
+        .gateways
+        .iter()
+        .map(|g| g.utilisation)
+        .fold(0.0, f64::max);
+    let _ = writeln!(
+        o,
+        "{:<16} {:<5} {:>5} {:>12} {:<20} {:>6} {:>7} {:>8}",
+        "GATEWAY", "STATE", "CAP", "LOAD", "", "ROUTES", "APPLIED", "LAST"
+    );
     for g in &st.gateways {
-        let routes = st.map.iter().filter(|m| m.ownership.assigned() == Some(g.name.as_str())).count();
-        let frac = if max_u > 0.0 { g.utilisation / max_u } else { 0.0 };
-        let last = g.last_report_ms.map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+        let routes = st
+            .map
+            .iter()
+            .filter(|m| m.ownership.assigned() == Some(g.name.as_str()))
+            .count();
+        let frac = if max_u > 0.0 {
+            g.utilisation / max_u
+        } else {
+            0.0
+        };
+        let last = g
+            .last_report_ms
+            .map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
         let _ = writeln!(
             o,
             "{:<16} {:<5} {:>5} {:>12} {} {:>6} {:>7} {:>8}",
@@ -71,7 +89,11 @@ fn render(url: &str, st: &Status) -> String {
             last
         );
     }
-    let _ = writeln!(o, "\n{:<40} {:<24} {:<8} {:>7} {:>12}", "ROUTE", "OWNER", "STATE", "CHANGED", "RATE");
+    let _ = writeln!(
+        o,
+        "\n{:<40} {:<24} {:<8} {:>7} {:>12}",
+        "ROUTE", "OWNER", "STATE", "CHANGED", "RATE"
+    );
     for m in &st.map {
         let route = match m.host {
             Some(h) => format!("{h}→{}", m.target),
@@ -82,10 +104,19 @@ fn render(url: &str, st: &Status) -> String {
             Ownership::Owned { gateway } => (gateway.clone(), "owned"),
             Ownership::Moving { from, to, .. } => (format!("{from}→{to}"), "moving"),
         };
-        let _ = writeln!(o, "{route:<40} {owner:<24} {state:<8} {:>7} {:>12}", m.changed, rate(m.rate));
+        let _ = writeln!(
+            o,
+            "{route:<40} {owner:<24} {state:<8} {:>7} {:>12}",
+            m.changed,
+            rate(m.rate)
+        );
     }
     let _ = writeln!(o, "\nREBALANCES (newest last)");
-    let _ = writeln!(o, "{:<8} {:>5} {:<9} {:<10} {:>5} {:>17} {:>9}  WHY", "UTC", "GEN", "TRIGGER", "RESULT", "MOVES", "VAR_NORM", "SOLVE");
+    let _ = writeln!(
+        o,
+        "{:<8} {:>5} {:<9} {:<10} {:>5} {:>17} {:>9}  WHY",
+        "UTC", "GEN", "TRIGGER", "RESULT", "MOVES", "VAR_NORM", "SOLVE"
+    );
     for r in st.rebalances.iter().rev().take(8).rev() {
         let _ = writeln!(
             o,
@@ -95,7 +126,11 @@ fn render(url: &str, st: &Status) -> String {
             r.trigger,
             if r.adopted { "adopted" } else { "kept" },
             r.moves,
-            format!("{}→{:.4}", r.var_norm_before.map_or("-".into(), |v| format!("{v:.4}")), r.var_norm_after),
+            format!(
+                "{}→{:.4}",
+                r.var_norm_before.map_or("-".into(), |v| format!("{v:.4}")),
+                r.var_norm_after
+            ),
             r.duration_ms,
             r.reason
         );
