@@ -164,6 +164,8 @@ pub struct Status {
     pub gateways: Vec<GatewayStatus>,
     /// The map, by route.
     pub map: Vec<MapEntry>,
+    /// The traffic matrix: rate per (host, target), mean over the window.
+    pub matrix: Vec<FlowRate>,
     /// Most recent rebalance decisions, newest last.
     pub rebalances: Vec<RebalanceRecord>,
     /// Reports refused since start, by reason.
@@ -240,6 +242,17 @@ pub struct MapEntry {
     /// Generation in which its state last changed.
     pub changed: u64,
     /// Its rate, bytes/s (mean over the window).
+    pub rate: f64,
+}
+
+/// One cell of the traffic matrix.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlowRate {
+    /// Host (initiator).
+    pub host: IpAddr,
+    /// Storage entity (target).
+    pub target: IpAddr,
+    /// Bytes/s, mean over the window.
     pub rate: f64,
 }
 

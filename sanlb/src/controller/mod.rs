@@ -40,7 +40,7 @@ pub use crate::proto::Ownership;
 use crate::{
     optimize::{self, Gateway, Options, Problem, Route, Solution},
     proto::{
-        EnforceCounters, GatewayStatus, MAX_BOOT_ID_LEN, MAX_FLOWS_PER_REPORT, MAX_NAME_LEN,
+        EnforceCounters, FlowRate, GatewayStatus, MAX_BOOT_ID_LEN, MAX_FLOWS_PER_REPORT, MAX_NAME_LEN,
         MAX_OWNED_PER_REPORT, MapEntry, Mode, RebalanceRecord, Report, ReportReply, Share, Status,
     },
     stats::{self, Ingest, Stats, StatsError, TrafficMatrix},
@@ -258,6 +258,8 @@ pub struct Controller {
     routes: BTreeMap<RouteKey, RouteState>,
     stats: Stats,
     apriori: Option<HashMap<stats::FlowKey, f64>>,
+    /// Targets named up front (`targets` and the a-priori matrix).
+    listed: BTreeSet<IpAddr>,
     history: VecDeque<RebalanceRecord>,
     started: Instant,
     ready: bool,
@@ -287,6 +289,12 @@ impl Controller {
             epoch: 0,
             gateways: BTreeMap::new(),
             routes: BTreeMap::new(),
+            listed: cfg
+                .targets
+                .iter()
+                .copied()
+                .chain(cfg.traffic.iter().flat_map(|m| m.cells.iter().map(|c| c.1)))
+                .collect(),
             apriori,
             history: VecDeque::new(),
             started: now,
@@ -391,13 +399,7 @@ impl Controller {
     }
 
     fn managed(&self, addr: IpAddr) -> bool {
-        self.cfg.storage.iter().any(|n| n.contains(&addr))
-            || self.cfg.targets.contains(&addr)
-            || self
-                .cfg
-                .traffic
-                .as_ref()
-                .is_some_and(|m| m.cells.iter().any(|c| c.1 == addr))
+        self.listed.contains(&addr) || self.cfg.storage.iter().any(|n| n.contains(&addr))
     }
 
     fn discover(&mut self, host: Option<IpAddr>, target: IpAddr, now: Instant) {
@@ -1031,6 +1033,18 @@ impl Controller {
                     rate: rates.get(k).copied().unwrap_or(0.0),
                 })
                 .collect(),
+            matrix: {
+                let m = match (&self.apriori, self.cfg.traffic_replace) {
+                    (Some(m), true) => m,
+                    _ => self.stats.matrix(),
+                };
+                let mut v: Vec<FlowRate> = m
+                    .iter()
+                    .map(|(&(host, target), &rate)| FlowRate { host, target, rate })
+                    .collect();
+                v.sort_by_key(|f| (f.target, f.host));
+                v
+            },
             rebalances: self.history.iter().cloned().collect(),
             report_errors: self
                 .counters
