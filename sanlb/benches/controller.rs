@@ -3,6 +3,9 @@
 //! - `controller/loopback_ingest`: reports over real HTTP on loopback from
 //!   8 concurrent clients, each report 1,000 flows; prints reports/s and the
 //!   p50/p99 latency seen by the clients (client and server share the CPUs).
+//! - `controller/router_ingest`: the same reports, pre-serialised, through
+//!   the axum router in-process one at a time (JSON parsing, validation,
+//!   ingest, reply; no client, no socket): what one server core sustains.
 //! - `controller/ingest_1000_flows` (criterion): one report through
 //!   `Controller::ingest`, no HTTP.
 //! - `controller/rebalance_1000x1000` (criterion): plan + solve of the map.
@@ -151,6 +154,47 @@ fn loopback_ingest() {
     });
 }
 
+fn router_ingest() {
+    use axum::{body::Body, http::Request};
+    use tower::ServiceExt as _;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let t0 = Instant::now();
+        let mut c = Controller::new(config(), None, t0).unwrap();
+        for g in 0..GATEWAYS {
+            c.ingest(&report(g, 0), t0).unwrap();
+        }
+        let state = sanlb::controller::http::AppState::new(c, TOKEN.into());
+        let app = sanlb::controller::http::app(state);
+        let mut lat = Vec::with_capacity(2 * GATEWAYS);
+        let mut total = Duration::ZERO;
+        for seq in 1..3 {
+            let bodies: Vec<Vec<u8>> = (0..GATEWAYS).map(|g| serde_json::to_vec(&report(g, seq)).unwrap()).collect();
+            for body in bodies {
+                let req = Request::post("/v1/report")
+                    .header("content-type", "application/json")
+                    .header("authorization", format!("Bearer {TOKEN}"))
+                    .body(Body::from(body))
+                    .unwrap();
+                let t = Instant::now();
+                let resp = app.clone().oneshot(req).await.unwrap();
+                assert!(resp.status().is_success());
+                let took = t.elapsed();
+                total += took;
+                lat.push(took);
+            }
+        }
+        lat.sort();
+        println!(
+            "controller/router_ingest: {GATEWAYS} gateways × {ROUTES} flows/report, one core: {:.0} reports/s, latency p50 {:.2} ms, p99 {:.2} ms ({} reports)",
+            lat.len() as f64 / total.as_secs_f64(),
+            percentile(&lat, 0.50).as_secs_f64() * 1000.0,
+            percentile(&lat, 0.99).as_secs_f64() * 1000.0,
+            lat.len()
+        );
+    });
+}
+
 /// A controller that has heard from every gateway twice and closed an
 /// interval: ready to rebalance 1,000 routes over 1,000 gateways.
 fn loaded() -> Controller {
@@ -213,6 +257,9 @@ fn main() {
         .is_none_or(|f| "controller/loopback_ingest".contains(f))
     {
         loopback_ingest();
+    }
+    if filter.as_deref().is_none_or(|f| "controller/router_ingest".contains(f)) {
+        router_ingest();
     }
     let mut c = Criterion::default().configure_from_args();
     benches(&mut c);

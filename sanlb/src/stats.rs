@@ -30,7 +30,7 @@
 //! - a delta above [`MAX_RATE`] × span is absurd: the report is refused.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{HashMap, VecDeque},
     net::IpAddr,
 };
 
@@ -295,43 +295,12 @@ impl Stats {
         self.samples.len()
     }
 
-    /// The window, oldest first, for persistence.
-    pub fn export(&self) -> Vec<Vec<(IpAddr, IpAddr, f64)>> {
-        self.samples
-            .iter()
-            .map(|s| {
-                let mut v: Vec<_> = s.iter().map(|(k, r)| (k.0, k.1, *r)).collect();
-                v.sort_by_key(|x| (x.0, x.1));
-                v
-            })
-            .collect()
+    /// The matrix as (host, target, bytes/s), sorted, for persistence.
+    pub fn export(&self) -> Vec<(IpAddr, IpAddr, f64)> {
+        let mut v: Vec<_> = self.mean.iter().map(|(k, r)| (k.0, k.1, *r)).collect();
+        v.sort_by_key(|x| (x.0, x.1));
+        v
     }
-
-    /// Restores a window saved by [`Stats::export`] (the newest W samples).
-    pub fn import(&mut self, samples: Vec<Vec<(IpAddr, IpAddr, f64)>>) {
-        self.samples = samples
-            .into_iter()
-            .map(|s| {
-                s.into_iter()
-                    .filter(|(_, _, r)| r.is_finite() && *r >= 0.0)
-                    .map(|(h, t, r)| ((h, t), r))
-                    .collect()
-            })
-            .collect();
-        while self.samples.len() > self.window {
-            self.samples.pop_front();
-        }
-        self.recompute();
-    }
-}
-
-/// Sums a (host, target) matrix per target.
-pub fn per_target(matrix: &HashMap<FlowKey, f64>) -> BTreeMap<IpAddr, f64> {
-    let mut out = BTreeMap::new();
-    for ((_, t), r) in matrix {
-        *out.entry(*t).or_default() += r;
-    }
-    out
 }
 
 /// An a-priori traffic matrix.

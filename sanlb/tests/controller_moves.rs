@@ -249,6 +249,8 @@ fn the_generation_is_persisted_and_resumed() {
             .any(|r| r.target == t && matches!(r.ownership, Ownership::Moving { .. }))
     );
     let before = s.c.status(s.now);
+    let rates = s.c.rates();
+    assert_eq!(rates[&(None, t)], 1000.0);
     drop(s);
     let c = Controller::new(
         config(&[target(1), target(2)]),
@@ -265,6 +267,7 @@ fn the_generation_is_persisted_and_resumed() {
             .collect::<Vec<_>>()
     };
     assert_eq!(owners(&after), owners(&before));
+    assert_eq!(c.rates(), rates, "recent rates not resumed");
     // A state written in another mode is refused, not reinterpreted.
     let mut pair = config(&[]);
     pair.mode = Mode::Pair;

@@ -267,6 +267,8 @@ pub struct Controller {
     /// routes move (one is briefly held by nobody) are not representative,
     /// so the next periodic rebalance waits for a fresh window.
     settled: usize,
+    /// Intervals closed since start.
+    intervals: u64,
     counters: Counters,
     store: Option<Store>,
     /// Generation changed and not yet persisted.
@@ -300,6 +302,7 @@ impl Controller {
             started: now,
             ready: false,
             settled: 0,
+            intervals: 0,
             counters: Counters::default(),
             store: None,
             dirty: false,
@@ -362,7 +365,15 @@ impl Controller {
                 },
             );
         }
-        self.stats.import(saved.window);
+        let rates: HashMap<stats::FlowKey, f64> = saved
+            .rates
+            .into_iter()
+            .filter(|(_, _, r)| r.is_finite() && *r >= 0.0)
+            .map(|(h, t, r)| ((h, t), r))
+            .collect();
+        if !rates.is_empty() {
+            self.stats.seed(&rates);
+        }
         self.history = saved.history.into();
         tracing::info!(
             generation = self.generation,
@@ -491,7 +502,7 @@ impl Controller {
                     changed: r.changed,
                 })
                 .collect(),
-            window: self.stats.export(),
+            rates: self.stats.export(),
             history: self.history.iter().cloned().collect(),
         }
     }
@@ -768,8 +779,12 @@ impl Controller {
         self.stats
             .close_interval(|n| gws.get(n).is_some_and(|g| g.alive));
         self.settled = self.settled.saturating_add(1);
+        self.intervals += 1;
+        // Rates are refreshed on disk once per window (and with every new
+        // generation): a restart loses at most one window of them.
         if let Some(store) = &self.store
             && !self.dirty
+            && self.intervals % self.cfg.window as u64 == 0
             && let Err(e) = store.save(&self.saved())
         {
             tracing::warn!(error = %crate::dataplane::error_chain(&e), "cannot persist the rates");

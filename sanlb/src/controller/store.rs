@@ -3,7 +3,7 @@
 //! leaves either the old or the new state, never a mix.
 //!
 //! A plain file rather than an embedded database: the state is one small
-//! document rewritten whole (map, generation, gateways, the rate window),
+//! document rewritten whole (map, generation, gateways, recent rates),
 //! with no queries and one writer.
 
 use std::{
@@ -93,8 +93,9 @@ pub struct Saved {
     pub gateways: Vec<SavedGateway>,
     /// The map.
     pub routes: Vec<SavedRoute>,
-    /// The rate window, oldest sample first: (host, target, bytes/s).
-    pub window: Vec<Vec<(IpAddr, IpAddr, f64)>>,
+    /// The windowed rates when saved, (host, target, bytes/s): a restarted
+    /// controller fills its window with them.
+    pub rates: Vec<(IpAddr, IpAddr, f64)>,
     /// Recent rebalance decisions.
     pub history: Vec<RebalanceRecord>,
 }
@@ -201,11 +202,11 @@ mod tests {
                 },
                 changed: 7,
             }],
-            window: vec![vec![(
+            rates: vec![(
                 IpAddr::from([198, 18, 0, 1]),
                 IpAddr::from([198, 18, 1, 1]),
                 5.5,
-            )]],
+            )],
             history: vec![],
         };
         store.save(&saved).unwrap();
