@@ -284,7 +284,85 @@ pub(crate) fn root_bound(m: &Model, any: &State) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::optimize::{Compiled, Gateway, Problem, Route};
+
+    /// Random small problems: capacities in {0, 1, 2}, integer rates (ties
+    /// exercise the symmetry rules), currents, reachability, weights.
+    fn arb_compiled() -> impl Strategy<Value = Option<Compiled>> {
+        (1usize..=4)
+            .prop_flat_map(|k| {
+                let route = (0u32..6, prop::option::of(0..k), prop::option::weighted(0.3, 1u32..(1 << k)));
+                (
+                    prop::collection::vec(prop_oneof![3 => Just(1.0), 1 => Just(0.0), 1 => Just(2.0)], k),
+                    prop::collection::vec(route, 0..=7),
+                    prop_oneof![Just(0.0), Just(0.05), Just(0.5)],
+                )
+            })
+            .prop_map(|(caps, routes, w_change)| {
+                let name = |g: usize| format!("gw{g}");
+                let p = Problem {
+                    gateways: caps
+                        .iter()
+                        .enumerate()
+                        .map(|(g, &capacity)| Gateway { name: name(g), capacity })
+                        .collect(),
+                    routes: routes
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (rate, current, mask))| Route {
+                            target: std::net::IpAddr::from([198, 18, 1, i as u8]),
+                            host: None,
+                            rate: f64::from(rate),
+                            current: current.map(name),
+                            allowed: mask.map(|mask| {
+                                (0..caps.len()).filter(|g| mask & (1 << g) != 0).map(name).collect()
+                            }),
+                        })
+                        .collect(),
+                    w_var: 1.0,
+                    w_change,
+                };
+                Compiled::new(&p).ok()
+            })
+    }
+
+    fn brute_force(c: &Compiled, assign: &mut Vec<usize>) -> f64 {
+        let r = assign.len();
+        if r == c.rate.len() {
+            return c.evaluate(assign).cost;
+        }
+        let mut best = f64::INFINITY;
+        for &g in &c.allowed[r] {
+            assign.push(g);
+            best = best.min(brute_force(c, assign));
+            assign.pop();
+        }
+        best
+    }
+
+    proptest! {
+        /// The search alone, from the worst start (no help from the greedy
+        /// incumbent), finds the optimum.
+        #[test]
+        fn search_from_a_poor_incumbent_is_exact(c in arb_compiled()) {
+            let Some(c) = c else { return Ok(()) };
+            let m = Model::new(&c);
+            let poor = (0..c.rate.len())
+                .map(|r| {
+                    let allowed = &c.allowed[r];
+                    *allowed.iter().find(|&&g| m.moved(r, g)).unwrap_or(&allowed[0])
+                })
+                .collect();
+            let out = solve(&m, &State::new(&m, poor), Deadline::after(std::time::Duration::from_secs(60)), u64::MAX);
+            prop_assert!(out.proven);
+            let want = brute_force(&c, &mut Vec::new());
+            let got = c.evaluate(&out.state.assign).cost;
+            prop_assert!((got - want).abs() <= tol(want), "{got} vs {want}");
+        }
+    }
 
     #[test]
     fn water_filling() {
