@@ -13,9 +13,9 @@ use rand::{RngExt as _, SeedableRng as _, rngs::Xoshiro256PlusPlus};
 use super::state::{Deadline, Model, State, descend, improves};
 
 /// Steps per movable route, and the bounds of the total.
-const STEPS_PER_ROUTE: u64 = 200;
-const MIN_STEPS: u64 = 20_000;
-const MAX_STEPS: u64 = 1_000_000;
+const STEPS_PER_ROUTE: u64 = 50;
+const MIN_STEPS: u64 = 10_000;
+const MAX_STEPS: u64 = 100_000;
 /// Passes of local search at the end.
 const POLISH_PASSES: usize = 64;
 
@@ -72,7 +72,7 @@ pub(crate) fn solve(m: &Model, start: &State, seed: u64, deadline: &Deadline) ->
     let mut temp = t0;
     for step in 0..steps {
         if step % 1024 == 0 {
-            if deadline.passed() {
+            if deadline.passed() || m.at_floor(best_cost) {
                 break;
             }
             temp = t0 * (t_end / t0).powf(step as f64 / steps as f64);

@@ -278,8 +278,9 @@ pub(crate) fn solve(m: &Model, incumbent: &State, deadline: Deadline, node_limit
 }
 
 /// A lower bound of the cost of every assignment (the search's root bound).
-pub(crate) fn root_bound(m: &Model, any: &State) -> f64 {
-    Search::new(m, any, Deadline::after(std::time::Duration::ZERO), 0).bound(0)
+pub(crate) fn root_bound(m: &Model) -> f64 {
+    let any = State::new(m, (0..m.routes()).map(|r| m.home(r)).collect());
+    Search::new(m, &any, Deadline::after(std::time::Duration::ZERO), 0).bound(0)
 }
 
 #[cfg(test)]

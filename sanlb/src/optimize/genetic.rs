@@ -14,26 +14,39 @@ use rand::{RngExt as _, SeedableRng as _, rngs::Xoshiro256PlusPlus};
 
 use super::{
     anneal::mobile,
-    state::{Deadline, Model, State, descend, tol},
+    state::{Deadline, Model, State, descend, descend_routes, tol},
 };
 
-/// Route-gateway pairs examined by the local search of all children, in
-/// total; sets the number of children.
-const WORK: u64 = 40_000_000;
+/// Route-gateway pairs examined by local search, in total (the population's
+/// first local search covers every route; a child's only the routes its
+/// parents disagree on or mutation touched). Sets the population size and
+/// the number of children.
+const WORK: u64 = 4_000_000;
+/// Bounds of the population size.
+const MIN_POPULATION: u64 = 4;
+const MAX_POPULATION: u64 = 24;
 /// Bounds of the number of children.
 const MIN_CHILDREN: u64 = 16;
-const MAX_CHILDREN: u64 = 2_000;
-/// Local search passes per child.
-const CHILD_PASSES: usize = 2;
+const MAX_CHILDREN: u64 = 500;
+/// Local search passes per member.
+const MEMBER_PASSES: usize = 2;
 /// Passes of local search for the winner.
 const POLISH_PASSES: usize = 64;
 
-/// `count` random moves of mobile routes.
-fn mutate(m: &Model, st: &mut State, mobile: &[usize], count: usize, rng: &mut Xoshiro256PlusPlus) {
+/// `count` random moves of mobile routes, noted in `touched`.
+fn mutate(
+    m: &Model,
+    st: &mut State,
+    mobile: &[usize],
+    count: usize,
+    touched: &mut Vec<usize>,
+    rng: &mut Xoshiro256PlusPlus,
+) {
     for _ in 0..count {
         let r = mobile[rng.random_range(0..mobile.len())];
         let allowed = &m.c.allowed[r];
         st.apply_move(m, r, allowed[rng.random_range(0..allowed.len())]);
+        touched.push(r);
     }
 }
 
@@ -45,21 +58,24 @@ pub(crate) fn solve(m: &Model, start: &State, seed: u64, deadline: &Deadline) ->
         return start.clone();
     }
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x6e6e_7e71);
-    let size = if mobile.len() > 1_000 { 12 } else { 24 };
-    let pass_work = (m.routes() * m.gateways()) as u64;
-    let children = (WORK / (pass_work * CHILD_PASSES as u64)).clamp(MIN_CHILDREN, MAX_CHILDREN);
+    let pass = (m.routes() * m.gateways()) as u64 * MEMBER_PASSES as u64;
+    let size = (WORK / 2 / pass).clamp(MIN_POPULATION, MAX_POPULATION) as usize;
+    // A child costs about 20·N: crossover, its sums, a local search on the
+    // routes it changed and the swaps that follow.
+    let children = (WORK / 2 / (20 * m.routes() as u64).max(1)).clamp(MIN_CHILDREN, MAX_CHILDREN);
     let strength = (mobile.len() / 10).max(1);
+    let mut touched = Vec::new();
 
     let mut pop: Vec<(f64, State)> = vec![(start.cost(m), start.clone())];
     if m.c.current.iter().any(Option::is_some) {
         let mut stay = State::new(m, (0..m.routes()).map(|r| m.home(r)).collect());
-        descend(m, &mut stay, CHILD_PASSES, deadline);
+        descend(m, &mut stay, MEMBER_PASSES, deadline);
         pop.push((stay.cost(m), stay));
     }
     while pop.len() < size && !deadline.passed() {
         let mut st = start.clone();
-        mutate(m, &mut st, &mobile, strength, &mut rng);
-        descend(m, &mut st, CHILD_PASSES, deadline);
+        mutate(m, &mut st, &mobile, strength, &mut touched, &mut rng);
+        descend(m, &mut st, MEMBER_PASSES, deadline);
         pop.push((st.cost(m), st));
     }
     let tournament = |pop: &[(f64, State)], rng: &mut Xoshiro256PlusPlus| {
@@ -70,17 +86,24 @@ pub(crate) fn solve(m: &Model, start: &State, seed: u64, deadline: &Deadline) ->
     };
     let mut genes = vec![0; m.routes()];
     for _ in 0..children {
-        if deadline.passed() {
+        if deadline.passed() || pop.iter().any(|(c, _)| m.at_floor(*c)) {
             break;
         }
         let (a, b) = (tournament(&pop, &mut rng), tournament(&pop, &mut rng));
         let (pa, pb) = (&pop[a].1.assign, &pop[b].1.assign);
+        touched.clear();
         for (r, gene) in genes.iter_mut().enumerate() {
-            *gene = if rng.random_bool(0.5) { pa[r] } else { pb[r] };
+            *gene = if pa[r] == pb[r] {
+                pa[r]
+            } else {
+                touched.push(r);
+                if rng.random_bool(0.5) { pa[r] } else { pb[r] }
+            };
         }
         let mut child = State::new(m, genes.clone());
-        mutate(m, &mut child, &mobile, rng.random_range(0..=3), &mut rng);
-        descend(m, &mut child, CHILD_PASSES, deadline);
+        let count = rng.random_range(0..=3);
+        mutate(m, &mut child, &mobile, count, &mut touched, &mut rng);
+        descend_routes(m, &mut child, touched.iter().copied(), MEMBER_PASSES, deadline);
         let cost = child.cost(m);
         let worst = (0..pop.len())
             .max_by(|&x, &y| pop[x].0.total_cmp(&pop[y].0))

@@ -19,9 +19,11 @@ pub(crate) fn tol(cost: f64) -> f64 {
     cost.abs() * REL_TOL + ABS_TOL
 }
 
-/// `d` is a real improvement of a solution of cost `cost`, not rounding noise.
+/// `d` is an improvement of a solution of cost `cost` worth making: above
+/// rounding noise (`n·s2/s1²` is about 1, so its error is about 1e-16) and
+/// not negligible against the cost.
 pub(crate) fn improves(d: f64, cost: f64) -> bool {
-    d < -(cost.abs() * 1e-12 + 1e-18)
+    d < -(cost.abs() * 1e-10 + 1e-15)
 }
 
 /// The problem as the solvers see it.
@@ -31,6 +33,8 @@ pub(crate) struct Model<'a> {
     pub inv: Vec<f64>,
     /// Number of live gateways, as a float.
     pub n: f64,
+    /// A lower bound of the cost (−∞ until set): searches stop on reaching it.
+    pub floor: f64,
 }
 
 impl<'a> Model<'a> {
@@ -41,7 +45,17 @@ impl<'a> Model<'a> {
             .map(|&cap| if cap > 0.0 { 1.0 / cap } else { 0.0 })
             .collect();
         let n = inv.iter().filter(|&&i| i > 0.0).count() as f64;
-        Self { c, inv, n }
+        Self {
+            c,
+            inv,
+            n,
+            floor: f64::NEG_INFINITY,
+        }
+    }
+
+    /// `cost` is the lower bound, up to [`tol`]: nothing can do better.
+    pub fn at_floor(&self, cost: f64) -> bool {
+        cost <= self.floor + tol(self.floor)
     }
 
     pub fn routes(&self) -> usize {
@@ -251,11 +265,29 @@ impl Deadline {
 /// swaps between the most utilised gateway and the least utilised ones, until
 /// neither improves, `max_passes` passes are done or the deadline passes.
 pub(crate) fn descend(m: &Model, st: &mut State, max_passes: usize, deadline: &Deadline) {
+    descend_routes(m, st, 0..m.routes(), max_passes, deadline);
+}
+
+/// [`descend`] with the single moves limited to `routes`.
+pub(crate) fn descend_routes(
+    m: &Model,
+    st: &mut State,
+    routes: impl Iterator<Item = usize> + Clone,
+    max_passes: usize,
+    deadline: &Deadline,
+) {
+    let done = |st: &State| deadline.passed() || m.at_floor(st.cost(m));
     for _ in 0..max_passes {
-        if deadline.passed() {
+        if done(st) {
             break;
         }
-        if !move_pass(m, st) && !swap_pass(m, st) {
+        let moved = move_pass(m, st, routes.clone());
+        // Swaps are cheap next to a pass of moves: make them while they help.
+        let mut swapped = 0;
+        while swapped < m.routes() && !done(st) && swap_pass(m, st) {
+            swapped += 1;
+        }
+        if !moved && swapped == 0 {
             break;
         }
     }
@@ -263,9 +295,9 @@ pub(crate) fn descend(m: &Model, st: &mut State, max_passes: usize, deadline: &D
 }
 
 /// Moves each route to the gateway that lowers the cost most; true if any did.
-fn move_pass(m: &Model, st: &mut State) -> bool {
+fn move_pass(m: &Model, st: &mut State, routes: impl Iterator<Item = usize>) -> bool {
     let mut any = false;
-    for r in 0..m.routes() {
+    for r in routes {
         let a = st.assign[r];
         let cost = st.cost(m);
         let mut best = (0.0, a);
@@ -300,12 +332,17 @@ fn swap_pass(m: &Model, st: &mut State) -> bool {
     let Some(&top) = gws.last() else {
         return false;
     };
-    let mut on_top: Vec<usize> = (0..m.routes())
-        .filter(|&r| st.assign[r] == top && m.c.rate[r] > 0.0)
-        .collect();
-    on_top.sort_by(|&a, &b| m.c.rate[a].total_cmp(&m.c.rate[b]));
+    let mut members = vec![Vec::new(); m.gateways()];
+    for (r, &g) in st.assign.iter().enumerate() {
+        if m.c.rate[r] > 0.0 {
+            members[g].push(r);
+        }
+    }
+    let by_rate = |list: &mut Vec<usize>| list.sort_by(|&x, &y| m.c.rate[x].total_cmp(&m.c.rate[y]));
+    by_rate(&mut members[top]);
     for &other in gws.iter().take(gws.len() - 1) {
-        if let Some((r, s)) = best_swap(m, st, &on_top, other) {
+        by_rate(&mut members[other]);
+        if let Some((r, s)) = best_swap(m, st, &members[top], top, &members[other], other) {
             st.apply_swap(m, r, s);
             return true;
         }
@@ -313,34 +350,28 @@ fn swap_pass(m: &Model, st: &mut State) -> bool {
     false
 }
 
-/// The best improving swap of a route of `from` (given, sorted by rate) with
-/// one of `to`: for each route of `from`, the partners whose rate is nearest
-/// the one that would even the two gateways out.
-pub(crate) fn best_swap(
+/// The best improving swap of a route of gateway `a` with one of `b` (both
+/// lists sorted by rate): for each route of `a`, the partners whose rates are
+/// nearest the one that would even the two gateways out.
+fn best_swap(
     m: &Model,
     st: &State,
-    from: &[usize],
-    to: usize,
+    on_a: &[usize],
+    a: usize,
+    on_b: &[usize],
+    b: usize,
 ) -> Option<(usize, usize)> {
-    let Some(&r0) = from.first() else {
-        return None;
-    };
-    let a = st.assign[r0];
-    let mut on_to: Vec<usize> = (0..m.routes()).filter(|&s| st.assign[s] == to).collect();
-    on_to.sort_by(|&x, &y| m.c.rate[x].total_cmp(&m.c.rate[y]));
     let cost = st.cost(m);
     // Moving t from a to b evens them out when u_a − t/c_a = u_b + t/c_b.
-    let even = (st.util[a] - st.util[to]) / (m.inv[a] + m.inv[to]);
+    let even = (st.util[a] - st.util[b]) / (m.inv[a] + m.inv[b]);
     let mut best: Option<(f64, usize, usize)> = None;
-    for &r in from {
-        if !m.allowed(r, to) {
+    for &r in on_a {
+        if !m.allowed(r, b) {
             continue;
         }
         let ideal = m.c.rate[r] - even;
-        let at = on_to.partition_point(|&s| m.c.rate[s] < ideal);
-        let lo = at.saturating_sub(3);
-        let hi = (at + 3).min(on_to.len());
-        for &s in &on_to[lo..hi] {
+        let at = on_b.partition_point(|&s| m.c.rate[s] < ideal);
+        for &s in &on_b[at.saturating_sub(3)..(at + 3).min(on_b.len())] {
             if !m.allowed(s, a) {
                 continue;
             }

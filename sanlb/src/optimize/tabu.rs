@@ -17,7 +17,7 @@ use super::{
 };
 
 /// Delta evaluations to spend, across all iterations.
-const EVALUATIONS: u64 = 4_000_000;
+const EVALUATIONS: u64 = 2_000_000;
 /// Bounds of the number of iterations.
 const MIN_ITERATIONS: u64 = 50;
 const MAX_ITERATIONS: u64 = 5_000;
@@ -104,7 +104,7 @@ pub(crate) fn solve(m: &Model, start: &State, seed: u64, deadline: &Deadline) ->
     let mut bottom_routes = Vec::new();
     let mut random_routes = Vec::new();
     for it in 1..=iterations {
-        if it % 16 == 0 && deadline.passed() {
+        if (it % 16 == 0 && deadline.passed()) || m.at_floor(best_cost) {
             break;
         }
         let cost = st.cost(m);
