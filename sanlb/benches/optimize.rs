@@ -34,7 +34,9 @@ fn pareto(rng: &mut Xoshiro256PlusPlus) -> f64 {
 }
 
 fn target(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i as u32))
+    IpAddr::V4(Ipv4Addr::from(
+        u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i as u32,
+    ))
 }
 
 /// N routes with Pareto rates, k equal gateways, no map in force.
@@ -78,7 +80,9 @@ fn balance(p: &Problem, s: &Solution) -> (f64, f64) {
 }
 
 fn quality_table() {
-    eprintln!("\n| N | k | solver | time (one run) | max/mean | bound | excess over bound | var_norm |");
+    eprintln!(
+        "\n| N | k | solver | time (one run) | max/mean | bound | excess over bound | var_norm |"
+    );
     eprintln!("|---|---|---|---|---|---|---|---|");
     for n in SIZES {
         for k in GATEWAYS {
@@ -90,7 +94,11 @@ fn quality_table() {
                 let (ratio, bound) = balance(&p, &s);
                 eprintln!(
                     "| {n} | {k} | {solver}{} | {:.2} ms | {ratio:.6} | {bound:.6} | {:.4} % | {:.3e} |",
-                    if solver == Solver::Auto { format!(" ({})", s.solver) } else { String::new() },
+                    if solver == Solver::Auto {
+                        format!(" ({})", s.solver)
+                    } else {
+                        String::new()
+                    },
                     dt.as_secs_f64() * 1e3,
                     (ratio / bound - 1.0) * 100.0,
                     s.var_norm,
@@ -161,19 +169,29 @@ fn rebalance_problem(n: usize, k: usize) -> Problem {
 }
 
 fn rebalance_table() {
-    eprintln!("\n| N | k | solver | time | var_norm before | after | moves | cost before | after |");
+    eprintln!(
+        "\n| N | k | solver | time | var_norm before | after | moves | cost before | after |"
+    );
     eprintln!("|---|---|---|---|---|---|---|---|---|");
     for (n, k) in [(100, 4), (1_000, 16), (10_000, 64)] {
         let p = rebalance_problem(n, k);
         let before = sanlb::optimize::Compiled::new(&p).expect("a valid problem");
-        let stay: Vec<usize> = before.current.iter().map(|c| c.expect("a current map")).collect();
+        let stay: Vec<usize> = before
+            .current
+            .iter()
+            .map(|c| c.expect("a current map"))
+            .collect();
         let e = before.evaluate(&stay);
         for solver in SOLVERS {
             let t = Instant::now();
             let s = solve(&p, &options(solver)).expect("a valid problem");
             eprintln!(
                 "| {n} | {k} | {solver}{} | {:.2} ms | {:.3e} | {:.3e} | {} | {:.4} | {:.4} |",
-                if solver == Solver::Auto { format!(" ({})", s.solver) } else { String::new() },
+                if solver == Solver::Auto {
+                    format!(" ({})", s.solver)
+                } else {
+                    String::new()
+                },
                 t.elapsed().as_secs_f64() * 1e3,
                 e.var_norm,
                 s.var_norm,

@@ -196,7 +196,11 @@ fn all_solvers(p: &Problem, want_cost: f64) -> Vec<Solution> {
         .map(|solver| {
             let s = solve(p, &options(solver, 7)).unwrap();
             check_consistent(p, &s);
-            assert!(close(s.cost, want_cost), "{solver}: {} vs {want_cost}", s.cost);
+            assert!(
+                close(s.cost, want_cost),
+                "{solver}: {} vs {want_cost}",
+                s.cost
+            );
             s
         })
         .collect()
@@ -324,7 +328,10 @@ fn an_unreachable_route_is_named() {
         w_change: 0.01,
     };
     let err = solve(&p, &Options::default()).unwrap_err();
-    assert_eq!(err.to_string(), "route 198.18.1.7: no allowed gateway with capacity > 0");
+    assert_eq!(
+        err.to_string(),
+        "route 198.18.1.7: no allowed gateway with capacity > 0"
+    );
 }
 
 #[test]

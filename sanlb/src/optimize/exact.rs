@@ -81,9 +81,7 @@ impl<'a> Search<'a> {
         }
         // What about a route matters to the search: its current gateway only
         // if moves cost something and it may stay there.
-        let current = |r: usize| {
-            c.current[r].filter(|&g| c.w_change > 0.0 && m.allowed(r, g))
-        };
+        let current = |r: usize| c.current[r].filter(|&g| c.w_change > 0.0 && m.allowed(r, g));
         order.sort_by(|&a, &b| {
             c.rate[b]
                 .total_cmp(&c.rate[a])
@@ -136,9 +134,7 @@ impl<'a> Search<'a> {
     /// Computes the gateway classes (only the search needs them: O(N·k)).
     fn classify(&mut self) {
         let (m, n) = (self.m, self.order.len());
-        let current = |r: usize| {
-            m.c.current[r].filter(|&g| m.c.w_change > 0.0 && m.allowed(r, g))
-        };
+        let current = |r: usize| m.c.current[r].filter(|&g| m.c.w_change > 0.0 && m.allowed(r, g));
         let mut class = vec![vec![0u32; m.gateways()]; n + 1];
         let mut caps = HashMap::new();
         for g in 0..m.gateways() {
@@ -162,7 +158,12 @@ impl<'a> Search<'a> {
     fn bound(&mut self, d: usize) -> f64 {
         let c = self.m.c;
         let moves = (self.moves + self.suffix_forced[d]) as f64;
-        let var = var_bound(&self.util, &self.live, self.suffix_mass[d], &mut self.scratch);
+        let var = var_bound(
+            &self.util,
+            &self.live,
+            self.suffix_mass[d],
+            &mut self.scratch,
+        );
         c.w_var * var + c.w_change * moves
     }
 
@@ -198,9 +199,9 @@ impl<'a> Search<'a> {
                 continue;
             }
             let class = &self.class[d];
-            let mirrored = allowed[..i].iter().any(|&h| {
-                class[h] == class[g] && self.util[h].to_bits() == self.util[g].to_bits()
-            });
+            let mirrored = allowed[..i]
+                .iter()
+                .any(|&h| class[h] == class[g] && self.util[h].to_bits() == self.util[g].to_bits());
             if mirrored {
                 continue;
             }
@@ -268,7 +269,11 @@ pub(crate) fn solve(m: &Model, incumbent: &State, deadline: Deadline, node_limit
     let mut search = Search::new(m, incumbent, deadline, node_limit);
     search.classify();
     search.dfs(0);
-    tracing::debug!(nodes = search.nodes, proven = !search.aborted, "exact search");
+    tracing::debug!(
+        nodes = search.nodes,
+        proven = !search.aborted,
+        "exact search"
+    );
     let proven = !search.aborted;
     let mut state = State::new(m, search.best);
     if state.cost(m) > incumbent.cost(m) {
@@ -295,9 +300,16 @@ mod tests {
     fn arb_compiled() -> impl Strategy<Value = Option<Compiled>> {
         (1usize..=4)
             .prop_flat_map(|k| {
-                let route = (0u32..6, prop::option::of(0..k), prop::option::weighted(0.3, 1u32..(1 << k)));
+                let route = (
+                    0u32..6,
+                    prop::option::of(0..k),
+                    prop::option::weighted(0.3, 1u32..(1 << k)),
+                );
                 (
-                    prop::collection::vec(prop_oneof![3 => Just(1.0), 1 => Just(0.0), 1 => Just(2.0)], k),
+                    prop::collection::vec(
+                        prop_oneof![3 => Just(1.0), 1 => Just(0.0), 1 => Just(2.0)],
+                        k,
+                    ),
                     prop::collection::vec(route, 0..=7),
                     prop_oneof![Just(0.0), Just(0.05), Just(0.5)],
                 )
@@ -308,7 +320,10 @@ mod tests {
                     gateways: caps
                         .iter()
                         .enumerate()
-                        .map(|(g, &capacity)| Gateway { name: name(g), capacity })
+                        .map(|(g, &capacity)| Gateway {
+                            name: name(g),
+                            capacity,
+                        })
                         .collect(),
                     routes: routes
                         .into_iter()
@@ -319,7 +334,10 @@ mod tests {
                             rate: f64::from(rate),
                             current: current.map(name),
                             allowed: mask.map(|mask| {
-                                (0..caps.len()).filter(|g| mask & (1 << g) != 0).map(name).collect()
+                                (0..caps.len())
+                                    .filter(|g| mask & (1 << g) != 0)
+                                    .map(name)
+                                    .collect()
                             }),
                         })
                         .collect(),

@@ -103,7 +103,13 @@ pub(crate) fn solve(m: &Model, start: &State, seed: u64, deadline: &Deadline) ->
         let mut child = State::new(m, genes.clone());
         let count = rng.random_range(0..=3);
         mutate(m, &mut child, &mobile, count, &mut touched, &mut rng);
-        descend_routes(m, &mut child, touched.iter().copied(), MEMBER_PASSES, deadline);
+        descend_routes(
+            m,
+            &mut child,
+            touched.iter().copied(),
+            MEMBER_PASSES,
+            deadline,
+        );
         let cost = child.cost(m);
         let worst = (0..pop.len())
             .max_by(|&x, &y| pop[x].0.total_cmp(&pop[y].0))

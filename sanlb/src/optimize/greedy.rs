@@ -95,8 +95,8 @@ pub(crate) fn lpt(m: &Model, preset: Option<Vec<Option<usize>>>) -> Vec<usize> {
         let mut best = (f64::INFINITY, usize::MAX);
         for &g in &c.allowed[r] {
             let d = x * m.inv[g];
-            let cost = scale * d * (2.0 * util[g] + d)
-                + if m.moved(r, g) { c.w_change } else { 0.0 };
+            let cost =
+                scale * d * (2.0 * util[g] + d) + if m.moved(r, g) { c.w_change } else { 0.0 };
             if cost < best.0 {
                 best = (cost, g);
             }

@@ -100,8 +100,9 @@ fn default_w_change() -> f64 {
 }
 
 /// Which algorithm to run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[derive(clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Solver {
     /// Exact while it finishes in the time limit, else the heuristics.
@@ -551,7 +552,11 @@ mod tests {
 
     #[test]
     fn greedy_balances_an_easy_case() {
-        let s = solve(&problem(&[4.0, 3.0, 3.0, 2.0, 2.0, 2.0], 2), &Options::default()).unwrap();
+        let s = solve(
+            &problem(&[4.0, 3.0, 3.0, 2.0, 2.0, 2.0], 2),
+            &Options::default(),
+        )
+        .unwrap();
         assert_eq!(s.loads, vec![8.0, 8.0]);
         assert_eq!(s.var_norm, 0.0);
     }
@@ -560,7 +565,10 @@ mod tests {
     fn bad_input_names_the_route() {
         let mut p = problem(&[1.0], 2);
         p.routes[0].rate = f64::NAN;
-        assert!(matches!(Compiled::new(&p), Err(OptimizeError::InvalidRate { .. })));
+        assert!(matches!(
+            Compiled::new(&p),
+            Err(OptimizeError::InvalidRate { .. })
+        ));
         let mut p = problem(&[1.0], 2);
         p.routes[0].current = Some("gw9".into());
         let e = Compiled::new(&p).unwrap_err();
@@ -568,6 +576,9 @@ mod tests {
         let mut p = problem(&[1.0], 2);
         p.routes[0].allowed = Some(vec!["gw2".into()]);
         p.gateways[1].capacity = 0.0;
-        assert_eq!(Compiled::new(&p).unwrap_err(), OptimizeError::Infeasible("198.18.1.1".into()));
+        assert_eq!(
+            Compiled::new(&p).unwrap_err(),
+            OptimizeError::Infeasible("198.18.1.1".into())
+        );
     }
 }

@@ -254,7 +254,9 @@ impl Deadline {
         match self.0 {
             Some(end) => {
                 let now = Instant::now();
-                Self(Some(now + end.saturating_duration_since(now).mul_f64(share)))
+                Self(Some(
+                    now + end.saturating_duration_since(now).mul_f64(share),
+                ))
             }
             None => *self,
         }
@@ -338,7 +340,8 @@ fn swap_pass(m: &Model, st: &mut State) -> bool {
             members[g].push(r);
         }
     }
-    let by_rate = |list: &mut Vec<usize>| list.sort_by(|&x, &y| m.c.rate[x].total_cmp(&m.c.rate[y]));
+    let by_rate =
+        |list: &mut Vec<usize>| list.sort_by(|&x, &y| m.c.rate[x].total_cmp(&m.c.rate[y]));
     by_rate(&mut members[top]);
     for &other in gws.iter().take(gws.len() - 1) {
         by_rate(&mut members[other]);
@@ -428,7 +431,10 @@ mod tests {
                 let mut moved = assign.clone();
                 moved[r] = b;
                 let want = c.evaluate(&moved).cost - c.evaluate(&assign).cost;
-                assert!((st.delta_move(&m, r, b) - want).abs() < 1e-12, "move {r}→{b}");
+                assert!(
+                    (st.delta_move(&m, r, b) - want).abs() < 1e-12,
+                    "move {r}→{b}"
+                );
                 let mut applied = st.clone();
                 applied.apply_move(&m, r, b);
                 assert!((applied.cost(&m) - c.evaluate(&moved).cost).abs() < 1e-12);
@@ -438,7 +444,10 @@ mod tests {
                     let mut swapped = assign.clone();
                     swapped.swap(r, s);
                     let want = c.evaluate(&swapped).cost - c.evaluate(&assign).cost;
-                    assert!((st.delta_swap(&m, r, s) - want).abs() < 1e-12, "swap {r}↔{s}");
+                    assert!(
+                        (st.delta_swap(&m, r, s) - want).abs() < 1e-12,
+                        "swap {r}↔{s}"
+                    );
                 }
             }
         }

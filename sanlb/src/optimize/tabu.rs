@@ -89,9 +89,8 @@ pub(crate) fn solve(m: &Model, start: &State, seed: u64, deadline: &Deadline) ->
     }
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x7ab0_5ea7);
     let k = m.gateways();
-    let per_iteration =
-        ((TOP_WINDOW.min(mobile.len() / k + 1) + RANDOM_ROUTES) * k + SWAP_WINDOW * SWAP_WINDOW)
-            as u64;
+    let per_iteration = ((TOP_WINDOW.min(mobile.len() / k + 1) + RANDOM_ROUTES) * k
+        + SWAP_WINDOW * SWAP_WINDOW) as u64;
     let iterations = (EVALUATIONS / per_iteration).clamp(MIN_ITERATIONS, MAX_ITERATIONS);
     let max_tenure = (mobile.len() as u64 / 2).max(1);
     let mut st = start.clone();
@@ -110,9 +109,8 @@ pub(crate) fn solve(m: &Model, start: &State, seed: u64, deadline: &Deadline) ->
         let cost = st.cost(m);
         let gws = by_util(m, &st);
         let (bottom, top) = (gws[0], gws[gws.len() - 1]);
-        let admissible = |r: usize, d: f64| {
-            tabu_until[r] <= it || improves(cost + d - best_cost, best_cost)
-        };
+        let admissible =
+            |r: usize, d: f64| tabu_until[r] <= it || improves(cost + d - best_cost, best_cost);
         let mut choice: Option<(f64, Change)> = None;
         let mut consider = |d: f64, change: Change| {
             if choice.is_none_or(|(bd, _)| d < bd) {
