@@ -71,7 +71,7 @@ pub(crate) fn solve(m: &Model, start: &State, seed: u64, deadline: &Deadline) ->
     let mut best_cost = best.cost(m);
     let mut temp = t0;
     for step in 0..steps {
-        if step % 1024 == 0 {
+        if step.is_multiple_of(1024) {
             if deadline.passed() || m.at_floor(best_cost) {
                 break;
             }

@@ -66,7 +66,7 @@ impl<'a> Search<'a> {
         let mut order = Vec::new();
         let mut util = vec![0.0; m.gateways()];
         let mut moves = 0;
-        for r in 0..m.routes() {
+        for (r, slot) in assign.iter_mut().enumerate() {
             let g = if c.rate[r] == 0.0 {
                 m.home(r)
             } else if c.allowed[r].len() == 1 {
@@ -75,7 +75,7 @@ impl<'a> Search<'a> {
                 order.push(r);
                 continue;
             };
-            assign[r] = g;
+            *slot = g;
             util[g] += c.rate[r] * m.inv[g];
             moves += usize::from(m.moved(r, g));
         }
@@ -135,21 +135,29 @@ impl<'a> Search<'a> {
     fn classify(&mut self) {
         let (m, n) = (self.m, self.order.len());
         let current = |r: usize| m.c.current[r].filter(|&g| m.c.w_change > 0.0 && m.allowed(r, g));
-        let mut class = vec![vec![0u32; m.gateways()]; n + 1];
+        let mut class = vec![Vec::new(); n + 1];
         let mut caps = HashMap::new();
-        for g in 0..m.gateways() {
-            let next = caps.len() as u32;
-            class[n][g] = *caps.entry(m.c.capacity[g].to_bits()).or_insert(next);
-        }
+        class[n] =
+            m.c.capacity
+                .iter()
+                .map(|cap| {
+                    let next = caps.len() as u32;
+                    *caps.entry(cap.to_bits()).or_insert(next)
+                })
+                .collect();
         let mut ids = HashMap::new();
         for d in (0..n).rev() {
             let r = self.order[d];
             ids.clear();
-            for g in 0..m.gateways() {
-                let key = (class[d + 1][g], m.allowed(r, g), current(r) == Some(g));
-                let next = ids.len() as u32;
-                class[d][g] = *ids.entry(key).or_insert(next);
-            }
+            class[d] = class[d + 1]
+                .iter()
+                .enumerate()
+                .map(|(g, &below)| {
+                    let key = (below, m.allowed(r, g), current(r) == Some(g));
+                    let next = ids.len() as u32;
+                    *ids.entry(key).or_insert(next)
+                })
+                .collect();
         }
         self.class = class;
     }
@@ -169,7 +177,9 @@ impl<'a> Search<'a> {
 
     fn dfs(&mut self, d: usize) {
         self.nodes += 1;
-        if self.nodes >= self.node_limit || (self.nodes % 1024 == 0 && self.deadline.passed()) {
+        if self.nodes >= self.node_limit
+            || (self.nodes.is_multiple_of(1024) && self.deadline.passed())
+        {
             self.aborted = true;
         }
         if self.aborted {

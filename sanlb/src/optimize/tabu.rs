@@ -103,7 +103,7 @@ pub(crate) fn solve(m: &Model, start: &State, seed: u64, deadline: &Deadline) ->
     let mut bottom_routes = Vec::new();
     let mut random_routes = Vec::new();
     for it in 1..=iterations {
-        if (it % 16 == 0 && deadline.passed()) || m.at_floor(best_cost) {
+        if (it.is_multiple_of(16) && deadline.passed()) || m.at_floor(best_cost) {
             break;
         }
         let cost = st.cost(m);
