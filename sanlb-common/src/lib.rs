@@ -41,9 +41,9 @@ pub const HOOKS: u32 = 2;
 /// Key of [`FLOWS_MAP`]: one (initiator, target) pair.
 ///
 /// The initiator is the side whose TCP port is not an iSCSI port. IPv4 addresses
-/// occupy the first four bytes and the rest is zero. Aligned to 4 so that the
-/// programs zero and hash it in words, not bytes.
-#[repr(C, align(4))]
+/// occupy the first four bytes and the rest is zero. Aligned to 8 so that the
+/// programs write it as five 64-bit words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     /// Initiator (host) address, network byte order.
@@ -53,8 +53,9 @@ pub struct FlowKey {
     /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
     pub family: u8,
     /// Always zero (explicit so the key hashes the same everywhere).
-    pub pad: [u8; 3],
+    pub pad: [u8; 7],
 }
+
 
 /// Value of [`FLOWS_MAP`], one per CPU; user space sums the CPUs.
 ///
@@ -164,7 +165,7 @@ impl HookStats {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 36);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowCounters>() == 11 * 8);
 const _: () = assert!(core::mem::size_of::<HookStats>() == 11 * 8);
 

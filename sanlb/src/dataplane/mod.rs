@@ -27,6 +27,8 @@ use sanlb_common::{
 };
 use serde::Serialize;
 
+pub mod testrun;
+
 /// The counting programs, built by `build.rs` from `sanlb-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sanlb"));
 /// An XDP program that only passes: the baseline of `cargo xtask bench`.
