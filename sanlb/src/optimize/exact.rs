@@ -175,25 +175,30 @@ impl<'a> Search<'a> {
         c.w_var * var + c.w_change * moves
     }
 
-    fn dfs(&mut self, d: usize) {
+    /// Counts a node; false once the node budget or the deadline is spent.
+    fn visit(&mut self) -> bool {
         self.nodes += 1;
         if self.nodes >= self.node_limit
             || (self.nodes.is_multiple_of(1024) && self.deadline.passed())
         {
             self.aborted = true;
         }
-        if self.aborted {
-            return;
+        !self.aborted
+    }
+
+    /// A complete assignment: keep it if it is the best so far.
+    fn leaf(&mut self) {
+        let cost = self.bound(self.order.len());
+        if cost < self.best_cost {
+            self.best_cost = cost;
+            self.best.clone_from(&self.assign);
         }
+    }
+
+    /// Fills `kids[d]` with the gateways worth trying for `order[d]`, by
+    /// lower bound: not excluded by symmetry, bound below the incumbent.
+    fn expand(&mut self, d: usize) {
         let m = self.m;
-        if d == self.order.len() {
-            let cost = self.bound(d);
-            if cost < self.best_cost {
-                self.best_cost = cost;
-                self.best.clone_from(&self.assign);
-            }
-            return;
-        }
         let r = self.order[d];
         let x = m.c.rate[r];
         let floor = if self.same_as_prev[d] {
@@ -225,20 +230,58 @@ impl<'a> Search<'a> {
                 kids.push((lb, g));
             }
         }
-        kids.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        for &(lb, g) in &kids {
-            if lb >= self.best_cost - tol(self.best_cost) || self.aborted {
-                break;
+        // Best bound first; the rest are tried in reverse from the end.
+        kids.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+        self.kids[d] = kids;
+    }
+
+    /// Depth-first search with an explicit stack (the depth is the number of
+    /// routes, too deep for the call stack of a small thread): `kids[d]`
+    /// holds the children of depth `d` still to try, `undo[d]` what to
+    /// restore when leaving the child of depth `d` being explored.
+    fn run(&mut self) {
+        let n = self.order.len();
+        if !self.visit() {
+            return;
+        }
+        if n == 0 {
+            self.leaf();
+            return;
+        }
+        let m = self.m;
+        let mut undo: Vec<Option<(usize, f64, usize)>> = vec![None; n];
+        self.expand(0);
+        let mut d = 0;
+        loop {
+            if let Some((g, old, old_moves)) = undo[d].take() {
+                self.util[g] = old;
+                self.moves = old_moves;
             }
-            let (old, old_moves) = (self.util[g], self.moves);
-            self.util[g] = old + x * m.inv[g];
+            let next = self.kids[d].pop();
+            let Some((_, g)) =
+                next.filter(|&(lb, _)| !self.aborted && lb < self.best_cost - tol(self.best_cost))
+            else {
+                if d == 0 {
+                    return;
+                }
+                d -= 1;
+                continue;
+            };
+            let r = self.order[d];
+            undo[d] = Some((g, self.util[g], self.moves));
+            self.util[g] += m.c.rate[r] * m.inv[g];
             self.moves += usize::from(m.moved(r, g));
             self.assign[r] = g;
-            self.dfs(d + 1);
-            self.util[g] = old;
-            self.moves = old_moves;
+            if !self.visit() {
+                continue;
+            }
+            if d + 1 == n {
+                self.leaf();
+            } else {
+                d += 1;
+                self.expand(d);
+            }
         }
-        self.kids[d] = kids;
     }
 }
 
@@ -278,7 +321,7 @@ pub(crate) fn var_bound(util: &[f64], live: &[usize], mass: f64, scratch: &mut V
 pub(crate) fn solve(m: &Model, incumbent: &State, deadline: Deadline, node_limit: u64) -> Outcome {
     let mut search = Search::new(m, incumbent, deadline, node_limit);
     search.classify();
-    search.dfs(0);
+    search.run();
     tracing::debug!(
         nodes = search.nodes,
         proven = !search.aborted,

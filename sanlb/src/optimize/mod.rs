@@ -165,7 +165,8 @@ pub struct Solution {
     pub var_norm: f64,
     /// Its moves against `current`.
     pub moves: usize,
-    /// Proven optimal (only the exact search proves it).
+    /// Proven optimal: the exact search finished, or the cost reached
+    /// [`Compiled::lower_bound`] (within a relative 1e-9).
     pub optimal: bool,
     /// The algorithm whose result this is.
     pub solver: Solver,
