@@ -19,3 +19,4 @@ pub mod enforce;
 pub mod optimize;
 pub mod proto;
 pub mod stats;
+pub mod plan;

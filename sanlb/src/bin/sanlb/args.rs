@@ -25,6 +25,8 @@ pub enum Command {
     Controller(ControllerArgs),
     /// What a controller knows: gateways, the map, the last rebalances.
     Status(StatusArgs),
+    /// The best gateway map for a traffic matrix given a priori.
+    Plan(crate::plan::PlanArgs),
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

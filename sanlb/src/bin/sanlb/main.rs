@@ -5,6 +5,7 @@ mod args;
 mod controller;
 mod counters;
 mod status;
+mod plan;
 
 use std::process::ExitCode;
 
@@ -18,6 +19,7 @@ fn main() -> ExitCode {
         args::Command::Counters(c) => counters::run(c),
         args::Command::Controller(c) => controller::run(c),
         args::Command::Status(s) => status::run(s),
+        args::Command::Plan(p) => plan::run(p),
     };
     match result {
         Ok(code) => code,
