@@ -157,7 +157,10 @@ fn loopback_ingest() {
 fn router_ingest() {
     use axum::{body::Body, http::Request};
     use tower::ServiceExt as _;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let t0 = Instant::now();
         let mut c = Controller::new(config(), None, t0).unwrap();
@@ -258,7 +261,10 @@ fn main() {
     {
         loopback_ingest();
     }
-    if filter.as_deref().is_none_or(|f| "controller/router_ingest".contains(f)) {
+    if filter
+        .as_deref()
+        .is_none_or(|f| "controller/router_ingest".contains(f))
+    {
         router_ingest();
     }
     let mut c = Criterion::default().configure_from_args();

@@ -186,3 +186,27 @@ async fn without_a_controller_the_agent_keeps_what_it_holds_and_keeps_counting()
     );
     assert_eq!(agent.applied(), 0);
 }
+
+/// Cannot list its addresses.
+struct BlindOwner;
+
+impl AddressOwner for BlindOwner {
+    async fn owned(&self) -> Result<BTreeSet<IpAddr>, EnforceError> {
+        Err(EnforceError::NoSuchInterface("gone0".into()))
+    }
+    async fn acquire(&self, _: IpAddr) -> Result<(), EnforceError> {
+        unreachable!("nothing is applied without knowing what is held")
+    }
+    async fn release(&self, _: IpAddr) -> Result<(), EnforceError> {
+        unreachable!("nothing is applied without knowing what is held")
+    }
+}
+
+#[tokio::test]
+async fn no_report_when_the_held_addresses_are_unknown() {
+    // An empty `owned` would acknowledge releases that did not happen.
+    let mut agent = Agent::new(cfg(), dead_client(), NoCounters, BlindOwner);
+    assert!(matches!(agent.cycle().await, Err(AgentError::Owned(_))));
+    assert!(!agent.apply(&share(2, Some(&[1]))).await);
+    assert_eq!(agent.applied(), 0);
+}

@@ -44,6 +44,10 @@ pub enum AgentError {
     /// The controller could not be reached or refused.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// The addresses held could not be listed: no report is sent, since
+    /// it would misstate them.
+    #[error("listing the storage addresses held")]
+    Owned(#[source] crate::enforce::EnforceError),
 }
 
 /// Where an agent's cumulative counters come from.
@@ -163,12 +167,12 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
     }
 
     async fn report_and_apply(&mut self) -> Result<bool, AgentError> {
-        let report = self.build_report().await;
+        let report = self.build_report().await?;
         let reply = self.client.report(&report).await?;
         Ok(self.apply(&reply.share).await)
     }
 
-    async fn build_report(&mut self) -> Report {
+    async fn build_report(&mut self) -> Result<Report, AgentError> {
         match self.counters.flows() {
             Ok(mut flows) => {
                 if flows.len() > MAX_FLOWS_PER_REPORT {
@@ -192,17 +196,18 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
                 tracing::warn!(error = %crate::dataplane::error_chain(&e), "reading the counters failed: resending the last ones");
             }
         }
-        let owned = match self.owner.owned().await {
+        // What it holds is what acknowledges a release: never guess it (an
+        // empty list would complete a move while the address is still here).
+        let owned: Vec<IpAddr> = match self.owner.owned().await {
             Ok(o) => o.into_iter().collect(),
             Err(e) => {
-                tracing::warn!(error = %crate::dataplane::error_chain(&e), "listing owned addresses failed");
                 self.enforce.failed += 1;
-                Vec::new()
+                return Err(AgentError::Owned(e));
             }
         };
         let seq = self.seq;
         self.seq += 1;
-        Report {
+        Ok(Report {
             gateway: self.cfg.gateway.clone(),
             boot_id: self.boot_id.clone(),
             seq,
@@ -212,7 +217,7 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
             owned,
             enforce: self.enforce,
             flows: self.last_flows.clone(),
-        }
+        })
     }
 
     /// Applies `share` if it is not older than the last applied one and
@@ -285,13 +290,13 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
                     match self.cycle().await {
                         Ok(()) => {
                             if unreachable {
-                                tracing::info!("controller reachable again");
+                                tracing::info!("reporting again");
                                 unreachable = false;
                             }
                         }
                         Err(e) => {
                             if !unreachable {
-                                tracing::warn!(error = %crate::dataplane::error_chain(&e), "controller unreachable: keeping the addresses held, counting on");
+                                tracing::warn!(error = %crate::dataplane::error_chain(&e), "no report: keeping the addresses held, counting on");
                                 unreachable = true;
                             }
                         }

@@ -40,8 +40,9 @@ pub use crate::proto::Ownership;
 use crate::{
     optimize::{self, Gateway, Options, Problem, Route, Solution},
     proto::{
-        EnforceCounters, FlowRate, GatewayStatus, MAX_BOOT_ID_LEN, MAX_FLOWS_PER_REPORT, MAX_NAME_LEN,
-        MAX_OWNED_PER_REPORT, MapEntry, Mode, RebalanceRecord, Report, ReportReply, Share, Status,
+        EnforceCounters, FlowRate, GatewayStatus, MAX_BOOT_ID_LEN, MAX_FLOWS_PER_REPORT,
+        MAX_NAME_LEN, MAX_OWNED_PER_REPORT, MapEntry, Mode, RebalanceRecord, Report, ReportReply,
+        Share, Status,
     },
     stats::{self, Ingest, Stats, StatsError, TrafficMatrix},
 };
@@ -784,7 +785,7 @@ impl Controller {
         // generation): a restart loses at most one window of them.
         if let Some(store) = &self.store
             && !self.dirty
-            && self.intervals % self.cfg.window as u64 == 0
+            && self.intervals.is_multiple_of(self.cfg.window as u64)
             && let Err(e) = store.save(&self.saved())
         {
             tracing::warn!(error = %crate::dataplane::error_chain(&e), "cannot persist the rates");
