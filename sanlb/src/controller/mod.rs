@@ -311,9 +311,13 @@ impl Controller {
             notify: tokio::sync::watch::channel(0).0,
             cfg,
         };
-        if let Some(saved) = store.as_ref().map(Store::load).transpose()?.flatten() {
-            c.restore(saved, now)?;
-        }
+        let fresh = match store.as_ref().map(Store::load).transpose()?.flatten() {
+            Some(saved) => {
+                c.restore(saved, now)?;
+                false
+            }
+            None => true,
+        };
         c.store = store;
         if let Some(m) = &c.apriori {
             if !c.cfg.traffic_replace {
@@ -329,8 +333,21 @@ impl Controller {
                 c.discover(None, t, now);
             }
         }
+        if fresh && let Some(store) = &c.store {
+            // A state file that cannot be written is a start-up error, not
+            // a surprise at the first move.
+            store.save(&c.saved())?;
+        }
         c.notify.send_replace(c.generation);
         Ok(c)
+    }
+
+    /// Writes the state now (on shutdown).
+    pub fn save(&self) -> Result<(), ControllerError> {
+        if let Some(store) = &self.store {
+            store.save(&self.saved())?;
+        }
+        Ok(())
     }
 
     fn restore(&mut self, saved: Saved, now: Instant) -> Result<(), ControllerError> {

@@ -64,8 +64,8 @@ impl Server {
         &self.state
     }
 
-    /// Stops serving (long polls end at once) and waits, at most 5 s, for
-    /// requests in flight.
+    /// Stops serving (long polls end at once), waits at most 5 s for
+    /// requests in flight, and saves the state.
     pub async fn stop(self) {
         self.state.close();
         self.timers.abort();
@@ -76,6 +76,9 @@ impl Server {
             .is_err()
         {
             abort.abort();
+        }
+        if let Err(e) = self.state.lock().save() {
+            tracing::error!(error = %crate::dataplane::error_chain(&e), "saving the state on shutdown");
         }
     }
 }

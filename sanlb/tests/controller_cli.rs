@@ -1,0 +1,230 @@
+//! `sanlb controller`, `sanlb status` and `sanlb agent --controller` as
+//! commands: bad input refused with its exit code, and a real controller
+//! process answering `sanlb status` and stopping cleanly on SIGTERM.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const SANLB: &str = env!("CARGO_BIN_EXE_sanlb");
+
+fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(SANLB).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn token_file(dir: &std::path::Path) -> String {
+    let p = dir.join("token");
+    std::fs::write(&p, "cli-test-token\n").unwrap();
+    p.to_str().unwrap().to_owned()
+}
+
+/// Kills the controller if the test fails before stopping it.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn controller_refuses_bad_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path());
+    let state = dir.path().join("state.json");
+    let state = state.to_str().unwrap();
+    let base = [
+        "controller",
+        "--listen",
+        "127.0.0.1:0",
+        "--state",
+        state,
+        "--token-file",
+        &token,
+    ];
+    let (code, _, err) = run(&base);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("nothing to manage: give --storage, --target or --traffic"),
+        "{err}"
+    );
+    let (code, _, err) = run(&[&base[..], &["--target", "198.18.1.1", "--window", "0"]].concat());
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--window must be ≥ 1"), "{err}");
+    let (code, _, err) = run(&[
+        &base[..],
+        &["--target", "198.18.1.1", "--interval", "5 parsecs"],
+    ]
+    .concat());
+    assert_eq!(code, Some(2), "clap's usage error");
+    assert!(err.contains("--interval"), "{err}");
+    let (code, _, err) = run(&[&base[..], &["--storage", "198.18.1.0/33"]].concat());
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--storage"), "{err}");
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "  \n").unwrap();
+    let (code, _, err) = run(&[
+        "controller",
+        "--listen",
+        "127.0.0.1:0",
+        "--state",
+        state,
+        "--token-file",
+        empty.to_str().unwrap(),
+        "--target",
+        "198.18.1.1",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("expected one printable token"), "{err}");
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "h,198.18.1.1\n198.18.0.1,lots\n").unwrap();
+    let (code, _, err) = run(&[&base[..], &["--traffic", bad.to_str().unwrap()]].concat());
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("bad.csv")
+            && err.contains("line 2")
+            && err.contains("\"lots\" is not a number"),
+        "{err}"
+    );
+    assert!(
+        !std::path::Path::new(state).exists(),
+        "a refused start wrote state"
+    );
+}
+
+#[test]
+fn agent_with_a_controller_needs_a_gateway_and_a_token() {
+    let (code, _, err) = run(&[
+        "agent",
+        "--iface",
+        "lo",
+        "--controller",
+        "http://127.0.0.1:9",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--gateway") && err.contains("--token-file"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path());
+    let (code, _, err) = run(&[
+        "agent",
+        "--iface",
+        "lo",
+        "--controller",
+        "ftp://x",
+        "--gateway",
+        "gw1",
+        "--token-file",
+        &token,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("controller URL \"ftp://x\": expected http://HOST:PORT"),
+        "{err}"
+    );
+}
+
+#[test]
+fn status_of_an_unreachable_controller_names_it() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let (code, _, err) = run(&["status", "--controller", &url]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains(&format!("{url}/v1/status")), "{err}");
+}
+
+#[test]
+fn a_controller_process_answers_status_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let state = dir.path().join("state.json");
+    let child = Command::new(SANLB)
+        .args([
+            "controller",
+            "--listen",
+            &listen,
+            "--state",
+            state.to_str().unwrap(),
+            "--token-file",
+            &token,
+        ])
+        .args([
+            "--target",
+            "198.18.1.1",
+            "--target",
+            "198.18.1.2",
+            "--lease",
+            "300ms",
+            "--interval",
+            "200ms",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut proc = Proc(child);
+    let url = format!("http://{listen}");
+    let end = Instant::now() + Duration::from_secs(20);
+    let json = loop {
+        let (code, out, err) = run(&[
+            "status",
+            "--controller",
+            &url,
+            "--token-file",
+            &token,
+            "--json",
+        ]);
+        if code == Some(0) {
+            break out;
+        }
+        assert!(Instant::now() < end, "no status: {err}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let st: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(st["mode"], "target");
+    assert_eq!(st["map"].as_array().unwrap().len(), 2);
+    assert!(st["generation"].is_u64());
+    // The table, and the token is required.
+    let (code, out, _) = run(&["status", "--controller", &url, "--token-file", &token]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("GATEWAY") && out.contains("198.18.1.2") && out.contains("REBALANCES"),
+        "{out}"
+    );
+    let (code, _, err) = run(&["status", "--controller", &url]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("401 Unauthorized: no bearer token"), "{err}");
+    // SIGTERM: a clean exit, the state on disk.
+    // SAFETY: signalling the child this test started.
+    assert_eq!(unsafe { libc::kill(proc.0.id() as i32, libc::SIGTERM) }, 0);
+    let end = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = proc.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "controller did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(saved["routes"].as_array().unwrap().len(), 2);
+}
