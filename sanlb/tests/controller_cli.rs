@@ -97,6 +97,20 @@ fn controller_refuses_bad_configuration() {
         !std::path::Path::new(state).exists(),
         "a refused start wrote state"
     );
+    let nowhere = dir.path().join("no-such-dir").join("state.json");
+    let (code, _, err) = run(&[
+        "controller",
+        "--listen",
+        "127.0.0.1:0",
+        "--state",
+        nowhere.to_str().unwrap(),
+        "--token-file",
+        &token,
+        "--target",
+        "198.18.1.1",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("creating") && err.contains("no-such-dir"), "{err}");
 }
 
 #[test]
