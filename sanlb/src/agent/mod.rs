@@ -116,6 +116,8 @@ pub struct Agent<C, A> {
     /// so the report still carries liveness and acknowledgements.
     last_flows: Vec<Flow>,
     last_read_ms: u64,
+    /// What the owner listed for the last report.
+    reported_owned: Option<BTreeSet<IpAddr>>,
     applied: u64,
     seen: u64,
     enforce: EnforceCounters,
@@ -135,6 +137,7 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
             seq: 0,
             last_flows: Vec::new(),
             last_read_ms: 0,
+            reported_owned: None,
             applied: 0,
             seen: 0,
             enforce: EnforceCounters::default(),
@@ -199,8 +202,13 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
         // What it holds is what acknowledges a release: never guess it (an
         // empty list would complete a move while the address is still here).
         let owned: Vec<IpAddr> = match self.owner.owned().await {
-            Ok(o) => o.into_iter().collect(),
+            Ok(o) => {
+                let v = o.iter().copied().collect();
+                self.reported_owned = Some(o);
+                v
+            }
             Err(e) => {
+                self.reported_owned = None;
                 self.enforce.failed += 1;
                 return Err(AgentError::Owned(e));
             }
@@ -236,6 +244,12 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
             return false;
         };
         let want: BTreeSet<IpAddr> = addresses.iter().copied().collect();
+        // The reply to a report about exactly this set, in a generation
+        // already applied: nothing to do (a new generation, or any drift of
+        // the NIC, is reconciled).
+        if share.generation <= self.applied && self.reported_owned.as_ref() == Some(&want) {
+            return false;
+        }
         let generation = share.generation;
         let started = Instant::now();
         // The owner logs every acquire and release with its timing; the span

@@ -1,0 +1,162 @@
+//! The agent loop with the real address owner (rtnetlink, gratuitous ARP) in
+//! network namespaces, driven by a real controller over HTTP: the map is
+//! applied on the NICs, no address is ever on both gateways, and a dead
+//! gateway's addresses move to the other one after the lease, announced to
+//! the host.
+
+#[allow(
+    dead_code,
+    reason = "the enforcement tests use the rest of the helpers"
+)]
+mod common;
+mod controller_fakes;
+
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use common::{
+    lab::{Lab, Node},
+    probe,
+};
+use controller_fakes::{TOKEN, config};
+use sanlb::{
+    agent::{Agent, AgentConfig, AgentError, Client, CounterSource},
+    controller::{Controller, server::Server},
+    enforce::{DEFAULT_ADDR_PROTO, NetlinkOwner, OwnerConfig},
+    proto::Flow,
+};
+
+struct NoTraffic;
+
+impl CounterSource for NoTraffic {
+    fn flows(&mut self) -> Result<Vec<Flow>, AgentError> {
+        Ok(vec![])
+    }
+}
+
+fn storage() -> [IpAddr; 2] {
+    [
+        "198.18.1.50".parse().unwrap(),
+        "198.18.1.51".parse().unwrap(),
+    ]
+}
+
+/// sanlb's addresses on the node's eth0.
+fn held(node: &Node) -> BTreeSet<IpAddr> {
+    probe::addresses_on(node, "eth0")
+        .into_iter()
+        .filter(|a| a.proto == Some(DEFAULT_ADDR_PROTO))
+        .map(|a| a.addr)
+        .collect()
+}
+
+/// Starts the agent of `node`; it stops when the sender is dropped or fires.
+fn spawn_agent(node: &Node, url: &str) -> tokio::sync::oneshot::Sender<()> {
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let cfg = AgentConfig {
+        gateway: node.role.into(),
+        capacity: 1.0,
+        interval: Duration::from_millis(100),
+        long_poll: Duration::from_secs(5),
+    };
+    let client = Client::new(url, TOKEN, Duration::from_secs(2)).unwrap();
+    node.rt.spawn(async move {
+        // Created on a thread of the gateway's namespace.
+        let owner = NetlinkOwner::new(OwnerConfig::new("eth0")).expect("address owner");
+        let mut agent = Agent::new(cfg, client, NoTraffic, owner);
+        agent
+            .run(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    stop
+}
+
+#[test]
+#[ignore = "privileged: needs root, run by cargo xtask test"]
+fn addresses_move_between_real_gateways_one_owner_at_a_time() {
+    let lab = Lab::new();
+    let targets = storage();
+    let cfg = config(&targets);
+    let lease = cfg.lease;
+    let server: Server = lab.host.rt.run(async move {
+        let c = Controller::new(cfg, None, Instant::now()).unwrap();
+        let listener = tokio::net::TcpListener::bind("198.18.0.10:0")
+            .await
+            .unwrap();
+        Server::start(c, TOKEN.into(), listener).unwrap()
+    });
+    let url = format!("http://{}", server.addr());
+    let mut stops = vec![spawn_agent(&lab.gw1, &url), spawn_agent(&lab.gw2, &url)];
+    probe::serve_name(&lab.gw1);
+    probe::serve_name(&lab.gw2);
+
+    // Watch both NICs all along: an address must never be on both.
+    let mut both = Vec::new();
+    let start = Instant::now();
+    let mut owner_of_first = None;
+    while owner_of_first.is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the map was not applied"
+        );
+        let (a, b) = (held(&lab.gw1), held(&lab.gw2));
+        if let Some(t) = a.intersection(&b).next() {
+            both.push(*t);
+        }
+        if targets.iter().all(|t| a.contains(t) ^ b.contains(t)) {
+            owner_of_first = Some(if a.contains(&targets[0]) { 0 } else { 1 });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (dead, alive) = match owner_of_first.unwrap() {
+        0 => (&lab.gw1, &lab.gw2),
+        _ => (&lab.gw2, &lab.gw1),
+    };
+    // The host talks to the first address: the owner answers.
+    let ask = |node: &Node| {
+        let t = targets[0];
+        node.rt
+            .run(async move { probe::ask_name(t, Duration::from_secs(2)).await })
+    };
+    assert_eq!(ask(&lab.host).as_deref(), Some(dead.role));
+    assert_eq!(probe::neighbour(&lab.host, targets[0]), Some(dead.mac));
+    // The owner of the first address dies: agent gone, addresses gone.
+    let i = if dead.role == "gw1" { 0 } else { 1 };
+    let _ = stops.remove(i).send(());
+    std::thread::sleep(Duration::from_millis(100));
+    for t in held(dead) {
+        dead.ip(&["addr", "del", &format!("{t}/32"), "dev", "eth0"]);
+    }
+    let died = Instant::now();
+    // Within the lease nothing moves; after it, the other gateway holds all.
+    std::thread::sleep(lease / 4);
+    assert!(!held(alive).contains(&targets[0]), "moved before the lease");
+    let moved = loop {
+        let h = held(alive);
+        if targets.iter().all(|t| h.contains(t)) {
+            break died.elapsed();
+        }
+        assert!(
+            died.elapsed() < lease + Duration::from_secs(5),
+            "no failover: {h:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The host learned the new owner from the announcement.
+    let seen = probe::wait_neighbour(&lab.host, targets[0], alive.mac, Duration::from_secs(3));
+    assert!(
+        seen.is_some(),
+        "the host still resolves {} elsewhere",
+        targets[0]
+    );
+    assert_eq!(ask(&lab.host).as_deref(), Some(alive.role));
+    assert!(both.is_empty(), "on both gateways: {both:?}");
+    eprintln!("failover after {moved:?} (lease {lease:?})");
+    drop(stops);
+    lab.host.rt.run(async move { server.stop().await });
+}
