@@ -110,7 +110,10 @@ fn controller_refuses_bad_configuration() {
         "198.18.1.1",
     ]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("creating") && err.contains("no-such-dir"), "{err}");
+    assert!(
+        err.contains("creating") && err.contains("no-such-dir"),
+        "{err}"
+    );
 }
 
 #[test]
