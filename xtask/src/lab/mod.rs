@@ -550,8 +550,8 @@ impl Lab {
         Process::spawn(name, cmd, &self.log_dir())
     }
 
-    /// Adds `addr`/32 on gateway `gw`'s `eth0`, announcing it with 3
-    /// gratuitous ARPs 50 ms apart when `announce`.
+    /// Adds `addr`/32 on gateway `gw`'s `eth0`, announcing it with
+    /// [`Lab::announce`] when `announce`.
     pub fn add_address(&self, addr: Ipv4Addr, gw: &str, announce: bool) -> Result<()> {
         let g = self.gateway(gw)?;
         g.ns.ip(&["addr", "add", &format!("{addr}/32"), "dev", NIC])
@@ -570,16 +570,24 @@ impl Lab {
             .map(drop)
     }
 
-    /// Sends 3 gratuitous ARPs (unsolicited requests) for `addr` from `gw`,
-    /// 50 ms apart; returns after the last (about 0.15 s). Hosts that have
-    /// an entry for `addr` switch to `gw` at once.
+    /// Sends 4 gratuitous ARPs (unsolicited requests) for `addr` from `gw`,
+    /// 0.4 s apart; returns after the last (about 1.4 s).
+    ///
+    /// Why 1.2 s of them: a host ignores an ARP that would change a
+    /// neighbour entry updated less than `locktime` ago (1 s by default),
+    /// and its entry for a busy target changes state every few seconds. A
+    /// burst shorter than that can be ignored whole; the host then keeps
+    /// sending to the old gateway until the entry fails (30 s stalls, seen
+    /// here with 3 ARPs 50 ms apart).
     pub fn announce(&self, addr: Ipv4Addr, gw: &str) -> Result<()> {
         let g = self.gateway(gw)?;
         let mut cmd = g.ns.command("arping");
         let a = addr.to_string();
         // Habets' arping (Debian `arping`) needs -S as well as -U for a
         // gratuitous ARP: without it the sender is the NIC's primary address.
-        cmd.args(["-q", "-U", "-S", &a, "-c", "3", "-W", "0.05", "-i", NIC, &a]);
+        cmd.args([
+            "-q", "-U", "-S", &a, "-c", "4", "-W", "0.4", "-w", "1.3", "-i", NIC, &a,
+        ]);
         let out = proc::output_timeout(&mut cmd, proc::COMMAND_TIMEOUT)?;
         // Exit 1 only says that nobody answered, which nobody does to an
         // unsolicited ARP.
