@@ -97,6 +97,9 @@ pub struct DemoArgs {
     /// Build sanlb with the release profile.
     #[arg(long)]
     release: bool,
+    /// Run this sanlb binary instead of building one.
+    #[arg(long, value_name = "PATH", conflicts_with = "release")]
+    sanlb: Option<PathBuf>,
 }
 
 /// `--balancer`.
@@ -206,15 +209,20 @@ pub fn run(args: DemoArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
-    eprintln!("demo: building sanlb and the load generator");
-    let mut build = util::cargo(&["build", "--package", "sanlb"]);
-    if args.release {
-        build.arg("--release");
-    }
-    util::status(&mut build)?;
-    let sanlb = util::target_dir()?
-        .join(if args.release { "release" } else { "debug" })
-        .join("sanlb");
+    let sanlb = match &args.sanlb {
+        Some(path) => path.canonicalize().with_context(|| format!("--sanlb {}", path.display()))?,
+        None => {
+            eprintln!("demo: building sanlb");
+            let mut build = util::cargo(&["build", "--package", "sanlb"]);
+            if args.release {
+                build.arg("--release");
+            }
+            util::status(&mut build)?;
+            util::target_dir()?
+                .join(if args.release { "release" } else { "debug" })
+                .join("sanlb")
+        }
+    };
     let loadgen_bin = loadgen::build()?;
 
     let balancer = match args.balancer {
@@ -314,6 +322,10 @@ struct Flow {
     target: IpAddr,
     to_target_bytes: u64,
     to_initiator_bytes: u64,
+    #[serde(default)]
+    read_requested_bytes: u64,
+    #[serde(default)]
+    write_requested_bytes: u64,
 }
 
 /// A host's loadgen and the reader of its output.
@@ -589,6 +601,8 @@ impl Demo<'_> {
                 let b = f.to_target_bytes + f.to_initiator_bytes;
                 total += b;
                 *s.pair_bytes.entry((i, tg)).or_default() += b;
+                *s.pair_data_bytes.entry((i, tg)).or_default() +=
+                    f.read_requested_bytes + f.write_requested_bytes;
             }
             s.gateway_bytes.push(total);
             let link = g.ns.link_stats(NIC)?;
@@ -920,16 +934,13 @@ impl Demo<'_> {
             let Some(target) = self.lab.targets().iter().find(|t| &t.name == name) else {
                 continue;
             };
-            let moved = totals.read_bytes + totals.write_bytes;
-            let counted = last.pair_bytes.get(&(host, target.addr)).copied().unwrap_or(0);
-            if moved == 0 {
-                continue;
-            }
-            check.pairs += 1;
-            check.moved += moved;
-            check.counted += counted;
-            let diff = (counted as f64 / moved as f64 - 1.0).abs();
-            check.max_rel_diff = check.max_rel_diff.max(diff);
+            let key = (host, target.addr);
+            check.add(
+                format!("{}→{}", self.lab.hosts()[*h].name, target.name),
+                totals.read_bytes + totals.write_bytes,
+                last.pair_data_bytes.get(&key).copied().unwrap_or(0),
+                last.pair_bytes.get(&key).copied().unwrap_or(0),
+            );
         }
         check
     }
@@ -944,9 +955,16 @@ impl Demo<'_> {
             .args(["-t", "3", "-m", "4", "-b", "32", "-x", "3", &t.url()]);
         match proc::output_timeout(&mut cmd, Duration::from_secs(20)) {
             Ok(o) => {
+                // It redraws its progress line with \r; the last one has the
+                // average.
                 let text = String::from_utf8_lossy(&o.stdout).into_owned()
                     + &String::from_utf8_lossy(&o.stderr);
-                let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+                let last = text
+                    .split(['\r', '\n'])
+                    .rfind(|l| l.contains("iops average"))
+                    .or_else(|| text.lines().rfind(|l| !l.trim().is_empty()))
+                    .unwrap_or("")
+                    .trim();
                 Some(format!("{} ({}): {last}", t.name, proc::describe(o.status)))
             }
             Err(e) => Some(format!("{}: {e:#}", t.name)),

@@ -37,6 +37,9 @@ pub struct Sample {
     pub veth_bytes: Vec<u64>,
     /// iSCSI bytes per (initiator, target), summed over the gateways.
     pub pair_bytes: BTreeMap<(Ipv4Addr, Ipv4Addr), u64>,
+    /// SCSI data bytes the commands asked for (READ and WRITE transfer
+    /// lengths) per (initiator, target), summed over the gateways.
+    pub pair_data_bytes: BTreeMap<(Ipv4Addr, Ipv4Addr), u64>,
     /// Owner (gateway index) of each target.
     pub owners: Vec<Option<usize>>,
 }
@@ -142,12 +145,37 @@ pub struct Move {
 pub struct BytesCheck {
     /// Pairs compared.
     pub pairs: usize,
-    /// Largest |counted / moved - 1| over the pairs.
+    /// Largest |counted / moved - 1| over the pairs, counting the SCSI data
+    /// the READ and WRITE commands asked for.
     pub max_rel_diff: f64,
-    /// Counted bytes in total (iSCSI PDUs: data plus headers).
+    /// The same counting the whole iSCSI stream (headers, NOPs, logins and
+    /// retransmissions too, so it runs above the data by about 1 %).
+    pub max_rel_diff_stream: f64,
+    /// SCSI data bytes counted in total.
     pub counted: u64,
+    /// iSCSI stream bytes counted in total.
+    pub counted_stream: u64,
     /// Data bytes the initiators read and wrote in total.
     pub moved: u64,
+    /// Per pair: label, moved, SCSI data counted, stream counted.
+    pub detail: Vec<(String, u64, u64, u64)>,
+}
+
+impl BytesCheck {
+    /// Adds one (initiator, target) pair.
+    pub fn add(&mut self, label: String, moved: u64, data: u64, stream: u64) {
+        if moved == 0 {
+            return;
+        }
+        self.detail.push((label, moved, data, stream));
+        self.pairs += 1;
+        self.moved += moved;
+        self.counted += data;
+        self.counted_stream += stream;
+        let rel = |c: u64| (c as f64 / moved as f64 - 1.0).abs();
+        self.max_rel_diff = self.max_rel_diff.max(rel(data));
+        self.max_rel_diff_stream = self.max_rel_diff_stream.max(rel(stream));
+    }
 }
 
 /// The summary printed at the end and written by `--summary`.
@@ -263,6 +291,18 @@ mod tests {
         assert_eq!(after.loads_mb_s, [100.0 / 1e6, 100.0 / 1e6]);
         assert_eq!(balanced_since(&samples, 2.0, 1.10), Some(6.0));
         assert!(Balance::of(&samples, 20.0, 30.0).is_none());
+    }
+
+    #[test]
+    fn bytes_check_keeps_the_worst_pair() {
+        let mut c = BytesCheck::default();
+        c.add("a".into(), 1000, 1000, 1010);
+        c.add("b".into(), 2000, 1990, 2040);
+        c.add("c".into(), 0, 5, 5);
+        assert_eq!(c.pairs, 2);
+        assert!((c.max_rel_diff - 0.005).abs() < 1e-12);
+        assert!((c.max_rel_diff_stream - 0.02).abs() < 1e-12);
+        assert_eq!((c.moved, c.counted, c.counted_stream), (3000, 2990, 3050));
     }
 
     #[test]
