@@ -1,0 +1,337 @@
+//! End to end: the real agent on a veth in a network namespace, real traffic
+//! through it, and the counted payload bytes against an independent measure,
+//! in both directions:
+//! - a TCP stream on port 3260 of known size, against each sender's own count
+//!   (TCP_INFO `tcpi_bytes_sent`, which includes retransmissions: they cross
+//!   the wire and are counted);
+//! - a real iSCSI exchange (tgtd, libiscsi's iscsi-perf), against a capture
+//!   (tcpdump) on the same NIC.
+//! Privileged: namespaces, BPF.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use sanlb::dataplane::{FlowRecord, PinnedMaps};
+use xtask::lab::{Lab, Netns, Process, netns::veth};
+
+const SANLB: &str = env!("CARGO_BIN_EXE_sanlb");
+
+/// Runs `f` on a thread that has entered `ns`: sockets it creates live there.
+fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    let path = ns.path();
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).expect("opening the netns");
+        // SAFETY: setns on this thread only; the fd is valid.
+        let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+/// TCP_INFO's `tcpi_bytes_sent` (linux/tcp.h: offset 200, since 5.5): payload
+/// bytes sent, retransmissions included.
+fn bytes_sent(s: &TcpStream) -> u64 {
+    let mut buf = [0u8; 256];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: buf is writable for len bytes.
+    let rc = unsafe {
+        libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, buf.as_mut_ptr().cast(), &mut len)
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    assert!(len >= 208, "TCP_INFO too short ({len}) for tcpi_bytes_sent");
+    u64::from_ne_bytes(buf[200..208].try_into().unwrap())
+}
+
+/// Waits for all sent data to be acknowledged (tcpi_notsent_bytes and
+/// tcpi_unacked are both zero), at most 10 s.
+fn drained(s: &TcpStream) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut buf = [0u8; 256];
+        let mut len = buf.len() as libc::socklen_t;
+        // SAFETY: as above.
+        unsafe {
+            libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, buf.as_mut_ptr().cast(), &mut len)
+        };
+        let unacked = u32::from_ne_bytes(buf[24..28].try_into().unwrap());
+        let notsent = u32::from_ne_bytes(buf[144..148].try_into().unwrap());
+        if unacked == 0 && notsent == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "data never acknowledged");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The agent on `iface` in `ns`, pins in `pin_dir`; waits until it has pinned.
+fn agent(ns: &Netns, pin_dir: &Path, log_dir: &Path) -> Process {
+    let mut cmd = ns.command(SANLB);
+    cmd.args(["agent", "--iface", "eth0", "--pin-dir"]).arg(pin_dir);
+    let mut p = Process::spawn("agent", cmd, log_dir).expect("starting the agent");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pin_dir.join("flows").exists() {
+        assert!(p.is_running(), "agent exited: {}", p.stderr());
+        assert!(Instant::now() < deadline, "agent did not pin its maps: {}", p.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Pinned comes before attached; the log line comes after both.
+    while !p.stderr().contains("counting iSCSI traffic") {
+        assert!(p.is_running(), "agent exited: {}", p.stderr());
+        assert!(Instant::now() < deadline, "agent did not attach: {}", p.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p
+}
+
+fn flows(pin_dir: &Path) -> Vec<FlowRecord> {
+    PinnedMaps::open(pin_dir).expect("opening pins").snapshot().expect("reading pins").flows
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sanlb-test-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+#[ignore = "privileged: needs root, run by cargo xtask test"]
+fn tcp_stream_counts_equal_the_senders_bytes() {
+    const UP: usize = 24 << 20;
+    const DOWN: usize = 9 << 20;
+    let host = Netns::unique("sanlb-e2e-h").unwrap();
+    let gw = Netns::unique("sanlb-e2e-g").unwrap();
+    veth(&host, "eth0", "02:00:c6:12:10:0a", &gw, "eth0", "02:00:c6:12:10:01").unwrap();
+    host.ip(&["addr", "add", "198.18.2.10/24", "dev", "eth0"]).unwrap();
+    gw.ip(&["addr", "add", "198.18.2.1/24", "dev", "eth0"]).unwrap();
+    for ns in [&host, &gw] {
+        ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    }
+    let logs = temp_dir("tcp");
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sanlb-test-{}/gw", std::process::id()));
+    let mut agent = agent(&gw, &pin_dir, &logs);
+
+    let server = in_netns(&gw, || {
+        let l = TcpListener::bind("198.18.2.1:3260").unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let mut got = 0;
+        let mut buf = vec![0u8; 1 << 16];
+        while got < UP {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "client closed early");
+            got += n;
+        }
+        s.write_all(&vec![0x77; DOWN]).unwrap();
+        drained(&s);
+        let sent = bytes_sent(&s);
+        let mut one = [0u8; 1];
+        let _ = s.read(&mut one); // wait for the client to finish reading
+        sent
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let client = in_netns(&host, || {
+        let addr: SocketAddr = "198.18.2.1:3260".parse().unwrap();
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        s.write_all(&vec![0x55; UP]).unwrap();
+        let mut got = 0;
+        let mut buf = vec![0u8; 1 << 16];
+        while got < DOWN {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "server closed early");
+            got += n;
+        }
+        drained(&s);
+        bytes_sent(&s)
+    });
+    let client_sent = client.join().unwrap();
+    let server_sent = server.join().unwrap();
+    assert!(client_sent >= UP as u64 && server_sent >= DOWN as u64);
+
+    let f = flows(&pin_dir);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].initiator.to_string(), "198.18.2.10");
+    assert_eq!(f[0].target.to_string(), "198.18.2.1");
+    assert_eq!(f[0].counters.to_target_bytes, client_sent, "initiator → target");
+    assert_eq!(f[0].counters.to_initiator_bytes, server_sent, "target → initiator");
+    eprintln!(
+        "tcp stream: counted {} / {} bytes, senders sent {client_sent} / {server_sent} (retransmitted {} / {})",
+        f[0].counters.to_target_bytes,
+        f[0].counters.to_initiator_bytes,
+        client_sent - UP as u64,
+        server_sent - DOWN as u64
+    );
+
+    // SIGTERM detaches and removes the pins.
+    agent.stop(Duration::from_secs(5)).unwrap();
+    assert!(!pin_dir.join("flows").exists(), "pins left after SIGTERM");
+    let _ = std::fs::remove_dir(pin_dir.parent().unwrap());
+    let _ = std::fs::remove_dir_all(&logs);
+}
+
+/// Sums the TCP payload of every frame in a pcap file (link type Ethernet,
+/// IPv4), per direction relative to port 3260: (to target, to initiator).
+/// Written out because it is twenty lines: headers only, lengths from the IP
+/// and TCP headers, nothing of sanlb's parser.
+fn pcap_payload(path: &Path) -> (u64, u64) {
+    let b = std::fs::read(path).unwrap();
+    assert!(b.len() >= 24, "empty capture");
+    let magic = u32::from_le_bytes(b[0..4].try_into().unwrap());
+    assert!(magic == 0xa1b2_c3d4 || magic == 0xa1b2_3c4d, "not a little-endian pcap");
+    assert_eq!(u32::from_le_bytes(b[20..24].try_into().unwrap()), 1, "link type Ethernet");
+    let (mut up, mut down) = (0u64, 0u64);
+    let mut at = 24;
+    while at + 16 <= b.len() {
+        let caplen = u32::from_le_bytes(b[at + 8..at + 12].try_into().unwrap()) as usize;
+        let p = &b[at + 16..at + 16 + caplen];
+        at += 16 + caplen;
+        if p.len() < 14 + 20 || p[12..14] != [0x08, 0x00] || p[14 + 9] != 6 {
+            continue;
+        }
+        let ihl = usize::from(p[14] & 15) * 4;
+        let total = usize::from(u16::from_be_bytes([p[16], p[17]]));
+        let tcp = 14 + ihl;
+        let sport = u16::from_be_bytes([p[tcp], p[tcp + 1]]);
+        let dport = u16::from_be_bytes([p[tcp + 2], p[tcp + 3]]);
+        let payload = (total - ihl - usize::from(p[tcp + 12] >> 4) * 4) as u64;
+        if dport == 3260 {
+            up += payload;
+        } else if sport == 3260 {
+            down += payload;
+        }
+    }
+    (up, down)
+}
+
+#[test]
+#[ignore = "privileged: needs root, run by cargo xtask test"]
+fn iscsi_exchange_counts_equal_the_capture() {
+    let lab = Lab::builder().hosts(1).gateways(1).targets(1).build().unwrap();
+    let gw = &lab.gateways()[0];
+    let host = &lab.hosts()[0];
+    let target = &lab.targets()[0];
+    let logs = lab.log_dir();
+    let mut agent = agent(&gw.ns, &gw.pin_dir, &logs);
+
+    let pcap = lab.dir().join("gw1.pcap");
+    let mut dump = gw.ns.command("tcpdump");
+    // Immediate mode: without it packets wait in a TPACKET_V3 block that is
+    // not handed over before SIGINT, and the capture comes up short.
+    dump.args(["-i", "eth0", "-n", "--immediate-mode", "-s", "256", "-B", "32768", "-U", "-w"])
+        .arg(&pcap)
+        .args(["tcp", "port", "3260"]);
+    let mut dump = lab.spawn("tcpdump", dump).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dump.stderr().contains("listening on") {
+        assert!(Instant::now() < deadline && dump.is_running(), "tcpdump: {}", dump.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Reads for three seconds, with a line per second; bounded by timeout.
+    let mut perf = host.ns.command("timeout");
+    perf.args(["20", "iscsi-perf", "-i", &host.initiator, "-t", "3", "-l", "-m", "16", "-b", "8"])
+        .arg(target.url());
+    let out = perf.output().unwrap();
+    assert!(out.status.success(), "iscsi-perf: {}", String::from_utf8_lossy(&out.stderr));
+
+    // Let the session end, then stop the capture and read its statistics.
+    std::thread::sleep(Duration::from_millis(500));
+    dump.signal(libc::SIGINT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dump.is_running() {
+        assert!(Instant::now() < deadline, "tcpdump did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stats = dump.stderr();
+    let figure = |what: &str| -> u64 {
+        let line = stats.lines().find(|l| l.ends_with(what)).unwrap_or_else(|| panic!("{what}? {stats}"));
+        line.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    assert_eq!(figure("packets dropped by kernel"), 0, "{stats}");
+    assert_eq!(figure("packets captured"), figure("packets received by filter"), "{stats}");
+    let (up, down) = pcap_payload(&pcap);
+
+    let f = flows(&gw.pin_dir);
+    assert_eq!(f.len(), 1, "{f:?}");
+    let c = f[0].counters;
+    assert_eq!(f[0].initiator, std::net::IpAddr::V4(host.addr));
+    assert_eq!(f[0].target, std::net::IpAddr::V4(target.addr));
+    assert!(down > 1 << 20, "iscsi-perf moved only {down} bytes");
+    assert_eq!(c.to_target_bytes, up, "initiator → target against the capture");
+    assert_eq!(c.to_initiator_bytes, down, "target → initiator against the capture");
+    // iscsi-perf reads 8 blocks (4 KiB) per command.
+    assert!(c.scsi_read_cmds > 100, "read commands: {c:?}");
+    assert_eq!(c.scsi_write_cmds, 0);
+    // The data read cannot exceed what came back, and almost all of what came
+    // back is data (the rest: PDU headers, a few small reads at login), so
+    // nearly every command was seen opening a segment.
+    assert!(c.read_requested_bytes <= c.to_initiator_bytes, "{c:?}");
+    assert!(c.read_requested_bytes as f64 >= 0.9 * c.to_initiator_bytes as f64, "{c:?}");
+    eprintln!(
+        "iscsi: counted {} / {} bytes, captured {up} / {down}; {} read commands, {} bytes requested",
+        c.to_target_bytes, c.to_initiator_bytes, c.scsi_read_cmds, c.read_requested_bytes
+    );
+    agent.stop(Duration::from_secs(5)).unwrap();
+    assert!(!gw.pin_dir.join("flows").exists());
+}
+
+#[test]
+#[ignore = "privileged: needs root, run by cargo xtask test"]
+fn second_agent_on_a_nic_is_refused_and_keep_pins_keeps_them() {
+    let ns = Netns::unique("sanlb-e2e-a").unwrap();
+    let peer = Netns::unique("sanlb-e2e-b").unwrap();
+    veth(&ns, "eth0", "02:00:c6:12:11:01", &peer, "eth0", "02:00:c6:12:11:02").unwrap();
+    ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    let logs = temp_dir("second");
+    let root = PathBuf::from(format!("/sys/fs/bpf/sanlb-test2-{}", std::process::id()));
+    let first = agent(&ns, &root.join("one"), &logs);
+
+    // Another pin folder does not help: the NIC is taken.
+    let out = ns
+        .command(SANLB)
+        .args(["agent", "--iface", "eth0", "--pin-dir"])
+        .arg(root.join("two"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("another sanlb agent already counts on eth0"), "{err}");
+    assert!(!root.join("two").join("flows").exists());
+
+    // bpftool prints named fields from the BTF of the pinned maps.
+    let dump = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(root.join("one/stats"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&dump.stdout);
+    for field in ["\"frames\"", "\"not_iscsi\"", "\"insert_failed\""] {
+        assert!(text.contains(field), "bpftool output lacks {field}: {text}");
+    }
+    drop(first); // SIGTERM
+
+    // --keep-pins: the maps outlive the agent, readable by `sanlb counters`.
+    let mut cmd = ns.command(SANLB);
+    cmd.args(["agent", "--iface", "eth0", "--keep-pins", "--pin-dir"]).arg(root.join("one"));
+    let mut kept = Process::spawn("agent-keep", cmd, &logs).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !kept.stderr().contains("counting iSCSI traffic") {
+        assert!(Instant::now() < deadline && kept.is_running(), "{}", kept.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kept.stop(Duration::from_secs(5)).unwrap();
+    let out = Command::new(SANLB)
+        .args(["counters", "--iface", "eth0", "--json", "--pin-dir"])
+        .arg(root.join("one"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    sanlb::dataplane::remove_pins(&root.join("one"));
+    let _ = std::fs::remove_dir(&root);
+    let _ = std::fs::remove_dir_all(&logs);
+}
