@@ -938,8 +938,8 @@ impl Demo<'_> {
             check.add(
                 format!("{}→{}", self.lab.hosts()[*h].name, target.name),
                 totals.read_bytes + totals.write_bytes,
-                last.pair_data_bytes.get(&key).copied().unwrap_or(0),
                 last.pair_bytes.get(&key).copied().unwrap_or(0),
+                last.pair_data_bytes.get(&key).copied().unwrap_or(0),
             );
         }
         check

@@ -153,10 +153,10 @@ pub fn summary(s: &Summary) -> String {
     );
     let _ = writeln!(
         o,
-        "  bytes counted vs moved per (initiator, target): {} pairs, max difference {:.2} % (SCSI data), {:.2} % (iSCSI stream)",
+        "  bytes counted vs moved per (initiator, target): {} pairs, max difference {:.2} % (iSCSI stream), {:.2} % (SCSI commands' lengths)",
         s.bytes.pairs,
         s.bytes.max_rel_diff * 100.0,
-        s.bytes.max_rel_diff_stream * 100.0
+        s.bytes.max_rel_diff_scsi * 100.0
     );
     if let Some(p) = &s.iscsi_perf {
         let _ = writeln!(o, "  iscsi-perf (independent reader): {p}");
