@@ -41,7 +41,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 use xtask::lab::{
-    self, Lab, LineTail, NIC, Placement, Process,
+    self, Lab, LineTail, NIC, Placement, Process, agent,
     loadgen::{self, Event, Workload},
     proc,
 };
@@ -210,7 +210,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
     let sanlb = match &args.sanlb {
-        Some(path) => path.canonicalize().with_context(|| format!("--sanlb {}", path.display()))?,
+        Some(path) => path
+            .canonicalize()
+            .with_context(|| format!("--sanlb {}", path.display()))?,
         None => {
             eprintln!("demo: building sanlb");
             let mut build = util::cargo(&["build", "--package", "sanlb"]);
@@ -229,8 +231,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
         BalancerArg::Controller => Balancer::Controller,
         BalancerArg::Plan => Balancer::Plan,
         BalancerArg::None => Balancer::None,
-        BalancerArg::Auto if has_subcommand(&sanlb, "controller") => Balancer::Controller,
-        BalancerArg::Auto if has_subcommand(&sanlb, "plan") => Balancer::Plan,
+        BalancerArg::Auto if agent::has_subcommand(&sanlb, "controller") => Balancer::Controller,
+        BalancerArg::Auto if agent::has_subcommand(&sanlb, "plan") => Balancer::Plan,
         BalancerArg::Auto => Balancer::None,
     };
     for needed in match balancer {
@@ -238,8 +240,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
         Balancer::Plan => &["plan"][..],
         Balancer::None => &[][..],
     } {
-        if !has_subcommand(&sanlb, needed) {
-            bail!("--balancer {} needs `sanlb {needed}`, which this sanlb does not have", balancer.name());
+        if !agent::has_subcommand(&sanlb, needed) {
+            bail!(
+                "--balancer {} needs `sanlb {needed}`, which this sanlb does not have",
+                balancer.name()
+            );
         }
     }
 
@@ -301,11 +306,6 @@ pub fn run(args: DemoArgs) -> Result<()> {
     Ok(())
 }
 
-fn has_subcommand(sanlb: &Path, sub: &str) -> bool {
-    proc::output_timeout(Command::new(sanlb).args([sub, "--help"]), Duration::from_secs(10))
-        .is_ok_and(|o| o.status.success())
-}
-
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
@@ -313,19 +313,6 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
         std::fs::copy(entry.path(), to.join(entry.file_name()))?;
     }
     Ok(())
-}
-
-/// One flow of `sanlb counters --json` (the fields the demo uses).
-#[derive(Deserialize)]
-struct Flow {
-    initiator: IpAddr,
-    target: IpAddr,
-    to_target_bytes: u64,
-    to_initiator_bytes: u64,
-    #[serde(default)]
-    read_requested_bytes: u64,
-    #[serde(default)]
-    write_requested_bytes: u64,
 }
 
 /// A host's loadgen and the reader of its output.
@@ -374,9 +361,12 @@ impl Initiators {
                     final_verify_errors,
                     ..
                 } => {
-                    self.totals.insert((lg.host, target.clone()), totals.clone());
-                    self.finals
-                        .insert((lg.host, target), (totals, final_verified, final_verify_errors));
+                    self.totals
+                        .insert((lg.host, target.clone()), totals.clone());
+                    self.finals.insert(
+                        (lg.host, target),
+                        (totals, final_verified, final_verify_errors),
+                    );
                 }
                 Event::Reconnect { .. } | Event::Phase { .. } => {}
             }
@@ -453,10 +443,10 @@ impl Demo<'_> {
             procs.push(self.start_controller()?);
         }
         for g in self.lab.gateways() {
+            if stopping() {
+                bail!("interrupted");
+            }
             procs.push(self.start_agent(g)?);
-        }
-        for (g, p) in self.lab.gateways().iter().zip(&mut procs[usize::from(self.balancer == Balancer::Controller)..]) {
-            self.wait_for_pins(g, p)?;
         }
         let mut loadgens = self.start_loadgens()?;
         let t0 = Instant::now();
@@ -471,7 +461,10 @@ impl Demo<'_> {
     fn start_controller(&self) -> Result<Process> {
         let token = format!("demo-{}-{}", std::process::id(), unix_now());
         std::fs::write(self.token_file(), token).context("writing the token file")?;
-        let mgmt = self.lab.management().context("the lab has no management namespace")?;
+        let mgmt = self
+            .lab
+            .management()
+            .context("the lab has no management namespace")?;
         let mut cmd = mgmt.ns.command(&self.sanlb.to_string_lossy());
         cmd.arg("controller")
             .args(["--listen", &format!("{}:{CONTROLLER_PORT}", mgmt.addr)])
@@ -479,20 +472,33 @@ impl Demo<'_> {
             .arg(self.lab.dir().join("controller-state.json"))
             .arg("--token-file")
             .arg(self.token_file())
-            .args(["--interval", &format!("{}ms", self.args.interval.as_millis())])
+            .args([
+                "--interval",
+                &format!("{}ms", self.args.interval.as_millis()),
+            ])
             .args(["--lease", "3s"])
-            .args(["--storage", &format!("{}/{}", lab::TARGET_NET.0, lab::TARGET_NET.1)]);
+            .args([
+                "--storage",
+                &format!("{}/{}", lab::TARGET_NET.0, lab::TARGET_NET.1),
+            ]);
         let mut p = self.lab.spawn("controller", cmd)?;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(s) = p.try_status()? {
-                bail!("sanlb controller exited ({}): {}", proc::describe(s), p.stderr().trim());
+                bail!(
+                    "sanlb controller exited ({}): {}",
+                    proc::describe(s),
+                    p.stderr().trim()
+                );
             }
             if self.status().is_ok() {
                 return Ok(p);
             }
             if Instant::now() > deadline {
-                bail!("sanlb controller does not answer at {}", self.controller_url());
+                bail!(
+                    "sanlb controller does not answer at {}",
+                    self.controller_url()
+                );
             }
             thread::sleep(Duration::from_millis(100));
         }
@@ -500,7 +506,10 @@ impl Demo<'_> {
 
     /// `sanlb status --json` from the management namespace.
     fn status(&self) -> Result<serde_json::Value> {
-        let mgmt = self.lab.management().context("the lab has no management namespace")?;
+        let mgmt = self
+            .lab
+            .management()
+            .context("the lab has no management namespace")?;
         let mut cmd = mgmt.ns.command(&self.sanlb.to_string_lossy());
         cmd.args(["status", "--controller", &self.controller_url(), "--json"])
             .arg("--token-file")
@@ -510,48 +519,17 @@ impl Demo<'_> {
     }
 
     fn start_agent(&self, g: &lab::Gateway) -> Result<Process> {
-        let mut cmd = g.ns.command(&self.sanlb.to_string_lossy());
-        cmd.args(["agent", "--iface", NIC])
-            .arg("--pin-dir")
-            .arg(&g.pin_dir)
-            .env("RUST_LOG", "info");
+        let mut extra: Vec<String> = Vec::new();
         if self.balancer == Balancer::Controller {
-            cmd.args(["--controller", &self.controller_url(), "--gateway", &g.name])
-                .arg("--token-file")
-                .arg(self.token_file())
-                .args(["--interval", "1s"]);
+            extra.extend(["--controller".into(), self.controller_url()]);
+            extra.extend(["--gateway".into(), g.name.clone()]);
+            extra.extend([
+                "--token-file".into(),
+                self.token_file().to_string_lossy().into_owned(),
+            ]);
+            extra.extend(["--interval".into(), "1s".into()]);
         }
-        self.lab.spawn(&format!("agent-{}", g.name), cmd)
-    }
-
-    fn wait_for_pins(&self, g: &lab::Gateway, agent: &mut Process) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(s) = agent.try_status()? {
-                bail!(
-                    "sanlb agent on {} exited ({}): {}",
-                    g.name,
-                    proc::describe(s),
-                    agent.stderr().trim()
-                );
-            }
-            if self.counters(g).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline || stopping() {
-                bail!("the agent on {} pinned no maps in {}", g.name, g.pin_dir.display());
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn counters(&self, g: &lab::Gateway) -> Result<Vec<Flow>> {
-        let mut cmd = Command::new(self.sanlb);
-        cmd.args(["counters", "--iface", NIC, "--json"])
-            .arg("--pin-dir")
-            .arg(&g.pin_dir);
-        let out = proc::run(&mut cmd)?;
-        serde_json::from_str(&out).with_context(|| format!("parsing the counters of {}", g.name))
+        agent::start(self.lab, self.sanlb, g, &extra)
     }
 
     fn start_loadgens(&self) -> Result<Vec<Loadgen>> {
@@ -572,8 +550,13 @@ impl Demo<'_> {
                     ..Workload::new(t)
                 })
                 .collect();
-            let mut cmd =
-                loadgen::command(self.loadgen, host, &workloads, self.args.duration, h as u64 + 1);
+            let mut cmd = loadgen::command(
+                self.loadgen,
+                host,
+                &workloads,
+                self.args.duration,
+                h as u64 + 1,
+            );
             cmd.args(["--stall-event", "0.02"]);
             let process = self.lab.spawn(&format!("loadgen-{}", host.name), cmd)?;
             let tail = LineTail::new(process.stdout_path());
@@ -592,7 +575,7 @@ impl Demo<'_> {
             ..Sample::default()
         };
         for g in self.lab.gateways() {
-            let flows = self.counters(g)?;
+            let flows = agent::counters(self.sanlb, g)?;
             let mut total = 0;
             for f in flows {
                 let (IpAddr::V4(i), IpAddr::V4(tg)) = (f.initiator, f.target) else {
@@ -620,7 +603,12 @@ impl Demo<'_> {
         Ok(s)
     }
 
-    fn watch(&self, t0: Instant, procs: &mut [Process], loadgens: &mut [Loadgen]) -> Result<Summary> {
+    fn watch(
+        &self,
+        t0: Instant,
+        procs: &mut [Process],
+        loadgens: &mut [Loadgen],
+    ) -> Result<Summary> {
         let tty = std::io::stdout().is_terminal();
         let names: Vec<String> = self.lab.gateways().iter().map(|g| g.name.clone()).collect();
         let addrs: Vec<Ipv4Addr> = self.lab.targets().iter().map(|t| t.addr).collect();
@@ -643,7 +631,12 @@ impl Demo<'_> {
             tick += 1.0;
             for p in procs.iter_mut() {
                 if let Some(s) = p.try_status()? {
-                    bail!("{} exited ({}): {}", p.name(), proc::describe(s), p.stderr().trim());
+                    bail!(
+                        "{} exited ({}): {}",
+                        p.name(),
+                        proc::describe(s),
+                        p.stderr().trim()
+                    );
                 }
             }
             for lg in loadgens.iter_mut() {
@@ -680,7 +673,9 @@ impl Demo<'_> {
             if self.balancer == Balancer::Plan && t >= next_plan {
                 next_plan += interval;
                 let started = unix_now();
-                if let Some(planned) = self.plan_and_move(&samples, &addrs, interval, generation + 1)? {
+                if let Some(planned) =
+                    self.plan_and_move(&samples, &addrs, interval, generation + 1)?
+                {
                     generation += 1;
                     for (i, _) in planned {
                         // Stamped with the time the move began, to find its stall.
@@ -703,7 +698,12 @@ impl Demo<'_> {
                     let prev = samples.last().expect("one sample at least");
                     let fresh = moves.iter_mut().filter(|m| m.generation == generation);
                     for m in fresh {
-                        let i = self.lab.targets().iter().position(|x| x.name == m.target).expect("a lab target");
+                        let i = self
+                            .lab
+                            .targets()
+                            .iter()
+                            .position(|x| x.name == m.target)
+                            .expect("a lab target");
                         m.from = prev.owners[i].map(|g| names[g].clone());
                         m.to = s.owners[i].map(|g| names[g].clone());
                         if !tty {
@@ -752,7 +752,11 @@ impl Demo<'_> {
                     b.t,
                     balance.as_ref().map_or(f64::NAN, |x| x.var_norm),
                     balance.as_ref().map_or(f64::NAN, |x| x.max_mean),
-                    loads.iter().map(|l| format!("{:.2}", l / 1e6)).collect::<Vec<_>>().join("/"),
+                    loads
+                        .iter()
+                        .map(|l| format!("{:.2}", l / 1e6))
+                        .collect::<Vec<_>>()
+                        .join("/"),
                     init.io().0
                 );
             }
@@ -790,7 +794,8 @@ impl Demo<'_> {
         // Before: from when the prefill is surely over to the first move
         // (or the first interval).
         let before_to = first_move.min(interval).max(2.0);
-        let before = Balance::of(&samples, (before_to - 3.0).max(1.0), before_to).unwrap_or_default();
+        let before =
+            Balance::of(&samples, (before_to - 3.0).max(1.0), before_to).unwrap_or_default();
         let after = Balance::of(&samples, (end - interval).max(0.0), end).unwrap_or_default();
         let finals = init.finals.values();
         let summary = Summary {
@@ -824,7 +829,12 @@ impl Demo<'_> {
             Ok(false) => eprintln!(
                 "demo: no font found, {} has no text; gateways in order: {}",
                 png.display(),
-                plot::COLOURS.iter().map(|c| c.0).take(names.len()).collect::<Vec<_>>().join(", ")
+                plot::COLOURS
+                    .iter()
+                    .map(|c| c.0)
+                    .take(names.len())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             Err(e) => eprintln!("demo: {e:#}"),
         }
@@ -850,7 +860,12 @@ impl Demo<'_> {
             return Ok(None);
         }
         let rates = metrics::rates(&first.target_bytes(addrs), &last.target_bytes(addrs), dt);
-        let names: Vec<&str> = self.lab.gateways().iter().map(|g| g.name.as_str()).collect();
+        let names: Vec<&str> = self
+            .lab
+            .gateways()
+            .iter()
+            .map(|g| g.name.as_str())
+            .collect();
         let problem = serde_json::json!({
             "gateways": names.iter().map(|n| serde_json::json!({"name": n, "capacity": 1.0})).collect::<Vec<_>>(),
             "routes": addrs.iter().zip(&rates).zip(&last.owners).map(|((a, r), o)| serde_json::json!({
@@ -862,7 +877,8 @@ impl Demo<'_> {
             "w_change": 0.01,
         });
         let path = self.lab.dir().join(format!("problem-{generation}.json"));
-        std::fs::write(&path, problem.to_string()).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, problem.to_string())
+            .with_context(|| format!("writing {}", path.display()))?;
         let out = proc::run(
             Command::new(self.sanlb)
                 .args(["plan", "--json", "--time-limit", "500ms", "--problem"])
@@ -892,8 +908,14 @@ impl Demo<'_> {
         let mut wanted = Vec::new();
         for p in &plan.assignment {
             let IpAddr::V4(a) = p.target else { continue };
-            let i = addrs.iter().position(|x| *x == a).context("plan names an unknown target")?;
-            let g = names.iter().position(|n| *n == p.gateway).context("plan names an unknown gateway")?;
+            let i = addrs
+                .iter()
+                .position(|x| *x == a)
+                .context("plan names an unknown target")?;
+            let g = names
+                .iter()
+                .position(|n| *n == p.gateway)
+                .context("plan names an unknown gateway")?;
             if last.owners[i] != Some(g) {
                 wanted.push((i, g));
             }
@@ -918,7 +940,10 @@ impl Demo<'_> {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a move panicked"))))
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a move panicked")))
+                })
                 .collect()
         });
         for r in results {

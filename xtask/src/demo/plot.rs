@@ -80,7 +80,8 @@ pub fn draw(path: &Path, samples: &[Sample], names: &[String], moves: &[Move]) -
         .map_err(plot_err)?;
     let mut mesh = chart.configure_mesh();
     if text {
-        mesh.x_desc("seconds").y_desc("MB/s (iSCSI, both directions)");
+        mesh.x_desc("seconds")
+            .y_desc("MB/s (iSCSI, both directions)");
     } else {
         mesh.disable_x_axis().disable_y_axis();
     }
@@ -99,9 +100,9 @@ pub fn draw(path: &Path, samples: &[Sample], names: &[String], moves: &[Move]) -
             .draw_series(LineSeries::new(points, colour.stroke_width(2)))
             .map_err(plot_err)?;
         if text {
-            series
-                .label(names[g].as_str())
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
+            series.label(names[g].as_str()).legend(move |(x, y)| {
+                PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2))
+            });
         }
     }
     if text {

@@ -37,7 +37,9 @@ pub struct Frame<'a> {
 
 fn bar(value: f64, scale: f64) -> String {
     let cells = if scale > 0.0 {
-        ((value / scale) * BAR as f64).round().clamp(0.0, BAR as f64) as usize
+        ((value / scale) * BAR as f64)
+            .round()
+            .clamp(0.0, BAR as f64) as usize
     } else {
         0
     };
@@ -48,8 +50,14 @@ fn bar(value: f64, scale: f64) -> String {
 pub fn render(f: &Frame) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{}", f.title);
-    let _ = writeln!(s, "load running {:>4.0} s of {:.0} s", f.elapsed, f.duration);
-    let (mm, vn) = f.balance.map_or((f64::NAN, f64::NAN), |b| (b.max_mean, b.var_norm));
+    let _ = writeln!(
+        s,
+        "load running {:>4.0} s of {:.0} s",
+        f.elapsed, f.duration
+    );
+    let (mm, vn) = f
+        .balance
+        .map_or((f64::NAN, f64::NAN), |b| (b.max_mean, b.var_norm));
     let _ = writeln!(
         s,
         "generation {:<4} var_norm {:<7.4} max/mean {:<5.2} moves {:<3} io errors {} verify errors {} reconnects {} longest stall {:.2} s",
@@ -143,7 +151,11 @@ pub fn summary(s: &Summary) -> String {
     let _ = writeln!(
         o,
         "  stall per move (s): {}  max {:.2}",
-        if stalls.is_empty() { "-".to_owned() } else { stalls.join(" ") },
+        if stalls.is_empty() {
+            "-".to_owned()
+        } else {
+            stalls.join(" ")
+        },
         s.max_stall_s
     );
     let _ = writeln!(
@@ -171,7 +183,10 @@ mod tests {
     #[test]
     fn bars_scale_and_clamp() {
         assert_eq!(bar(0.0, 10.0).chars().filter(|&c| c == '█').count(), 0);
-        assert_eq!(bar(5.0, 10.0).chars().filter(|&c| c == '█').count(), BAR / 2);
+        assert_eq!(
+            bar(5.0, 10.0).chars().filter(|&c| c == '█').count(),
+            BAR / 2
+        );
         assert_eq!(bar(50.0, 10.0).chars().filter(|&c| c == '█').count(), BAR);
         assert_eq!(bar(1.0, 0.0).chars().count(), BAR);
     }

@@ -34,6 +34,7 @@
 //! # anyhow::Ok(())
 //! ```
 
+pub mod agent;
 pub mod loadgen;
 pub mod netns;
 pub mod proc;
@@ -581,7 +582,9 @@ impl Lab {
         let a = addr.to_string();
         // Habets' arping (Debian `arping`) needs -S as well as -U for a
         // gratuitous ARP: without it the sender is the NIC's primary address.
-        cmd.args(["-q", "-U", "-S", &a, "-c", "3", "-W", "0.2", "-w", "0.5", "-i", NIC, &a]);
+        cmd.args([
+            "-q", "-U", "-S", &a, "-c", "3", "-W", "0.2", "-w", "0.5", "-i", NIC, &a,
+        ]);
         let out = proc::output_timeout(&mut cmd, proc::COMMAND_TIMEOUT)?;
         // Exit 1 only says that nobody answered, which nobody does to an
         // unsolicited ARP.
