@@ -258,12 +258,20 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "demo: building the lab: {} hosts, {} gateways, {} targets (leftovers of killed runs are removed first)",
         args.hosts, args.gateways, args.targets
     );
+    // With a controller the agents place the addresses (with sanlb's
+    // marker, which `ip addr` here cannot set); otherwise the lab puts them
+    // all on gw1.
+    let placement = if balancer == Balancer::Controller {
+        Placement::Unassigned
+    } else {
+        Placement::AllOnFirst
+    };
     let lab = Lab::builder()
         .hosts(args.hosts)
         .gateways(args.gateways)
         .targets(args.targets)
         .disk_size(DISK_SIZE)
-        .placement(Placement::AllOnFirst)
+        .placement(placement)
         .management(balancer == Balancer::Controller)
         .build()?;
     let demo = Demo {
@@ -284,10 +292,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     drop(lab);
     let summary = match result {
         Ok(s) => s,
-        Err(e) if stopping() => {
-            eprintln!("demo: interrupted ({e:#}); everything was removed");
-            return Ok(());
-        }
+        Err(_) if stopping() => bail!("interrupted; everything the demo made was removed"),
         Err(e) => return Err(e.context(format!("logs in {}", logs.display()))),
     };
     let json = serde_json::to_string_pretty(&summary)?;
@@ -442,11 +447,17 @@ impl Demo<'_> {
         if self.balancer == Balancer::Controller {
             procs.push(self.start_controller()?);
         }
-        for g in self.lab.gateways() {
+        for (i, g) in self.lab.gateways().iter().enumerate() {
             if stopping() {
                 bail!("interrupted");
             }
             procs.push(self.start_agent(g)?);
+            // The skewed start with a controller: gw1 is the only gateway
+            // alive at first, so every address goes to it; the others join
+            // once it holds them all.
+            if i == 0 && self.balancer == Balancer::Controller {
+                self.wait_all_on(&g.name)?;
+            }
         }
         let mut loadgens = self.start_loadgens()?;
         let t0 = Instant::now();
@@ -477,10 +488,16 @@ impl Demo<'_> {
                 &format!("{}ms", self.args.interval.as_millis()),
             ])
             .args(["--lease", "3s"])
+            // Rates over two intervals: the first rebalance after the other
+            // gateways join comes within a few intervals.
+            .args(["--window", "2"])
             .args([
                 "--storage",
                 &format!("{}/{}", lab::TARGET_NET.0, lab::TARGET_NET.1),
             ]);
+        for t in self.lab.targets() {
+            cmd.args(["--target", &t.addr.to_string()]);
+        }
         let mut p = self.lab.spawn("controller", cmd)?;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -516,6 +533,20 @@ impl Demo<'_> {
             .arg(self.token_file());
         let out = proc::run(&mut cmd)?;
         serde_json::from_str(&out).context("parsing sanlb status --json")
+    }
+
+    fn wait_all_on(&self, gw: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let placement = self.lab.placement()?;
+            if placement.values().all(|owners| owners == &[gw.to_owned()]) {
+                return Ok(());
+            }
+            if Instant::now() > deadline || stopping() {
+                bail!("the controller did not place every target on {gw} in 30 s: {placement:?}");
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn start_agent(&self, g: &lab::Gateway) -> Result<Process> {
@@ -616,6 +647,7 @@ impl Demo<'_> {
         let interval = self.args.interval.as_secs_f64();
         let title = self.title();
         let mut samples: Vec<Sample> = vec![self.sample(0.0)?];
+        let mut known: Vec<Option<usize>> = samples[0].owners.clone();
         let mut moves: Vec<Move> = Vec::new();
         let mut init = Initiators::default();
         let mut generation = 0;
@@ -644,20 +676,22 @@ impl Demo<'_> {
             }
             let t = t0.elapsed().as_secs_f64();
             let s = self.sample(t)?;
-            let prev = samples.last().expect("one sample at least");
-            for (i, (a, b)) in prev.owners.iter().zip(&s.owners).enumerate() {
-                if a != b {
+            // Break before make: an address may be on no gateway for a
+            // moment; a move is a new owner, not the gap.
+            for (i, b) in s.owners.iter().enumerate() {
+                if b.is_some() && *b != known[i] {
                     let target = &self.lab.targets()[i];
                     let m = Move {
                         at_s: t,
                         at_unix: unix_now(),
                         target: target.name.clone(),
                         addr: target.addr,
-                        from: a.map(|g| names[g].clone()),
+                        from: known[i].map(|g| names[g].clone()),
                         to: b.map(|g| names[g].clone()),
                         generation,
                         stall_s: None,
                     };
+                    known[i] = *b;
                     if !tty {
                         println!("move: {}", view::move_line(&m));
                     }
@@ -695,7 +729,6 @@ impl Demo<'_> {
                     // sample so that the tick does not count them again, and
                     // fill in from/to.
                     let s = self.sample(t0.elapsed().as_secs_f64())?;
-                    let prev = samples.last().expect("one sample at least");
                     let fresh = moves.iter_mut().filter(|m| m.generation == generation);
                     for m in fresh {
                         let i = self
@@ -704,8 +737,9 @@ impl Demo<'_> {
                             .iter()
                             .position(|x| x.name == m.target)
                             .expect("a lab target");
-                        m.from = prev.owners[i].map(|g| names[g].clone());
+                        m.from = known[i].map(|g| names[g].clone());
                         m.to = s.owners[i].map(|g| names[g].clone());
+                        known[i] = s.owners[i];
                         if !tty {
                             println!("move: {}", view::move_line(m));
                         }

@@ -34,19 +34,31 @@ fn a_skewed_start_balances_within_three_intervals() {
         "demo failed: {}\n{stdout}",
         String::from_utf8_lossy(&out.stderr)
     );
-    eprintln!("{}", stdout.lines().skip_while(|l| !l.starts_with("summary")).collect::<Vec<_>>().join("\n"));
+    eprintln!(
+        "{}",
+        stdout
+            .lines()
+            .skip_while(|l| !l.starts_with("summary"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let s: Value = serde_json::from_str(&std::fs::read_to_string(&summary_path).unwrap()).unwrap();
     let f = |v: &Value| v.as_f64().unwrap();
 
     // Everything starts on gw1 of 3 gateways.
     assert!(f(&s["before"]["max_mean"]) > 2.5, "{}", s["before"]);
-    // Balanced by the agents' counters and by the NICs' own counters.
+    // Balanced by the agents' counters, and the NICs' own byte counters
+    // agree (they also carry ARP, retransmissions, and a GSO packet's
+    // headers once: a little looser).
     assert!(f(&s["after"]["max_mean"]) <= 1.10, "{}", s["after"]);
-    assert!(f(&s["after"]["max_mean_veth"]) <= 1.10, "{}", s["after"]);
+    assert!(f(&s["after"]["max_mean_veth"]) <= 1.15, "{}", s["after"]);
     assert!(f(&s["after"]["var_norm"]) < f(&s["before"]["var_norm"]) / 10.0);
     // Within three rebalance intervals (and one more to measure it).
     let balanced = f(&s["balanced_s"]);
-    assert!(balanced <= 4.0 * INTERVAL_S, "balanced only at {balanced} s");
+    assert!(
+        balanced <= 4.0 * INTERVAL_S,
+        "balanced only at {balanced} s"
+    );
     // Then the map stays: no move once balanced under a steady load.
     let moves = s["move_log"].as_array().unwrap();
     assert!(!moves.is_empty());
@@ -66,8 +78,16 @@ fn a_skewed_start_balances_within_three_intervals() {
     assert!(s["reconnects"].as_u64().unwrap() >= moves.len() as u64);
     // What the agents counted per (initiator, target) is what moved.
     assert_eq!(s["bytes"]["pairs"], 24);
-    assert!(f(&s["bytes"]["max_rel_diff"]) <= 0.01, "{}", s["bytes"]["max_rel_diff"]);
-    assert!(s["iscsi_perf"].as_str().unwrap().contains("(exit 0)"), "{}", s["iscsi_perf"]);
+    assert!(
+        f(&s["bytes"]["max_rel_diff"]) <= 0.01,
+        "{}",
+        s["bytes"]["max_rel_diff"]
+    );
+    assert!(
+        s["iscsi_perf"].as_str().unwrap().contains("(exit 0)"),
+        "{}",
+        s["iscsi_perf"]
+    );
     // The plot.
     let png = std::fs::read(dir.join("load.png")).unwrap();
     assert_eq!(&png[..4], b"\x89PNG");

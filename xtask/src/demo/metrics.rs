@@ -97,6 +97,8 @@ pub struct Balance {
     pub max_mean_veth: f64,
     /// Gateway loads by the agents, MB/s.
     pub loads_mb_s: Vec<f64>,
+    /// Gateway loads by the veth counters, MB/s.
+    pub loads_veth_mb_s: Vec<f64>,
     /// The window, seconds since the load started.
     pub from_s: f64,
     /// End of the window.
@@ -112,6 +114,7 @@ impl Balance {
             var_norm: var_norm(&agents),
             max_mean_veth: max_mean(&veth),
             loads_mb_s: agents.iter().map(|b| b / 1e6).collect(),
+            loads_veth_mb_s: veth.iter().map(|b| b / 1e6).collect(),
             from_s: from,
             to_s: to,
         })

@@ -678,6 +678,12 @@ impl Drop for Lab {
         self.bridge = None;
         remove_tree(&self.pin_root);
         remove_tree(&self.dir);
+        // The parents too once no lab uses them (this fails while one does).
+        for dir in [&self.pin_root, &self.dir] {
+            if let Some(parent) = dir.parent() {
+                let _ = fs::remove_dir(parent);
+            }
+        }
     }
 }
 
