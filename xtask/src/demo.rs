@@ -676,6 +676,11 @@ impl Demo<'_> {
             }
             let t = t0.elapsed().as_secs_f64();
             let s = self.sample(t)?;
+            if self.balancer == Balancer::Controller
+                && let Ok(status) = self.status()
+            {
+                generation = status["generation"].as_u64().unwrap_or(generation);
+            }
             // Break before make: an address may be on no gateway for a
             // moment; a move is a new owner, not the gap.
             for (i, b) in s.owners.iter().enumerate() {
@@ -699,11 +704,6 @@ impl Demo<'_> {
                 }
             }
             samples.push(s);
-            if self.balancer == Balancer::Controller
-                && let Ok(status) = self.status()
-            {
-                generation = status["generation"].as_u64().unwrap_or(generation);
-            }
             if self.balancer == Balancer::Plan && t >= next_plan {
                 next_plan += interval;
                 let started = unix_now();
