@@ -86,13 +86,16 @@ pub fn draw(path: &Path, samples: &[Sample], names: &[String], moves: &[Move]) -
         mesh.disable_x_axis().disable_y_axis();
     }
     mesh.draw().map_err(plot_err)?;
-    for m in moves {
-        chart
-            .draw_series(LineSeries::new(
-                [(m.at_s, 0.0), (m.at_s, y_max)],
-                RGBColor(190, 190, 190).stroke_width(1),
-            ))
+    let marker = RGBColor(120, 120, 120).stroke_width(2);
+    for (i, m) in moves.iter().enumerate() {
+        let series = chart
+            .draw_series(LineSeries::new([(m.at_s, 0.0), (m.at_s, y_max)], marker))
             .map_err(plot_err)?;
+        if text && i == 0 {
+            series
+                .label("address moves")
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], marker));
+        }
     }
     for (g, points) in lines.into_iter().enumerate() {
         let colour = COLOURS[g % COLOURS.len()].1;
