@@ -14,3 +14,4 @@ pub mod counters;
 pub mod dataplane;
 pub mod enforce;
 pub mod optimize;
+pub mod plan;

@@ -12,9 +12,18 @@
 //! - moves = routes whose gateway differs from their `current` one;
 //! - cost = w_var · var_norm + w_change · moves.
 
+mod anneal;
+mod exact;
+mod genetic;
+mod greedy;
+mod state;
+mod tabu;
+
 use std::{fmt, net::IpAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
+
+use self::state::{Deadline, Model, State};
 
 /// A gateway that can carry routes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -91,8 +100,9 @@ fn default_w_change() -> f64 {
 }
 
 /// Which algorithm to run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[derive(clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Solver {
     /// Exact while it finishes in the time limit, else the heuristics.
@@ -155,7 +165,8 @@ pub struct Solution {
     pub var_norm: f64,
     /// Its moves against `current`.
     pub moves: usize,
-    /// Proven optimal (only the exact search proves it).
+    /// Proven optimal: the exact search finished, or the cost reached
+    /// [`Compiled::lower_bound`] (within a relative 1e-9).
     pub optimal: bool,
     /// The algorithm whose result this is.
     pub solver: Solver,
@@ -336,6 +347,13 @@ impl Compiled {
         }
     }
 
+    /// A lower bound of the cost of every valid assignment: the moves forced
+    /// by reachability plus the least var_norm of a fractional assignment
+    /// (see docs/optimiser.md). A solution that reaches it is optimal.
+    pub fn lower_bound(&self) -> f64 {
+        exact::root_bound(&Model::new(self))
+    }
+
     /// Checks that `assignment` maps every route to one of its allowed gateways.
     pub fn check(&self, assignment: &[usize]) -> Result<(), OptimizeError> {
         if assignment.len() != self.rate.len() {
@@ -357,22 +375,24 @@ impl Compiled {
 }
 
 /// Population variance of `load/capacity` over gateways with capacity > 0,
-/// divided by the squared mean (0 when the mean is 0).
+/// divided by the squared mean (0 when the mean is 0). Two-pass, so that it
+/// stays accurate when the variance is tiny against the mean.
 pub fn var_norm(loads: &[f64], capacity: &[f64]) -> f64 {
-    let (mut n, mut sum, mut sum_sq) = (0.0, 0.0, 0.0);
-    for (l, c) in loads.iter().zip(capacity) {
-        if *c > 0.0 {
-            let u = l / c;
-            n += 1.0;
-            sum += u;
-            sum_sq += u * u;
-        }
-    }
-    if n == 0.0 || sum == 0.0 {
+    let utils = || {
+        loads
+            .iter()
+            .zip(capacity)
+            .filter(|(_, c)| **c > 0.0)
+            .map(|(l, c)| l / c)
+    };
+    let n = utils().count() as f64;
+    let sum: f64 = utils().sum();
+    if n == 0.0 || sum <= 0.0 {
         return 0.0;
     }
     let mean = sum / n;
-    ((sum_sq / n - mean * mean) / (mean * mean)).max(0.0)
+    let var = utils().map(|u| (u - mean) * (u - mean)).sum::<f64>() / n;
+    var / (mean * mean)
 }
 
 /// Evaluates a given assignment of `p`.
@@ -384,44 +404,113 @@ pub fn evaluate(p: &Problem, assignment: &[usize]) -> Result<Evaluation, Optimiz
 
 /// Finds the best map `o` allows for `p`.
 pub fn solve(p: &Problem, o: &Options) -> Result<Solution, OptimizeError> {
-    let c = Compiled::new(p)?;
-    let _ = o;
-    let assignment = greedy(&c);
-    let e = c.evaluate(&assignment);
-    Ok(Solution {
-        assignment,
+    Ok(solve_compiled(&Compiled::new(p)?, o))
+}
+
+/// Routes the exact search may be tried on by `auto`, at most (not counting
+/// those with a zero rate or a single allowed gateway).
+const AUTO_EXACT_MAX_ROUTES: usize = 48;
+/// Nodes of the exact search `auto` spends before falling back to the
+/// heuristics (a deterministic budget, about 0.1–0.3 s).
+const AUTO_EXACT_NODES: u64 = 2_000_000;
+
+/// Movable routes up to which `auto` also runs the genetic algorithm, and up
+/// to which it also anneals. Past these sizes they cost far more than they
+/// gained in the benchmarks (docs/optimiser.md), where greedy is already
+/// within 1e-4 % of the bound.
+const AUTO_GENETIC_MAX_ROUTES: usize = 256;
+const AUTO_ANNEAL_MAX_ROUTES: usize = 2_000;
+
+/// [`solve`] for an already validated problem.
+///
+/// Every solver starts from the greedy solution and never returns a worse
+/// one. `optimal` is true when the exact search finished, or when the cost
+/// reached the lower bound of [`Compiled::lower_bound`] (to a relative 1e-9).
+pub fn solve_compiled(c: &Compiled, o: &Options) -> Solution {
+    let mut m = Model::new(c);
+    m.floor = exact::root_bound(&m);
+    let deadline = Deadline::after(o.time_limit);
+    let greedy = greedy::solve(&m, &deadline);
+    let reaches_bound = |st: &State| m.at_floor(st.cost(&m));
+    let (state, solver, proven) = match o.solver {
+        Solver::Greedy => (greedy, Solver::Greedy, false),
+        Solver::Exact => {
+            let out = exact::solve(&m, &greedy, deadline, u64::MAX);
+            (out.state, Solver::Exact, out.proven)
+        }
+        Solver::Anneal | Solver::Tabu | Solver::Genetic => {
+            let st = heuristic(o.solver, &m, &greedy, o.seed, &deadline);
+            (st, o.solver, false)
+        }
+        Solver::Auto => auto(&m, greedy, &reaches_bound, o.seed, &deadline),
+    };
+    let optimal = proven || reaches_bound(&state);
+    let e = c.evaluate(&state.assign);
+    Solution {
+        assignment: state.assign,
         cost: e.cost,
         var_norm: e.var_norm,
         moves: e.moves,
-        optimal: false,
-        solver: Solver::Greedy,
+        optimal,
+        solver,
         loads: e.loads,
-    })
+    }
 }
 
-/// Change-aware LPT: routes by rate, largest first, each to the allowed
-/// gateway with the lowest resulting cost (its current one wins ties).
-fn greedy(c: &Compiled) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..c.rate.len()).collect();
-    order.sort_by(|&a, &b| c.rate[b].total_cmp(&c.rate[a]).then(a.cmp(&b)));
-    let mut loads = vec![0.0; c.capacity.len()];
-    let mut assignment = vec![0; c.rate.len()];
-    for r in order {
-        let mut best = (f64::INFINITY, usize::MAX);
-        for &g in &c.allowed[r] {
-            loads[g] += c.rate[r];
-            let moved = c.current[r].is_some_and(|cur| cur != g);
-            let cost = c.w_var * var_norm(&loads, &c.capacity)
-                + if moved { c.w_change } else { 0.0 };
-            loads[g] -= c.rate[r];
-            if cost < best.0 - 1e-12 || (cost <= best.0 + 1e-12 && !moved) {
-                best = (cost, g);
+fn heuristic(solver: Solver, m: &Model, start: &State, seed: u64, deadline: &Deadline) -> State {
+    match solver {
+        Solver::Anneal => anneal::solve(m, start, seed, deadline),
+        Solver::Tabu => tabu::solve(m, start, seed, deadline),
+        Solver::Genetic => genetic::solve(m, start, seed, deadline),
+        Solver::Auto | Solver::Exact | Solver::Greedy => start.clone(),
+    }
+}
+
+/// Greedy; stop if it reaches the lower bound. Then the exact search on small
+/// problems, with a node budget and half the time; stop if it finishes. Then
+/// tabu, annealing (up to 2,000 movable routes) and the genetic algorithm (up
+/// to 256) in turn, each from the best so far, sharing the remaining time;
+/// stop as soon as one reaches the bound.
+fn auto(
+    m: &Model,
+    greedy: State,
+    reaches_bound: &dyn Fn(&State) -> bool,
+    seed: u64,
+    deadline: &Deadline,
+) -> (State, Solver, bool) {
+    let mut best = (greedy, Solver::Greedy);
+    if reaches_bound(&best.0) {
+        return (best.0, best.1, true);
+    }
+    let free = (0..m.routes())
+        .filter(|&r| m.c.rate[r] > 0.0 && m.c.allowed[r].len() > 1)
+        .count();
+    if free <= AUTO_EXACT_MAX_ROUTES {
+        let out = exact::solve(m, &best.0, deadline.share(0.5), AUTO_EXACT_NODES);
+        if out.proven {
+            return (out.state, Solver::Exact, true);
+        }
+        if out.state.cost(m) < best.0.cost(m) {
+            best = (out.state, Solver::Exact);
+        }
+    }
+    for (solver, share, max_routes) in [
+        (Solver::Tabu, 1.0 / 3.0, usize::MAX),
+        (Solver::Anneal, 0.5, AUTO_ANNEAL_MAX_ROUTES),
+        (Solver::Genetic, 1.0, AUTO_GENETIC_MAX_ROUTES),
+    ] {
+        if deadline.passed() || free > max_routes {
+            break;
+        }
+        let st = heuristic(solver, m, &best.0, seed, &deadline.share(share));
+        if st.cost(m) < best.0.cost(m) {
+            best = (st, solver);
+            if reaches_bound(&best.0) {
+                return (best.0, best.1, true);
             }
         }
-        assignment[r] = best.1;
-        loads[best.1] += c.rate[r];
     }
-    assignment
+    (best.0, best.1, false)
 }
 
 #[cfg(test)]
@@ -464,7 +553,11 @@ mod tests {
 
     #[test]
     fn greedy_balances_an_easy_case() {
-        let s = solve(&problem(&[4.0, 3.0, 3.0, 2.0, 2.0, 2.0], 2), &Options::default()).unwrap();
+        let s = solve(
+            &problem(&[4.0, 3.0, 3.0, 2.0, 2.0, 2.0], 2),
+            &Options::default(),
+        )
+        .unwrap();
         assert_eq!(s.loads, vec![8.0, 8.0]);
         assert_eq!(s.var_norm, 0.0);
     }
@@ -473,7 +566,10 @@ mod tests {
     fn bad_input_names_the_route() {
         let mut p = problem(&[1.0], 2);
         p.routes[0].rate = f64::NAN;
-        assert!(matches!(Compiled::new(&p), Err(OptimizeError::InvalidRate { .. })));
+        assert!(matches!(
+            Compiled::new(&p),
+            Err(OptimizeError::InvalidRate { .. })
+        ));
         let mut p = problem(&[1.0], 2);
         p.routes[0].current = Some("gw9".into());
         let e = Compiled::new(&p).unwrap_err();
@@ -481,6 +577,9 @@ mod tests {
         let mut p = problem(&[1.0], 2);
         p.routes[0].allowed = Some(vec!["gw2".into()]);
         p.gateways[1].capacity = 0.0;
-        assert_eq!(Compiled::new(&p).unwrap_err(), OptimizeError::Infeasible("198.18.1.1".into()));
+        assert_eq!(
+            Compiled::new(&p).unwrap_err(),
+            OptimizeError::Infeasible("198.18.1.1".into())
+        );
     }
 }

@@ -20,6 +20,8 @@ pub enum Command {
     Agent(AgentArgs),
     /// Print the counters an agent pinned for a NIC.
     Counters(CountersArgs),
+    /// The best gateway map for a traffic matrix given a priori.
+    Plan(crate::plan::PlanArgs),
 }
 
 /// Where the data plane lives.

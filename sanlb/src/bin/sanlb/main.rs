@@ -3,6 +3,7 @@
 mod agent;
 mod args;
 mod counters;
+mod plan;
 
 use std::process::ExitCode;
 
@@ -14,6 +15,7 @@ fn main() -> ExitCode {
     let result = match args.command {
         args::Command::Agent(a) => agent::run(a),
         args::Command::Counters(c) => counters::run(c),
+        args::Command::Plan(p) => plan::run(p),
     };
     match result {
         Ok(code) => code,
