@@ -73,8 +73,8 @@ pub struct DemoArgs {
     /// Targets (storage entities, one address each).
     #[arg(long, default_value_t = 6)]
     targets: usize,
-    /// How long the load runs: 60s, 90s, 2m.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    /// How long the load runs: 45s, 90s, 2m.
+    #[arg(long, default_value = "45s", value_parser = parse_duration)]
     duration: Duration,
     /// Rate of the busiest target over the lightest (rates grow geometrically).
     #[arg(long, default_value_t = 3.0)]
@@ -823,7 +823,9 @@ impl Demo<'_> {
             m.stall_s = init.stall_near(&m.target, m.at_unix);
         }
         let io = init.io();
-        let end = samples.last().map_or(0.0, |s| s.t);
+        // The last second may already hold the initiators' final read-back.
+        let end = samples.last().map_or(0.0, |s| s.t).min(duration - 1.0);
+        samples.retain(|s| s.t <= end);
         let first_move = moves.first().map_or(end, |m| m.at_s);
         // Before: from when the prefill is surely over to the first move
         // (or the first interval).
