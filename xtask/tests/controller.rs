@@ -77,7 +77,10 @@ fn setup(gateways: usize, targets: usize) -> Option<Setup> {
         ]
         .map(String::from)
         .to_vec();
-        agents.insert(g.name.clone(), agent::start(&lab, &sanlb, g, &extra).unwrap());
+        agents.insert(
+            g.name.clone(),
+            agent::start(&lab, &sanlb, g, &extra).unwrap(),
+        );
     }
     let s = Setup {
         lab,
@@ -139,9 +142,15 @@ fn finish_load(lg: &mut Process) -> Vec<Event> {
     for (name, totals, verified, wrong) in loadgen::finals(&out).unwrap() {
         assert_eq!(totals.errors, 0, "{name}");
         assert_eq!(totals.verify_errors, 0, "{name}");
-        assert_eq!((verified, wrong), (128, 0), "{name}: 2 MiB of 16 KiB blocks read back");
+        assert_eq!(
+            (verified, wrong),
+            (128, 0),
+            "{name}: 2 MiB of 16 KiB blocks read back"
+        );
     }
-    out.lines().map(|l| loadgen::parse_line(l).unwrap()).collect()
+    out.lines()
+        .map(|l| loadgen::parse_line(l).unwrap())
+        .collect()
 }
 
 fn status(sanlb: &Path, lab: &Lab) -> Option<serde_json::Value> {
@@ -149,7 +158,9 @@ fn status(sanlb: &Path, lab: &Lab) -> Option<serde_json::Value> {
     let mut cmd = mgmt.ns.command(&sanlb.to_string_lossy());
     cmd.args(["status", "--controller", &url(), "--json", "--token-file"])
         .arg(lab.dir().join("token"));
-    proc::run(&mut cmd).ok().and_then(|o| serde_json::from_str(&o).ok())
+    proc::run(&mut cmd)
+        .ok()
+        .and_then(|o| serde_json::from_str(&o).ok())
 }
 
 #[test]
@@ -171,7 +182,12 @@ fn a_dead_gateways_targets_move_to_the_others_and_io_goes_on() {
     let killed_at = Instant::now();
     s.agents.get_mut(&dead).unwrap().kill().unwrap();
     s.lab.gateway_mut(&dead).unwrap().tgtd.kill().unwrap();
-    s.lab.gateway(&dead).unwrap().ns.ip(&["link", "set", "eth0", "down"]).unwrap();
+    s.lab
+        .gateway(&dead)
+        .unwrap()
+        .ns
+        .ip(&["link", "set", "eth0", "down"])
+        .unwrap();
 
     // After the lease (3 s) the others take its targets.
     wait_for(Duration::from_secs(20), "the orphans to move", || {
@@ -216,13 +232,20 @@ fn without_the_controller_no_address_moves_and_io_goes_on() {
     s.controller.kill().unwrap();
     let killed = Instant::now();
     while killed.elapsed() < Duration::from_secs(10) {
-        assert_eq!(owners(&s.lab), before, "an address moved without the controller");
+        assert_eq!(
+            owners(&s.lab),
+            before,
+            "an address moved without the controller"
+        );
         thread::sleep(Duration::from_millis(500));
     }
     // The agents keep running (fail-static), and the I/O went on: every
     // report after the kill shows completions.
     for (name, a) in &mut s.agents {
-        assert!(a.is_running(), "the agent on {name} died with the controller");
+        assert!(
+            a.is_running(),
+            "the agent on {name} died with the controller"
+        );
     }
     let events = finish_load(&mut lg);
     let after_kill: Vec<f64> = events
@@ -235,5 +258,8 @@ fn without_the_controller_no_address_moves_and_io_goes_on() {
         })
         .collect();
     assert!(!after_kill.is_empty());
-    assert!(after_kill.iter().all(|&i| i > 0.0), "I/O stopped: {after_kill:?}");
+    assert!(
+        after_kill.iter().all(|&i| i > 0.0),
+        "I/O stopped: {after_kill:?}"
+    );
 }
