@@ -176,7 +176,7 @@ fn a_dead_gateways_targets_move_to_the_others_and_io_goes_on() {
     let dead = s.lab.owner(t1).unwrap().expect("t1 is placed");
     let orphans: Vec<Ipv4Addr> = owners(&s.lab)
         .into_iter()
-        .filter(|(_, o)| o == &[dead.clone()])
+        .filter(|(_, o)| o.as_slice() == std::slice::from_ref(&dead))
         .map(|(a, _)| a)
         .collect();
     let killed_at = Instant::now();
