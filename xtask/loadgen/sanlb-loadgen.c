@@ -39,6 +39,15 @@
  *     --stall-event SECS  report every stall at least this long (default 0.05)
  *     --seed N            seeds the random choices and write generations
  *     --drain-timeout S   bound for outstanding I/O at the end (default 30)
+ *     --nop-after SECS    ping a session with a NOP-Out when its I/O has made
+ *                         no progress for this long (default 0.2; 0 = never)
+ *
+ * Why the NOP-Out: when an address moves while every byte the host sent is
+ * acknowledged and it only waits for responses, the host sends nothing, so
+ * nothing reaches the new gateway to be reset, and the session hangs until
+ * TCP keepalive (30 s in libiscsi). The ping makes the host transmit; the
+ * new gateway answers with a reset and libiscsi reconnects at once. Linux's
+ * open-iscsi initiator pings idle sessions the same way (noop_out_interval).
  *
  * Every write of a chunk (one bs-sized I/O unit of the region) carries a new
  * generation number; each 512-byte sector holds a header (magic, generation,
@@ -132,6 +141,7 @@ struct target {
 	double last_refill;
 	double progress;      /* last completion, or when I/O became outstanding */
 	double hup_until;     /* do not poll a hung-up socket before this */
+	double last_nop;      /* when the last NOP-Out ping was sent */
 	/* totals */
 	uint64_t read_ops, write_ops, read_bytes, write_bytes;
 	uint64_t errors, verify_errors, verified, reconnects;
@@ -147,6 +157,7 @@ static int ntargets;
 static struct target *current; /* whose iscsi_service is running: for the log */
 static volatile sig_atomic_t stop_requested;
 static double stall_event = 0.05;
+static double nop_after = 0.2;
 static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
 
 static double mono(void)
@@ -686,6 +697,27 @@ static void report(double now, double period)
 	fflush(stdout);
 }
 
+static void nop_done(struct iscsi_context *iscsi, int status, void *command_data, void *private)
+{
+	(void)iscsi;
+	(void)status;
+	(void)command_data;
+	(void)private;
+}
+
+/* Pings a session whose I/O has been stuck for nop_after (see the top). */
+static void maybe_ping(struct target *t, double now)
+{
+	if (nop_after <= 0 || t->inflight == 0 || now - t->progress < nop_after ||
+	    now - t->last_nop < nop_after)
+		return;
+	t->last_nop = now;
+	current = t;
+	if (iscsi_nop_out_async(t->iscsi, nop_done, NULL, 0, t) != 0)
+		diag("%s: cannot queue a NOP-Out: %s", t->label, iscsi_get_error(t->iscsi));
+	current = NULL;
+}
+
 static void on_signal(int sig)
 {
 	(void)sig;
@@ -726,6 +758,9 @@ int main(int argc, char **argv)
 		} else if (!strcmp(a, "--drain-timeout")) {
 			if (parse_size(v, &drain_timeout))
 				usage_error("--drain-timeout %s is not a number of seconds", v);
+		} else if (!strcmp(a, "--nop-after")) {
+			if (parse_size(v, &nop_after))
+				usage_error("--nop-after %s is not a number of seconds", v);
 		} else if (!strcmp(a, "--seed")) {
 			if (parse_u64(v, &u))
 				usage_error("--seed %s is not a number", v);
@@ -789,6 +824,7 @@ int main(int argc, char **argv)
 			}
 			if (t->phase != DONE && t->phase != DEAD) {
 				issue(t, now, &wait);
+				maybe_ping(t, now);
 				active++;
 			}
 		}

@@ -3,6 +3,7 @@
 //! xtask never depends on the `sanlb` crate: `setup` must build and run on a
 //! machine that cannot compile sanlb yet (no bpf-linker, no nightly rust-src).
 
+mod demo;
 mod setup;
 mod util;
 
@@ -46,6 +47,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The SAN lab: a skewed IP SAN in network namespaces rebalances itself
+    /// live (root).
+    Demo(demo::DemoArgs),
     /// Set up, then run the benchmarks (the data-plane one needs root).
     Bench {
         /// Arguments for `cargo bench` (a bench name filter, say).
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         Cmd::Run { release, args } => run(release, &args),
         Cmd::Test { unprivileged, args } => test(unprivileged, &args),
         Cmd::Bench { args } => bench(&args),
+        Cmd::Demo(args) => setup::run().and_then(|()| demo::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

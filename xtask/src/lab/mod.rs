@@ -34,6 +34,7 @@
 //! # anyhow::Ok(())
 //! ```
 
+pub mod agent;
 pub mod loadgen;
 pub mod netns;
 pub mod proc;
@@ -550,8 +551,8 @@ impl Lab {
         Process::spawn(name, cmd, &self.log_dir())
     }
 
-    /// Adds `addr`/32 on gateway `gw`'s `eth0`, announcing it with 3
-    /// gratuitous ARPs 50 ms apart when `announce`.
+    /// Adds `addr`/32 on gateway `gw`'s `eth0`, announcing it with
+    /// [`Lab::announce`] when `announce`.
     pub fn add_address(&self, addr: Ipv4Addr, gw: &str, announce: bool) -> Result<()> {
         let g = self.gateway(gw)?;
         g.ns.ip(&["addr", "add", &format!("{addr}/32"), "dev", NIC])
@@ -571,15 +572,19 @@ impl Lab {
     }
 
     /// Sends 3 gratuitous ARPs (unsolicited requests) for `addr` from `gw`,
-    /// 50 ms apart; returns after the last (about 0.15 s). Hosts that have
-    /// an entry for `addr` switch to `gw` at once.
+    /// 200 ms apart like the agents' defaults; returns after the last
+    /// (about 0.5 s). A host with an entry for `addr` switches to `gw` on
+    /// the first (Linux accepts a gratuitous request even with
+    /// `arp_accept=0` and within `locktime`); the others cover a lost frame.
     pub fn announce(&self, addr: Ipv4Addr, gw: &str) -> Result<()> {
         let g = self.gateway(gw)?;
         let mut cmd = g.ns.command("arping");
         let a = addr.to_string();
         // Habets' arping (Debian `arping`) needs -S as well as -U for a
         // gratuitous ARP: without it the sender is the NIC's primary address.
-        cmd.args(["-q", "-U", "-S", &a, "-c", "3", "-W", "0.05", "-i", NIC, &a]);
+        cmd.args([
+            "-q", "-U", "-S", &a, "-c", "3", "-W", "0.2", "-w", "0.5", "-i", NIC, &a,
+        ]);
         let out = proc::output_timeout(&mut cmd, proc::COMMAND_TIMEOUT)?;
         // Exit 1 only says that nobody answered, which nobody does to an
         // unsolicited ARP.
@@ -673,6 +678,12 @@ impl Drop for Lab {
         self.bridge = None;
         remove_tree(&self.pin_root);
         remove_tree(&self.dir);
+        // The parents too once no lab uses them (this fails while one does).
+        for dir in [&self.pin_root, &self.dir] {
+            if let Some(parent) = dir.parent() {
+                let _ = fs::remove_dir(parent);
+            }
+        }
     }
 }
 

@@ -1,0 +1,193 @@
+//! What the terminal shows while the demo runs, and the summary at the end.
+
+use std::fmt::Write as _;
+
+use super::metrics::{Balance, Move, Summary};
+
+/// Width of the load bars.
+const BAR: usize = 40;
+
+/// One frame of the live view.
+pub struct Frame<'a> {
+    /// Header line (shape, balancer).
+    pub title: &'a str,
+    /// Seconds since the load started, and of the run.
+    pub elapsed: f64,
+    /// Planned seconds of load.
+    pub duration: f64,
+    /// Map generation.
+    pub generation: u64,
+    /// Gateway names.
+    pub gateways: &'a [String],
+    /// Gateway loads over the last second, by agents and by veth, bytes/s.
+    pub loads: &'a [f64],
+    /// The same by the veth counters.
+    pub veth: &'a [f64],
+    /// Balance over the last interval, if known yet.
+    pub balance: Option<&'a Balance>,
+    /// Full scale of the bars (the offered load), bytes/s.
+    pub scale: f64,
+    /// Target names owned by each gateway.
+    pub owned: &'a [Vec<String>],
+    /// The moves so far.
+    pub moves: &'a [Move],
+    /// I/O errors, verify errors, reconnects, longest stall seen.
+    pub io: (u64, u64, u64, f64),
+}
+
+fn bar(value: f64, scale: f64) -> String {
+    let cells = if scale > 0.0 {
+        ((value / scale) * BAR as f64)
+            .round()
+            .clamp(0.0, BAR as f64) as usize
+    } else {
+        0
+    };
+    format!("{}{}", "█".repeat(cells), "·".repeat(BAR - cells))
+}
+
+/// The full-screen frame.
+pub fn render(f: &Frame) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{}", f.title);
+    let _ = writeln!(
+        s,
+        "load running {:>4.0} s of {:.0} s",
+        f.elapsed, f.duration
+    );
+    let (mm, vn) = f
+        .balance
+        .map_or((f64::NAN, f64::NAN), |b| (b.max_mean, b.var_norm));
+    let _ = writeln!(
+        s,
+        "generation {:<4} var_norm {:<7.4} max/mean {:<5.2} moves {:<3} io errors {} verify errors {} reconnects {} longest stall {:.2} s",
+        f.generation,
+        vn,
+        mm,
+        f.moves.len(),
+        f.io.0,
+        f.io.1,
+        f.io.2,
+        f.io.3
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{:<8} {:<width$}  {:>8} {:>9}  targets",
+        "gateway",
+        "load (agents' counters, last second)",
+        "MB/s",
+        "veth MB/s",
+        width = BAR
+    );
+    for (g, name) in f.gateways.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "{:<8} {}  {:>8.2} {:>9.2}  {}",
+            name,
+            bar(f.loads[g], f.scale),
+            f.loads[g] / 1e6,
+            f.veth.get(g).copied().unwrap_or(0.0) / 1e6,
+            f.owned[g].join(" ")
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "moves (latest last)");
+    for m in f.moves.iter().rev().take(8).rev() {
+        let _ = writeln!(s, "  {}", move_line(m));
+    }
+    s
+}
+
+/// One move, for the view and the log.
+pub fn move_line(m: &Move) -> String {
+    let stall = m
+        .stall_s
+        .map_or_else(|| "stall -".to_owned(), |s| format!("stall {s:.2} s"));
+    format!(
+        "{:>6.1} s  gen {:<3} {:<4} {:<12} {} → {}   {stall}",
+        m.at_s,
+        m.generation,
+        m.target,
+        m.addr,
+        m.from.as_deref().unwrap_or("-"),
+        m.to.as_deref().unwrap_or("-"),
+    )
+}
+
+/// The summary as text.
+pub fn summary(s: &Summary) -> String {
+    let mut o = String::new();
+    let b = |x: &Balance| {
+        format!(
+            "max/mean {:.2} (veth {:.2})  var_norm {:.4}  loads {} MB/s",
+            x.max_mean,
+            x.max_mean_veth,
+            x.var_norm,
+            x.loads_mb_s
+                .iter()
+                .map(|l| format!("{l:.2}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        )
+    };
+    let _ = writeln!(o, "summary ({} balancer)", s.balancer);
+    let _ = writeln!(o, "  before   {}", b(&s.before));
+    let _ = writeln!(o, "  after    {}", b(&s.after));
+    let _ = writeln!(
+        o,
+        "  moves {}  generation {}  converged at {:.1} s  balanced (≤ 1.10) from {}",
+        s.moves,
+        s.generation,
+        s.converge_s,
+        s.balanced_s
+            .map_or_else(|| "never".to_owned(), |t| format!("{t:.1} s"))
+    );
+    let stalls: Vec<String> = s
+        .move_log
+        .iter()
+        .filter_map(|m| m.stall_s.map(|v| format!("{v:.2}")))
+        .collect();
+    let _ = writeln!(
+        o,
+        "  stall per move (s): {}  max {:.2}",
+        if stalls.is_empty() {
+            "-".to_owned()
+        } else {
+            stalls.join(" ")
+        },
+        s.max_stall_s
+    );
+    let _ = writeln!(
+        o,
+        "  initiators: io errors {}  verify errors {}  blocks read back {}  reconnects {}",
+        s.io_errors, s.verify_errors, s.verified_blocks, s.reconnects
+    );
+    let _ = writeln!(
+        o,
+        "  bytes counted vs moved per (initiator, target): {} pairs, max difference {:.2} % (iSCSI stream), {:.2} % (SCSI commands' lengths)",
+        s.bytes.pairs,
+        s.bytes.max_rel_diff * 100.0,
+        s.bytes.max_rel_diff_scsi * 100.0
+    );
+    if let Some(p) = &s.iscsi_perf {
+        let _ = writeln!(o, "  iscsi-perf (independent reader): {p}");
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bars_scale_and_clamp() {
+        assert_eq!(bar(0.0, 10.0).chars().filter(|&c| c == '█').count(), 0);
+        assert_eq!(
+            bar(5.0, 10.0).chars().filter(|&c| c == '█').count(),
+            BAR / 2
+        );
+        assert_eq!(bar(50.0, 10.0).chars().filter(|&c| c == '█').count(), BAR);
+        assert_eq!(bar(1.0, 0.0).chars().count(), BAR);
+    }
+}
