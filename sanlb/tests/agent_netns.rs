@@ -160,3 +160,80 @@ fn addresses_move_between_real_gateways_one_owner_at_a_time() {
     drop(stops);
     lab.host.rt.run(async move { server.stop().await });
 }
+
+/// Issue 6's restart case: an agent that is killed leaves its addresses on
+/// the NIC (fail-static), the other gateway takes them after the lease, and
+/// when the killed agent comes back it starts empty: it releases its stale
+/// managed addresses and leaves an address it does not manage alone.
+#[test]
+#[ignore = "privileged: needs root, run by cargo xtask test"]
+fn a_restarted_agent_drops_stale_addresses_and_keeps_unmanaged_ones() {
+    let lab = Lab::new();
+    let targets = storage();
+    let cfg = config(&targets);
+    let lease = cfg.lease;
+    let server: Server = lab.host.rt.run(async move {
+        let c = Controller::new(cfg, None, Instant::now()).unwrap();
+        let listener = tokio::net::TcpListener::bind("198.18.0.10:0")
+            .await
+            .unwrap();
+        Server::start(c, TOKEN.into(), listener).unwrap()
+    });
+    let url = format!("http://{}", server.addr());
+    let mut stops = vec![spawn_agent(&lab.gw1, &url), spawn_agent(&lab.gw2, &url)];
+    let start = Instant::now();
+    let (victim, other, i) = loop {
+        assert!(start.elapsed() < Duration::from_secs(20), "the map was not applied");
+        let (a, b) = (held(&lab.gw1), held(&lab.gw2));
+        if targets.iter().all(|t| a.contains(t) ^ b.contains(t)) {
+            break if a.contains(&targets[0]) {
+                (&lab.gw1, &lab.gw2, 0)
+            } else {
+                (&lab.gw2, &lab.gw1, 1)
+            };
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stale = held(victim);
+    assert!(!stale.is_empty());
+    // An address the agent does not manage (no sanlb marker) on the same NIC.
+    victim.ip(&["addr", "add", "198.18.1.99/32", "dev", "eth0"]);
+
+    // Kill the agent: fail-static, its addresses stay where they are.
+    let _ = stops.remove(i).send(());
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(held(victim), stale, "a stopped agent must not release");
+
+    // After the lease the other gateway holds every address.
+    let died = Instant::now();
+    loop {
+        if targets.iter().all(|t| held(other).contains(t)) {
+            break;
+        }
+        assert!(died.elapsed() < lease + Duration::from_secs(5), "no failover");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The agent comes back: it starts empty and drops what it held.
+    let restarted = Instant::now();
+    stops.push(spawn_agent(victim, &url));
+    loop {
+        if held(victim).is_empty() {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < lease + Duration::from_secs(5),
+            "stale addresses stayed: {:?}",
+            held(victim)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let unmanaged = probe::addresses_on(victim, "eth0")
+        .into_iter()
+        .any(|a| a.addr == "198.18.1.99".parse::<IpAddr>().unwrap());
+    assert!(unmanaged, "the unmanaged address was touched");
+    assert!(targets.iter().all(|t| held(other).contains(t)));
+    eprintln!("restart reconciled after {:?}", restarted.elapsed());
+    drop(stops);
+    lab.host.rt.run(async move { server.stop().await });
+}
