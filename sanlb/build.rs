@@ -20,6 +20,11 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     let skip = matches!(std::env::var("AYA_BUILD_SKIP").as_deref(), Ok("1") | Ok("true"));
+    // aya-build forwards every stderr line of the cargo it runs as a
+    // build-script warning; a quiet inner cargo leaves only its errors and
+    // real warnings (compiler diagnostics come through its JSON output).
+    // SAFETY: the build script is single-threaded at this point.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: ebpf.name.as_str(),

@@ -310,14 +310,32 @@ pub fn parse_traffic(
     })
 }
 
-/// A traffic matrix: `cells[host][target]`.
-struct Matrix {
-    targets: Vec<IpAddr>,
-    hosts: Vec<IpAddr>,
-    cells: Vec<Vec<f64>>,
+/// The patent's traffic matrix: `cells[host][target]`, bytes per interval.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Matrix {
+    /// Target (storage entity) addresses, the header row.
+    pub targets: Vec<IpAddr>,
+    /// Host addresses, the first column.
+    pub hosts: Vec<IpAddr>,
+    /// One row per host, one cell per target.
+    pub cells: Vec<Vec<f64>>,
 }
 
-fn parse_matrix(path: &Path, text: &str) -> Result<Matrix, PlanError> {
+impl Matrix {
+    /// Every cell as (host, target, bytes), row by row.
+    pub fn entries(&self) -> impl Iterator<Item = (IpAddr, IpAddr, f64)> + '_ {
+        self.hosts.iter().zip(&self.cells).flat_map(|(&h, row)| {
+            self.targets.iter().zip(row).map(move |(&t, &b)| (h, t, b))
+        })
+    }
+}
+
+/// Parses the traffic matrix CSV `text` read from `path` (named in errors):
+/// first row target addresses after a corner cell, first column host
+/// addresses, cells bytes in the interval (finite, ≥ 0); `#` starts a
+/// comment line. `sanlb plan --traffic` and `sanlb controller --traffic` read
+/// it.
+pub fn parse_matrix(path: &Path, text: &str) -> Result<Matrix, PlanError> {
     let err = |line: u64, reason: String| PlanError::Csv {
         path: path.to_owned(),
         line,

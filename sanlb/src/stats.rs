@@ -85,14 +85,6 @@ pub enum StatsError {
         /// Target.
         target: IpAddr,
     },
-    /// A bad a-priori traffic matrix.
-    #[error("traffic matrix line {line}: {message}")]
-    Matrix {
-        /// 1-based line.
-        line: usize,
-        /// What is wrong.
-        message: String,
-    },
 }
 
 /// What a report did.
@@ -310,6 +302,14 @@ pub struct TrafficMatrix {
     pub cells: Vec<(IpAddr, IpAddr, f64)>,
 }
 
+impl From<&crate::plan::Matrix> for TrafficMatrix {
+    fn from(m: &crate::plan::Matrix) -> Self {
+        Self {
+            cells: m.entries().collect(),
+        }
+    }
+}
+
 impl TrafficMatrix {
     /// The matrix in bytes/s, for an interval of `interval_s` seconds.
     pub fn rates(&self, interval_s: f64) -> HashMap<FlowKey, f64> {
@@ -329,77 +329,6 @@ impl TrafficMatrix {
         }
         seen
     }
-}
-
-/// Parses the patent's matrix as CSV: first row target addresses (after a
-/// corner cell), first column host addresses, cells bytes per interval.
-/// Blank lines and lines starting with `#` are skipped.
-///
-/// Written here because `sanlb plan` (which reads the same format) has no
-/// reusable parser yet; the format is too small to need a CSV crate.
-pub fn parse_traffic_csv(text: &str) -> Result<TrafficMatrix, StatsError> {
-    let err = |line: usize, message: String| StatsError::Matrix { line, message };
-    let mut rows = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.trim()))
-        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
-    let (hline, header) = rows.next().ok_or_else(|| err(1, "empty matrix".into()))?;
-    let mut targets = Vec::new();
-    for (col, cell) in header.split(',').enumerate().skip(1) {
-        let cell = cell.trim();
-        let t: IpAddr = cell.parse().map_err(|_| {
-            err(
-                hline,
-                format!("column {}: {cell:?} is not a target address", col + 1),
-            )
-        })?;
-        if targets.contains(&t) {
-            return Err(err(hline, format!("column {}: target {t} twice", col + 1)));
-        }
-        targets.push(t);
-    }
-    if targets.is_empty() {
-        return Err(err(hline, "no target addresses in the first row".into()));
-    }
-    let mut hosts = Vec::new();
-    let mut cells = Vec::new();
-    for (line, row) in rows {
-        let fields: Vec<&str> = row.split(',').map(str::trim).collect();
-        if fields.len() != targets.len() + 1 {
-            return Err(err(
-                line,
-                format!(
-                    "{} cells, expected {} (a host and one per target)",
-                    fields.len(),
-                    targets.len() + 1
-                ),
-            ));
-        }
-        let h: IpAddr = fields[0]
-            .parse()
-            .map_err(|_| err(line, format!("{:?} is not a host address", fields[0])))?;
-        if hosts.contains(&h) {
-            return Err(err(line, format!("host {h} twice")));
-        }
-        hosts.push(h);
-        for (cell, t) in fields[1..].iter().zip(&targets) {
-            let b: f64 = cell
-                .parse()
-                .map_err(|_| err(line, format!("{h}→{t}: {cell:?} is not a number")))?;
-            if !b.is_finite() || b < 0.0 {
-                return Err(err(
-                    line,
-                    format!("{h}→{t}: {b} is not a finite number ≥ 0"),
-                ));
-            }
-            cells.push((h, *t, b));
-        }
-    }
-    if hosts.is_empty() {
-        return Err(err(hline, "no host rows".into()));
-    }
-    Ok(TrafficMatrix { cells })
 }
 
 #[cfg(test)]
@@ -548,34 +477,5 @@ mod tests {
         // A dead gateway contributes nothing.
         s.close_interval(|_| false);
         assert_eq!(rate(&s), 300.0); // (900 + 0 + 0) / 3
-    }
-
-    #[test]
-    fn matrix_csv() {
-        let m = parse_traffic_csv(
-            "host,198.18.1.1,198.18.1.2\n# c\n198.18.0.1, 10, 0\n198.18.0.2,5,7.5\n",
-        )
-        .unwrap();
-        assert_eq!(m.cells.len(), 4);
-        assert_eq!(
-            m.targets(),
-            vec![IpAddr::from([198, 18, 1, 1]), IpAddr::from([198, 18, 1, 2])]
-        );
-        let r = m.rates(5.0);
-        assert_eq!(
-            r[&(IpAddr::from([198, 18, 0, 2]), IpAddr::from([198, 18, 1, 2]))],
-            1.5
-        );
-        let e = parse_traffic_csv("x,198.18.1.1\n198.18.0.1,-3\n").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "traffic matrix line 2: 198.18.0.1→198.18.1.1: -3 is not a finite number ≥ 0"
-        );
-        let e = parse_traffic_csv("x,198.18.1.1\n198.18.0.1,1,2\n").unwrap_err();
-        assert!(
-            e.to_string().starts_with("traffic matrix line 2: 3 cells"),
-            "{e}"
-        );
-        assert!(parse_traffic_csv("x,nope\n").is_err());
     }
 }

@@ -86,13 +86,17 @@ fn controller_refuses_bad_configuration() {
     let bad = dir.path().join("bad.csv");
     std::fs::write(&bad, "h,198.18.1.1\n198.18.0.1,lots\n").unwrap();
     let (code, _, err) = run(&[&base[..], &["--traffic", bad.to_str().unwrap()]].concat());
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(2));
     assert!(
         err.contains("bad.csv")
             && err.contains("line 2")
-            && err.contains("\"lots\" is not a number"),
+            && err.contains("\"lots\" is not a byte count"),
         "{err}"
     );
+    let missing = dir.path().join("missing.csv");
+    let (code, _, err) = run(&[&base[..], &["--traffic", missing.to_str().unwrap()]].concat());
+    assert_eq!(code, Some(2));
+    assert!(err.contains("missing.csv"), "{err}");
     assert!(
         !std::path::Path::new(state).exists(),
         "a refused start wrote state"

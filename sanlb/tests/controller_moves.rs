@@ -14,7 +14,7 @@ use controller_fakes::{HOST, config, target};
 use sanlb::{
     controller::{Config, Controller, Trigger, solve, store::Store},
     proto::{EnforceCounters, Flow, Mode, Ownership, Report},
-    stats::parse_traffic_csv,
+    stats::TrafficMatrix,
 };
 
 const LEASE: Duration = Duration::from_millis(900);
@@ -286,7 +286,8 @@ fn a_lost_state_catches_up_with_the_gateways() {
 fn a_priori_traffic_seeds_or_replaces_the_measured_rates() {
     let csv = "host,198.18.1.1,198.18.1.2\n198.18.0.10,3000,600\n";
     let mut cfg = config(&[]);
-    cfg.traffic = Some(parse_traffic_csv(csv).unwrap());
+    let matrix = sanlb::plan::parse_matrix(std::path::Path::new("traffic.csv"), csv).unwrap();
+    cfg.traffic = Some(TrafficMatrix::from(&matrix));
     // Bytes per 300 ms interval → bytes/s.
     let mut seeded = Sim::new(cfg.clone(), None);
     let rates = seeded.c.rates();

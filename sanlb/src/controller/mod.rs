@@ -107,7 +107,6 @@ impl IngestError {
             Self::Stats(StatsError::Absurd { .. }) => "absurd_count",
             Self::Stats(StatsError::UptimeBackwards { .. }) => "uptime_backwards",
             Self::Stats(StatsError::DuplicateFlow { .. }) => "duplicate_flow",
-            Self::Stats(StatsError::Matrix { .. }) => "matrix",
         }
     }
 }

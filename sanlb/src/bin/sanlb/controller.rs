@@ -27,15 +27,22 @@ pub fn read_token(path: &Path) -> anyhow::Result<String> {
 
 pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let token = read_token(&args.token_file)?;
-    let traffic = args
-        .traffic
-        .as_deref()
-        .map(|p| -> anyhow::Result<_> {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            stats::parse_traffic_csv(&text).with_context(|| format!("{}", p.display()))
-        })
-        .transpose()?;
+    // A bad a-priori matrix is bad input, like in `sanlb plan`: exit 2.
+    let traffic = match args.traffic.as_deref() {
+        None => None,
+        Some(p) => {
+            let parsed = std::fs::read_to_string(p)
+                .map_err(|e| format!("{}: {e}", p.display()))
+                .and_then(|text| sanlb::plan::parse_matrix(p, &text).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(matrix) => Some(stats::TrafficMatrix::from(&matrix)),
+                Err(e) => {
+                    eprintln!("sanlb: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            }
+        }
+    };
     let cfg = Config {
         interval: args.interval,
         window: args.window,
