@@ -19,7 +19,10 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    let skip = matches!(std::env::var("AYA_BUILD_SKIP").as_deref(), Ok("1") | Ok("true"));
+    let skip = matches!(
+        std::env::var("AYA_BUILD_SKIP").as_deref(),
+        Ok("1") | Ok("true")
+    );
     // aya-build forwards every stderr line of the cargo it runs as a
     // build-script warning; a quiet inner cargo leaves only its errors and
     // real warnings (compiler diagnostics come through its JSON output).

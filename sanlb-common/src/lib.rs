@@ -56,7 +56,6 @@ pub struct FlowKey {
     pub pad: [u8; 7],
 }
 
-
 /// Value of [`FLOWS_MAP`], one per CPU; user space sums the CPUs.
 ///
 /// "to_target" is initiator→target, "to_initiator" is target→initiator. Payload
@@ -65,6 +64,7 @@ pub struct FlowKey {
 /// segments it leaves as.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct FlowCounters {
     /// TCP payload bytes from initiator to target.
     pub to_target_bytes: u64,
@@ -91,6 +91,11 @@ pub struct FlowCounters {
 }
 
 impl FlowCounters {
+    /// Payload bytes in both directions.
+    pub fn total_bytes(&self) -> u64 {
+        self.to_target_bytes.saturating_add(self.to_initiator_bytes)
+    }
+
     /// Adds `other` field by field (wrapping, as the kernel counters do).
     pub fn accumulate(&mut self, other: &Self) {
         self.to_target_bytes = self.to_target_bytes.wrapping_add(other.to_target_bytes);
@@ -123,6 +128,7 @@ impl FlowCounters {
 /// it did not count a frame. Every frame is passed whatever the reason.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct HookStats {
     /// Frames the program ran on.
     pub frames: u64,

@@ -30,10 +30,15 @@ fn ns(d: Duration) -> f64 {
 fn main() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("dataplane bench: skipped, loading BPF programs needs root (sudo -E cargo xtask bench)");
+        eprintln!(
+            "dataplane bench: skipped, loading BPF programs needs root (sudo -E cargo xtask bench)"
+        );
         return;
     }
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     if !filter.is_empty() && !filter.iter().any(|f| "dataplane".contains(f.as_str())) {
         return;
     }
@@ -70,10 +75,16 @@ fn main() {
     }
     let snap = dp.snapshot().expect("snapshot");
     assert_eq!(snap.ingress.insert_failed, 0);
-    let (new_ns, new_base) = (new_sum / f64::from(NEW_FLOWS), base_sum / f64::from(NEW_FLOWS));
+    let (new_ns, new_base) = (
+        new_sum / f64::from(NEW_FLOWS),
+        base_sum / f64::from(NEW_FLOWS),
+    );
 
     println!("dataplane: XDP program vs empty XDP_PASS, BPF_PROG_TEST_RUN, ns/packet");
-    println!("{:<28} {:>10} {:>10} {:>7}", "case", "sanlb", "empty", "ratio");
+    println!(
+        "{:<28} {:>10} {:>10} {:>7}",
+        "case", "sanlb", "empty", "ratio"
+    );
     let rows = [
         ("iscsi frame, known flow", iscsi_ns, iscsi_base),
         ("non-iscsi tcp frame", other_ns, other_base),
@@ -87,8 +98,13 @@ fn main() {
             v / b
         ));
     }
-    println!("(median of {ROUNDS} rounds of {REPEAT} runs; new flows: mean of {NEW_FLOWS} single runs)");
+    println!(
+        "(median of {ROUNDS} rounds of {REPEAT} runs; new flows: mean of {NEW_FLOWS} single runs)"
+    );
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     let _ = std::fs::create_dir_all(&dir);
-    let _ = std::fs::write(dir.join("dataplane.json"), format!("[{}]\n", json.join(",")));
+    let _ = std::fs::write(
+        dir.join("dataplane.json"),
+        format!("[{}]\n", json.join(",")),
+    );
 }

@@ -47,8 +47,16 @@ pub fn render_table(iface: &str, snap: &Snapshot) -> String {
     let _ = writeln!(
         out,
         "{:<40} {:<40} {:>11} {:>11} {:>9} {:>9} {:>8} {:>8} {:>11} {:>11}",
-        "INITIATOR", "TARGET", "TO TARGET", "TO INIT", "PKTS >", "PKTS <", "READS", "WRITES",
-        "READ REQ", "WRITE REQ"
+        "INITIATOR",
+        "TARGET",
+        "TO TARGET",
+        "TO INIT",
+        "PKTS >",
+        "PKTS <",
+        "READS",
+        "WRITES",
+        "READ REQ",
+        "WRITE REQ"
     );
     for f in sorted(&snap.flows) {
         let c = &f.counters;
@@ -120,7 +128,10 @@ mod tests {
             rec("198.18.0.11", "198.18.1.50", 5, 100),
             rec("198.18.0.9", "198.18.1.50", 10, 0),
         ];
-        let order: Vec<String> = sorted(&flows).iter().map(|f| f.initiator.to_string()).collect();
+        let order: Vec<String> = sorted(&flows)
+            .iter()
+            .map(|f| f.initiator.to_string())
+            .collect();
         // Addresses compare numerically: .9 before .10.
         assert_eq!(order, ["198.18.0.11", "198.18.0.9", "198.18.0.10"]);
     }
@@ -137,7 +148,12 @@ mod tests {
         assert_eq!(o["target"], "2001:db8::5");
         assert_eq!(o["to_target_bytes"], 7);
         assert_eq!(o["to_initiator_bytes"], 9);
-        for k in ["to_target_packets", "to_initiator_packets", "scsi_read_cmds", "read_requested_bytes"] {
+        for k in [
+            "to_target_packets",
+            "to_initiator_packets",
+            "scsi_read_cmds",
+            "read_requested_bytes",
+        ] {
             assert!(o.get(k).is_some(), "missing {k}");
         }
     }

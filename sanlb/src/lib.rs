@@ -17,6 +17,6 @@ pub mod counters;
 pub mod dataplane;
 pub mod enforce;
 pub mod optimize;
+pub mod plan;
 pub mod proto;
 pub mod stats;
-pub mod plan;

@@ -324,9 +324,10 @@ pub struct Matrix {
 impl Matrix {
     /// Every cell as (host, target, bytes), row by row.
     pub fn entries(&self) -> impl Iterator<Item = (IpAddr, IpAddr, f64)> + '_ {
-        self.hosts.iter().zip(&self.cells).flat_map(|(&h, row)| {
-            self.targets.iter().zip(row).map(move |(&t, &b)| (h, t, b))
-        })
+        self.hosts
+            .iter()
+            .zip(&self.cells)
+            .flat_map(|(&h, row)| self.targets.iter().zip(row).map(move |(&t, &b)| (h, t, b)))
     }
 }
 
@@ -433,12 +434,7 @@ pub struct Before {
 
 /// The figures of the map in force of `p`.
 pub fn before(p: &Problem) -> Before {
-    let index: HashMap<&str, usize> = p
-        .gateways
-        .iter()
-        .enumerate()
-        .map(|(i, g)| (g.name.as_str(), i))
-        .collect();
+    let index = p.gateway_index();
     let mut loads = vec![0.0; p.gateways.len()];
     let mut unplaced = 0;
     for r in &p.routes {

@@ -183,7 +183,10 @@ fn a_restarted_agent_drops_stale_addresses_and_keeps_unmanaged_ones() {
     let mut stops = vec![spawn_agent(&lab.gw1, &url), spawn_agent(&lab.gw2, &url)];
     let start = Instant::now();
     let (victim, other, i) = loop {
-        assert!(start.elapsed() < Duration::from_secs(20), "the map was not applied");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the map was not applied"
+        );
         let (a, b) = (held(&lab.gw1), held(&lab.gw2));
         if targets.iter().all(|t| a.contains(t) ^ b.contains(t)) {
             break if a.contains(&targets[0]) {
@@ -210,7 +213,10 @@ fn a_restarted_agent_drops_stale_addresses_and_keeps_unmanaged_ones() {
         if targets.iter().all(|t| held(other).contains(t)) {
             break;
         }
-        assert!(died.elapsed() < lease + Duration::from_secs(5), "no failover");
+        assert!(
+            died.elapsed() < lease + Duration::from_secs(5),
+            "no failover"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 

@@ -8,14 +8,20 @@ const SANLB: &str = env!("CARGO_BIN_EXE_sanlb");
 
 fn run(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(SANLB).args(args).output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn agent_names_a_missing_interface() {
     let (code, err) = run(&["agent", "--iface", "nosuchnic0"]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("interface \"nosuchnic0\" does not exist"), "{err}");
+    assert!(
+        err.contains("interface \"nosuchnic0\" does not exist"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -38,8 +44,17 @@ fn agent_refuses_a_port_that_is_not_a_number() {
 #[test]
 fn counters_without_an_agent_says_so() {
     let dir = std::env::temp_dir().join(format!("sanlb-nopins-{}", std::process::id()));
-    let (code, err) = run(&["counters", "--iface", "eth9", "--pin-dir", dir.to_str().unwrap()]);
+    let (code, err) = run(&[
+        "counters",
+        "--iface",
+        "eth9",
+        "--pin-dir",
+        dir.to_str().unwrap(),
+    ]);
     assert_eq!(code, Some(1));
     assert!(err.contains("no sanlb maps pinned at"), "{err}");
-    assert!(err.contains("is `sanlb agent` running on this NIC?"), "{err}");
+    assert!(
+        err.contains("is `sanlb agent` running on this NIC?"),
+        "{err}"
+    );
 }

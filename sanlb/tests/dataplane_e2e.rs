@@ -6,6 +6,7 @@
 //!   the wire and are counted);
 //! - a real iSCSI exchange (tgtd, libiscsi's iscsi-perf), against a capture
 //!   (tcpdump) on the same NIC.
+//!
 //! Privileged: namespaces, BPF.
 
 use std::{
@@ -23,7 +24,10 @@ use xtask::lab::{Lab, Netns, Process, netns::veth};
 const SANLB: &str = env!("CARGO_BIN_EXE_sanlb");
 
 /// Runs `f` on a thread that has entered `ns`: sockets it creates live there.
-fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+fn in_netns<T: Send + 'static>(
+    ns: &Netns,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
     let path = ns.path();
     std::thread::spawn(move || {
         let fd = std::fs::File::open(&path).expect("opening the netns");
@@ -41,7 +45,13 @@ fn bytes_sent(s: &TcpStream) -> u64 {
     let mut len = buf.len() as libc::socklen_t;
     // SAFETY: buf is writable for len bytes.
     let rc = unsafe {
-        libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, buf.as_mut_ptr().cast(), &mut len)
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
     };
     assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
     assert!(len >= 208, "TCP_INFO too short ({len}) for tcpi_bytes_sent");
@@ -57,7 +67,13 @@ fn drained(s: &TcpStream) {
         let mut len = buf.len() as libc::socklen_t;
         // SAFETY: as above.
         unsafe {
-            libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, buf.as_mut_ptr().cast(), &mut len)
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                buf.as_mut_ptr().cast(),
+                &mut len,
+            )
         };
         let unacked = u32::from_ne_bytes(buf[24..28].try_into().unwrap());
         let notsent = u32::from_ne_bytes(buf[144..148].try_into().unwrap());
@@ -72,25 +88,38 @@ fn drained(s: &TcpStream) {
 /// The agent on `iface` in `ns`, pins in `pin_dir`; waits until it has pinned.
 fn agent(ns: &Netns, pin_dir: &Path, log_dir: &Path) -> Process {
     let mut cmd = ns.command(SANLB);
-    cmd.args(["agent", "--iface", "eth0", "--pin-dir"]).arg(pin_dir);
+    cmd.args(["agent", "--iface", "eth0", "--pin-dir"])
+        .arg(pin_dir);
     let mut p = Process::spawn("agent", cmd, log_dir).expect("starting the agent");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !pin_dir.join("flows").exists() {
         assert!(p.is_running(), "agent exited: {}", p.stderr());
-        assert!(Instant::now() < deadline, "agent did not pin its maps: {}", p.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "agent did not pin its maps: {}",
+            p.stderr()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // Pinned comes before attached; the log line comes after both.
     while !p.stderr().contains("counting iSCSI traffic") {
         assert!(p.is_running(), "agent exited: {}", p.stderr());
-        assert!(Instant::now() < deadline, "agent did not attach: {}", p.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "agent did not attach: {}",
+            p.stderr()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     p
 }
 
 fn flows(pin_dir: &Path) -> Vec<FlowRecord> {
-    PinnedMaps::open(pin_dir).expect("opening pins").snapshot().expect("reading pins").flows
+    PinnedMaps::open(pin_dir)
+        .expect("opening pins")
+        .snapshot()
+        .expect("reading pins")
+        .flows
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -106,9 +135,19 @@ fn tcp_stream_counts_equal_the_senders_bytes() {
     const DOWN: usize = 9 << 20;
     let host = Netns::unique("sanlb-e2e-h").unwrap();
     let gw = Netns::unique("sanlb-e2e-g").unwrap();
-    veth(&host, "eth0", "02:00:c6:12:10:0a", &gw, "eth0", "02:00:c6:12:10:01").unwrap();
-    host.ip(&["addr", "add", "198.18.2.10/24", "dev", "eth0"]).unwrap();
-    gw.ip(&["addr", "add", "198.18.2.1/24", "dev", "eth0"]).unwrap();
+    veth(
+        &host,
+        "eth0",
+        "02:00:c6:12:10:0a",
+        &gw,
+        "eth0",
+        "02:00:c6:12:10:01",
+    )
+    .unwrap();
+    host.ip(&["addr", "add", "198.18.2.10/24", "dev", "eth0"])
+        .unwrap();
+    gw.ip(&["addr", "add", "198.18.2.1/24", "dev", "eth0"])
+        .unwrap();
     for ns in [&host, &gw] {
         ns.ip(&["link", "set", "eth0", "up"]).unwrap();
     }
@@ -156,8 +195,14 @@ fn tcp_stream_counts_equal_the_senders_bytes() {
     assert_eq!(f.len(), 1, "{f:?}");
     assert_eq!(f[0].initiator.to_string(), "198.18.2.10");
     assert_eq!(f[0].target.to_string(), "198.18.2.1");
-    assert_eq!(f[0].counters.to_target_bytes, client_sent, "initiator → target");
-    assert_eq!(f[0].counters.to_initiator_bytes, server_sent, "target → initiator");
+    assert_eq!(
+        f[0].counters.to_target_bytes, client_sent,
+        "initiator → target"
+    );
+    assert_eq!(
+        f[0].counters.to_initiator_bytes, server_sent,
+        "target → initiator"
+    );
     eprintln!(
         "tcp stream: counted {} / {} bytes, senders sent {client_sent} / {server_sent} (retransmitted {} / {})",
         f[0].counters.to_target_bytes,
@@ -181,8 +226,15 @@ fn pcap_payload(path: &Path) -> (u64, u64) {
     let b = std::fs::read(path).unwrap();
     assert!(b.len() >= 24, "empty capture");
     let magic = u32::from_le_bytes(b[0..4].try_into().unwrap());
-    assert!(magic == 0xa1b2_c3d4 || magic == 0xa1b2_3c4d, "not a little-endian pcap");
-    assert_eq!(u32::from_le_bytes(b[20..24].try_into().unwrap()), 1, "link type Ethernet");
+    assert!(
+        magic == 0xa1b2_c3d4 || magic == 0xa1b2_3c4d,
+        "not a little-endian pcap"
+    );
+    assert_eq!(
+        u32::from_le_bytes(b[20..24].try_into().unwrap()),
+        1,
+        "link type Ethernet"
+    );
     let (mut up, mut down) = (0u64, 0u64);
     let mut at = 24;
     while at + 16 <= b.len() {
@@ -210,7 +262,12 @@ fn pcap_payload(path: &Path) -> (u64, u64) {
 #[test]
 #[ignore = "privileged: needs root, run by cargo xtask test"]
 fn iscsi_exchange_counts_equal_the_capture() {
-    let lab = Lab::builder().hosts(1).gateways(1).targets(1).build().unwrap();
+    let lab = Lab::builder()
+        .hosts(1)
+        .gateways(1)
+        .targets(1)
+        .build()
+        .unwrap();
     let gw = &lab.gateways()[0];
     let host = &lab.hosts()[0];
     let target = &lab.targets()[0];
@@ -221,22 +278,53 @@ fn iscsi_exchange_counts_equal_the_capture() {
     let mut dump = gw.ns.command("tcpdump");
     // Immediate mode: without it packets wait in a TPACKET_V3 block that is
     // not handed over before SIGINT, and the capture comes up short.
-    dump.args(["-i", "eth0", "-n", "--immediate-mode", "-s", "256", "-B", "32768", "-U", "-w"])
-        .arg(&pcap)
-        .args(["tcp", "port", "3260"]);
+    dump.args([
+        "-i",
+        "eth0",
+        "-n",
+        "--immediate-mode",
+        "-s",
+        "256",
+        "-B",
+        "32768",
+        "-U",
+        "-w",
+    ])
+    .arg(&pcap)
+    .args(["tcp", "port", "3260"]);
     let mut dump = lab.spawn("tcpdump", dump).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !dump.stderr().contains("listening on") {
-        assert!(Instant::now() < deadline && dump.is_running(), "tcpdump: {}", dump.stderr());
+        assert!(
+            Instant::now() < deadline && dump.is_running(),
+            "tcpdump: {}",
+            dump.stderr()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 
     // Reads for three seconds, with a line per second; bounded by timeout.
     let mut perf = host.ns.command("timeout");
-    perf.args(["20", "iscsi-perf", "-i", &host.initiator, "-t", "3", "-l", "-m", "16", "-b", "8"])
-        .arg(target.url());
+    perf.args([
+        "20",
+        "iscsi-perf",
+        "-i",
+        &host.initiator,
+        "-t",
+        "3",
+        "-l",
+        "-m",
+        "16",
+        "-b",
+        "8",
+    ])
+    .arg(target.url());
     let out = perf.output().unwrap();
-    assert!(out.status.success(), "iscsi-perf: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "iscsi-perf: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Let the session end, then stop the capture and read its statistics.
     std::thread::sleep(Duration::from_millis(500));
@@ -248,11 +336,18 @@ fn iscsi_exchange_counts_equal_the_capture() {
     }
     let stats = dump.stderr();
     let figure = |what: &str| -> u64 {
-        let line = stats.lines().find(|l| l.ends_with(what)).unwrap_or_else(|| panic!("{what}? {stats}"));
+        let line = stats
+            .lines()
+            .find(|l| l.ends_with(what))
+            .unwrap_or_else(|| panic!("{what}? {stats}"));
         line.split_whitespace().next().unwrap().parse().unwrap()
     };
     assert_eq!(figure("packets dropped by kernel"), 0, "{stats}");
-    assert_eq!(figure("packets captured"), figure("packets received by filter"), "{stats}");
+    assert_eq!(
+        figure("packets captured"),
+        figure("packets received by filter"),
+        "{stats}"
+    );
     let (up, down) = pcap_payload(&pcap);
 
     let f = flows(&gw.pin_dir);
@@ -261,8 +356,14 @@ fn iscsi_exchange_counts_equal_the_capture() {
     assert_eq!(f[0].initiator, std::net::IpAddr::V4(host.addr));
     assert_eq!(f[0].target, std::net::IpAddr::V4(target.addr));
     assert!(down > 1 << 20, "iscsi-perf moved only {down} bytes");
-    assert_eq!(c.to_target_bytes, up, "initiator → target against the capture");
-    assert_eq!(c.to_initiator_bytes, down, "target → initiator against the capture");
+    assert_eq!(
+        c.to_target_bytes, up,
+        "initiator → target against the capture"
+    );
+    assert_eq!(
+        c.to_initiator_bytes, down,
+        "target → initiator against the capture"
+    );
     // iscsi-perf reads 8 blocks (4 KiB) per command.
     assert!(c.scsi_read_cmds > 100, "read commands: {c:?}");
     assert_eq!(c.scsi_write_cmds, 0);
@@ -270,7 +371,10 @@ fn iscsi_exchange_counts_equal_the_capture() {
     // back is data (the rest: PDU headers, a few small reads at login), so
     // nearly every command was seen opening a segment.
     assert!(c.read_requested_bytes <= c.to_initiator_bytes, "{c:?}");
-    assert!(c.read_requested_bytes as f64 >= 0.9 * c.to_initiator_bytes as f64, "{c:?}");
+    assert!(
+        c.read_requested_bytes as f64 >= 0.9 * c.to_initiator_bytes as f64,
+        "{c:?}"
+    );
     eprintln!(
         "iscsi: counted {} / {} bytes, captured {up} / {down}; {} read commands, {} bytes requested",
         c.to_target_bytes, c.to_initiator_bytes, c.scsi_read_cmds, c.read_requested_bytes
@@ -284,7 +388,15 @@ fn iscsi_exchange_counts_equal_the_capture() {
 fn second_agent_on_a_nic_is_refused_and_keep_pins_keeps_them() {
     let ns = Netns::unique("sanlb-e2e-a").unwrap();
     let peer = Netns::unique("sanlb-e2e-b").unwrap();
-    veth(&ns, "eth0", "02:00:c6:12:11:01", &peer, "eth0", "02:00:c6:12:11:02").unwrap();
+    veth(
+        &ns,
+        "eth0",
+        "02:00:c6:12:11:01",
+        &peer,
+        "eth0",
+        "02:00:c6:12:11:02",
+    )
+    .unwrap();
     ns.ip(&["link", "set", "eth0", "up"]).unwrap();
     let logs = temp_dir("second");
     let root = PathBuf::from(format!("/sys/fs/bpf/sanlb-test2-{}", std::process::id()));
@@ -299,7 +411,10 @@ fn second_agent_on_a_nic_is_refused_and_keep_pins_keeps_them() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("another sanlb agent already counts on eth0"), "{err}");
+    assert!(
+        err.contains("another sanlb agent already counts on eth0"),
+        "{err}"
+    );
     assert!(!root.join("two").join("flows").exists());
 
     // bpftool prints named fields from the BTF of the pinned maps.
@@ -316,11 +431,16 @@ fn second_agent_on_a_nic_is_refused_and_keep_pins_keeps_them() {
 
     // --keep-pins: the maps outlive the agent, readable by `sanlb counters`.
     let mut cmd = ns.command(SANLB);
-    cmd.args(["agent", "--iface", "eth0", "--keep-pins", "--pin-dir"]).arg(root.join("one"));
+    cmd.args(["agent", "--iface", "eth0", "--keep-pins", "--pin-dir"])
+        .arg(root.join("one"));
     let mut kept = Process::spawn("agent-keep", cmd, &logs).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !kept.stderr().contains("counting iSCSI traffic") {
-        assert!(Instant::now() < deadline && kept.is_running(), "{}", kept.stderr());
+        assert!(
+            Instant::now() < deadline && kept.is_running(),
+            "{}",
+            kept.stderr()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     kept.stop(Duration::from_secs(5)).unwrap();
@@ -329,7 +449,11 @@ fn second_agent_on_a_nic_is_refused_and_keep_pins_keeps_them() {
         .arg(root.join("one"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
     sanlb::dataplane::remove_pins(&root.join("one"));
     let _ = std::fs::remove_dir(&root);

@@ -86,26 +86,37 @@ fn v4() -> impl Strategy<Value = L3> {
         proptest::option::weighted(0.1, any::<u16>()),
         l4(),
     )
-        .prop_map(|(src, dst, options, frag, proto, version, ihl, tot_len, l4)| {
-            L3::V4(
-                V4 {
-                    src,
-                    dst,
-                    options,
-                    frag,
-                    proto,
-                    version,
-                    ihl,
-                    tot_len,
-                },
-                l4,
-            )
-        })
+        .prop_map(
+            |(src, dst, options, frag, proto, version, ihl, tot_len, l4)| {
+                L3::V4(
+                    V4 {
+                        src,
+                        dst,
+                        options,
+                        frag,
+                        proto,
+                        version,
+                        ihl,
+                        tot_len,
+                    },
+                    l4,
+                )
+            },
+        )
 }
 
 fn ext() -> impl Strategy<Value = Ext> {
     (
-        prop_oneof![Just(0u8), Just(43), Just(44), Just(51), Just(60), Just(135), Just(139), Just(140)],
+        prop_oneof![
+            Just(0u8),
+            Just(43),
+            Just(44),
+            Just(51),
+            Just(60),
+            Just(135),
+            Just(139),
+            Just(140)
+        ],
         0u8..4,
         prop_oneof![3 => Just(0u16), 1 => any::<u16>()],
     )
@@ -264,7 +275,10 @@ fn generator_reaches_every_outcome() {
     for _ in 0..3000 {
         let b = bytes().new_tree(&mut runner).unwrap().current();
         let o = model::classify(&b, &PORTS);
-        if let model::Outcome::Count { command: Some(_), .. } = o {
+        if let model::Outcome::Count {
+            command: Some(_), ..
+        } = o
+        {
             commands += 1;
         }
         seen.insert(match o {
@@ -273,11 +287,21 @@ fn generator_reaches_every_outcome() {
         });
     }
     let all = [
-        "NotIp", "NotTcp", "NotIscsi", "Fragment", "Truncated", "Malformed", "ExtHeaderLimit",
-        "Counttrue", "Countfalse",
+        "NotIp",
+        "NotTcp",
+        "NotIscsi",
+        "Fragment",
+        "Truncated",
+        "Malformed",
+        "ExtHeaderLimit",
+        "Counttrue",
+        "Countfalse",
     ];
     for a in all {
-        assert!(seen.contains(a), "the generator never produced {a}: {seen:?}");
+        assert!(
+            seen.contains(a),
+            "the generator never produced {a}: {seen:?}"
+        );
     }
     assert!(commands > 10, "only {commands} SCSI commands generated");
 }

@@ -170,11 +170,31 @@ fn ipv6_extension_headers() {
     let mut f = tcp6(40000, 3260, payload(256));
     if let L3::V6(ip, _) = &mut f.l3 {
         ip.ext = vec![
-            Ext { kind: 0, len: 0, frag: 0 },  // hop-by-hop, 8 bytes
-            Ext { kind: 60, len: 1, frag: 0 }, // destination options, 16 bytes
-            Ext { kind: 43, len: 2, frag: 0 }, // routing, 24 bytes
-            Ext { kind: 44, len: 0, frag: 0 }, // atomic fragment, 8 bytes
-            Ext { kind: 51, len: 4, frag: 0 }, // AH, (4+2)*4 = 24 bytes
+            Ext {
+                kind: 0,
+                len: 0,
+                frag: 0,
+            }, // hop-by-hop, 8 bytes
+            Ext {
+                kind: 60,
+                len: 1,
+                frag: 0,
+            }, // destination options, 16 bytes
+            Ext {
+                kind: 43,
+                len: 2,
+                frag: 0,
+            }, // routing, 24 bytes
+            Ext {
+                kind: 44,
+                len: 0,
+                frag: 0,
+            }, // atomic fragment, 8 bytes
+            Ext {
+                kind: 51,
+                len: 4,
+                frag: 0,
+            }, // AH, (4+2)*4 = 24 bytes
         ];
     }
     let b = f.build();
@@ -191,7 +211,13 @@ fn ipv6_extension_chain_longer_than_the_walk() {
     let mut dp = load(&[3260]);
     let mut f = tcp6(40000, 3260, payload(10));
     if let L3::V6(ip, _) = &mut f.l3 {
-        ip.ext = (0..7).map(|_| Ext { kind: 60, len: 0, frag: 0 }).collect();
+        ip.ext = (0..7)
+            .map(|_| Ext {
+                kind: 60,
+                len: 0,
+                frag: 0,
+            })
+            .collect();
     }
     let s = xdp(&mut dp, &f.build());
     assert!(s.flows.is_empty());
@@ -208,7 +234,11 @@ fn ipv6_extension_chain_longer_than_the_walk() {
 #[test]
 #[ignore = "privileged: needs root, run by cargo xtask test"]
 fn vlan_single_and_double_tags() {
-    for vlans in [vec![TPID_8021Q], vec![TPID_8021AD, TPID_8021Q], vec![TPID_8021Q, TPID_8021Q]] {
+    for vlans in [
+        vec![TPID_8021Q],
+        vec![TPID_8021AD, TPID_8021Q],
+        vec![TPID_8021Q, TPID_8021Q],
+    ] {
         let mut dp = load(&[3260]);
         for ipv6 in [false, true] {
             let mut f = if ipv6 {
@@ -270,7 +300,11 @@ fn fragments_are_passed_not_counted() {
     for field in [0x0001u16, 0x0008, 0x0009] {
         let mut f = tcp6(40000, 3260, payload(100));
         if let L3::V6(ip, _) = &mut f.l3 {
-            ip.ext = vec![Ext { kind: 44, len: 0, frag: field }];
+            ip.ext = vec![Ext {
+                kind: 44,
+                len: 0,
+                frag: field,
+            }];
         }
         let s = tc(&mut dp, &f.build(), 0);
         assert!(s.flows.is_empty());
@@ -291,7 +325,18 @@ fn truncated_at_every_byte_boundary() {
         let mut f = tcp6(40000, 3260, payload(60));
         f.vlans = vec![TPID_8021AD, TPID_8021Q];
         if let L3::V6(ip, _) = &mut f.l3 {
-            ip.ext = vec![Ext { kind: 0, len: 1, frag: 0 }, Ext { kind: 44, len: 0, frag: 0 }];
+            ip.ext = vec![
+                Ext {
+                    kind: 0,
+                    len: 1,
+                    frag: 0,
+                },
+                Ext {
+                    kind: 44,
+                    len: 0,
+                    frag: 0,
+                },
+            ];
         }
         f.build()
     };
@@ -306,19 +351,38 @@ fn truncated_at_every_byte_boundary() {
             dp.reset().unwrap();
             let s = xdp(&mut dp, &full[..cut]);
             assert!(s.flows.is_empty(), "XDP counted a frame cut at {cut}");
-            assert_eq!(s.ingress, Stats { frames: 1, truncated: 1, ..Default::default() }, "cut at {cut}");
+            assert_eq!(
+                s.ingress,
+                Stats {
+                    frames: 1,
+                    truncated: 1,
+                    ..Default::default()
+                },
+                "cut at {cut}"
+            );
             if cut < tc_min {
                 continue;
             }
             dp.reset().unwrap();
             let s = tc(&mut dp, &full[..cut], 0);
             assert!(s.flows.is_empty(), "TC counted a frame cut at {cut}");
-            assert_eq!(s.egress, Stats { frames: 1, truncated: 1, ..Default::default() }, "cut at {cut}");
+            assert_eq!(
+                s.egress,
+                Stats {
+                    frames: 1,
+                    truncated: 1,
+                    ..Default::default()
+                },
+                "cut at {cut}"
+            );
         }
         dp.reset().unwrap();
         assert_eq!(only_flow(&xdp(&mut dp, &full)).counters.to_target_bytes, 60);
         dp.reset().unwrap();
-        assert_eq!(only_flow(&tc(&mut dp, &full, 0)).counters.to_target_bytes, 60);
+        assert_eq!(
+            only_flow(&tc(&mut dp, &full, 0)).counters.to_target_bytes,
+            60
+        );
     }
 }
 
@@ -390,7 +454,12 @@ fn not_ip_and_not_tcp() {
     assert!(s.flows.is_empty());
     assert_eq!(
         s.ingress,
-        Stats { frames: 3, not_ip: 1, not_tcp: 2, ..Default::default() }
+        Stats {
+            frames: 3,
+            not_ip: 1,
+            not_tcp: 2,
+            ..Default::default()
+        }
     );
 }
 
@@ -401,19 +470,40 @@ fn scsi_commands_from_a_bhs_at_the_segment_start() {
     let mut write = frames::scsi_cmd_bhs(false, true, 65536);
     write.extend(payload(512)); // immediate data
     xdp(&mut dp, &tcp4(40000, 3260, write).build());
-    xdp(&mut dp, &tcp4(40000, 3260, frames::scsi_cmd_bhs(true, false, 4096)).build());
-    xdp(&mut dp, &tcp4(40000, 3260, frames::scsi_cmd_bhs(true, false, 8192)).build());
-    xdp(&mut dp, &tcp4(40000, 3260, frames::scsi_cmd_bhs(false, false, 0)).build());
+    xdp(
+        &mut dp,
+        &tcp4(40000, 3260, frames::scsi_cmd_bhs(true, false, 4096)).build(),
+    );
+    xdp(
+        &mut dp,
+        &tcp4(40000, 3260, frames::scsi_cmd_bhs(true, false, 8192)).build(),
+    );
+    xdp(
+        &mut dp,
+        &tcp4(40000, 3260, frames::scsi_cmd_bhs(false, false, 0)).build(),
+    );
     // Not commands: a Data-Out PDU (opcode 0x05), a segment shorter than a BHS,
     // a command-looking BHS with reserved bits set, and a BHS going to the initiator.
     let mut data_out = frames::scsi_cmd_bhs(false, true, 4096);
     data_out[0] = 0x05;
     xdp(&mut dp, &tcp4(40000, 3260, data_out).build());
-    xdp(&mut dp, &tcp4(40000, 3260, frames::scsi_cmd_bhs(true, false, 4096)[..47].to_vec()).build());
+    xdp(
+        &mut dp,
+        &tcp4(
+            40000,
+            3260,
+            frames::scsi_cmd_bhs(true, false, 4096)[..47].to_vec(),
+        )
+        .build(),
+    );
     let mut reserved = frames::scsi_cmd_bhs(true, false, 4096);
     reserved[2] = 1;
     xdp(&mut dp, &tcp4(40000, 3260, reserved).build());
-    let s = tc(&mut dp, &tcp4(3260, 40000, frames::scsi_cmd_bhs(true, false, 4096)).build(), 0);
+    let s = tc(
+        &mut dp,
+        &tcp4(3260, 40000, frames::scsi_cmd_bhs(true, false, 4096)).build(),
+        0,
+    );
     let c = only_flow(&s).counters;
     assert_eq!((c.scsi_read_cmds, c.read_requested_bytes), (2, 12288));
     assert_eq!((c.scsi_write_cmds, c.write_requested_bytes), (1, 65536));
@@ -448,7 +538,11 @@ fn lru_table_stays_bounded() {
         assert_eq!(r.verdict, XDP_PASS);
     }
     let s = dp.snapshot().unwrap();
-    assert!(s.flows.len() <= 64, "{} entries in a 64-entry table", s.flows.len());
+    assert!(
+        s.flows.len() <= 64,
+        "{} entries in a 64-entry table",
+        s.flows.len()
+    );
     assert!(!s.flows.is_empty());
     assert_eq!(s.ingress.new_flows, 1000);
     assert_eq!(s.ingress.counted, 1000);
@@ -472,12 +566,18 @@ fn unknown_v4_and_v6_tcp_with_raw_l4_is_malformed() {
     let mut dp = load(&[3260]);
     let f = Frame {
         vlans: vec![],
-        l3: L3::V4(V4::new(frames::HOST4, frames::TARGET4), L4::Raw(vec![0x9c, 0x40, 0x0c, 0xbc])),
+        l3: L3::V4(
+            V4::new(frames::HOST4, frames::TARGET4),
+            L4::Raw(vec![0x9c, 0x40, 0x0c, 0xbc]),
+        ),
         trailer: vec![],
     };
     let g = Frame {
         vlans: vec![],
-        l3: L3::V6(V6::new(frames::HOST6, frames::TARGET6), L4::Raw(vec![0; 12])),
+        l3: L3::V6(
+            V6::new(frames::HOST6, frames::TARGET6),
+            L4::Raw(vec![0; 12]),
+        ),
         trailer: vec![],
     };
     xdp(&mut dp, &f.build());

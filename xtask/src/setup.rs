@@ -39,11 +39,7 @@ pub fn run() -> Result<()> {
 }
 
 fn apt() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !installed(p))
-        .collect();
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -130,10 +126,7 @@ fn bpf_linker() -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about 75 s)");
-    let path = format!(
-        "{LLVM_BIN}:{}",
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = format!("{LLVM_BIN}:{}", std::env::var("PATH").unwrap_or_default());
     util::status(
         util::cargo(&[
             "install",

@@ -1128,12 +1128,7 @@ pub fn solve(plan: &Plan) -> Result<(Solution, Duration), optimize::OptimizeErro
 /// capacities, so var_norm does not change.
 fn relabel(p: &Problem, assignment: &mut [usize]) {
     let k = p.gateways.len();
-    let index: HashMap<&str, usize> = p
-        .gateways
-        .iter()
-        .enumerate()
-        .map(|(i, g)| (g.name.as_str(), i))
-        .collect();
+    let index = p.gateway_index();
     let mut overlap = vec![0usize; k * k];
     for (r, &b) in p.routes.iter().zip(assignment.iter()) {
         if let Some(&g) = r.current.as_deref().and_then(|c| index.get(c)) {

@@ -323,9 +323,18 @@ impl Dataplane {
 
     /// Reads the counters of this agent's own maps.
     pub fn snapshot(&self) -> Result<Snapshot> {
-        let flows = self.ebpf.map(FLOWS_MAP).ok_or_else(|| missing_map(FLOWS_MAP))?;
-        let stats = self.ebpf.map(STATS_MAP).ok_or_else(|| missing_map(STATS_MAP))?;
-        let ports = self.ebpf.map(PORTS_MAP).ok_or_else(|| missing_map(PORTS_MAP))?;
+        let flows = self
+            .ebpf
+            .map(FLOWS_MAP)
+            .ok_or_else(|| missing_map(FLOWS_MAP))?;
+        let stats = self
+            .ebpf
+            .map(STATS_MAP)
+            .ok_or_else(|| missing_map(STATS_MAP))?;
+        let ports = self
+            .ebpf
+            .map(PORTS_MAP)
+            .ok_or_else(|| missing_map(PORTS_MAP))?;
         read_snapshot(flows, stats, ports)
     }
 
@@ -388,82 +397,11 @@ pub struct FlowRecord {
     pub counters: Counters,
 }
 
-/// Serializable copy of [`FlowCounters`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[allow(missing_docs)]
-pub struct Counters {
-    pub to_target_bytes: u64,
-    pub to_initiator_bytes: u64,
-    pub to_target_packets: u64,
-    pub to_initiator_packets: u64,
-    pub to_target_frame_bytes: u64,
-    pub to_initiator_frame_bytes: u64,
-    pub scsi_read_cmds: u64,
-    pub scsi_write_cmds: u64,
-    pub scsi_other_cmds: u64,
-    pub read_requested_bytes: u64,
-    pub write_requested_bytes: u64,
-}
-
-impl From<FlowCounters> for Counters {
-    fn from(c: FlowCounters) -> Self {
-        Self {
-            to_target_bytes: c.to_target_bytes,
-            to_initiator_bytes: c.to_initiator_bytes,
-            to_target_packets: c.to_target_packets,
-            to_initiator_packets: c.to_initiator_packets,
-            to_target_frame_bytes: c.to_target_frame_bytes,
-            to_initiator_frame_bytes: c.to_initiator_frame_bytes,
-            scsi_read_cmds: c.scsi_read_cmds,
-            scsi_write_cmds: c.scsi_write_cmds,
-            scsi_other_cmds: c.scsi_other_cmds,
-            read_requested_bytes: c.read_requested_bytes,
-            write_requested_bytes: c.write_requested_bytes,
-        }
-    }
-}
-
-impl Counters {
-    /// Payload bytes in both directions.
-    pub fn total_bytes(&self) -> u64 {
-        self.to_target_bytes.saturating_add(self.to_initiator_bytes)
-    }
-}
-
-/// Serializable copy of [`HookStats`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[allow(missing_docs)]
-pub struct Stats {
-    pub frames: u64,
-    pub counted: u64,
-    pub not_ip: u64,
-    pub not_tcp: u64,
-    pub not_iscsi: u64,
-    pub fragment: u64,
-    pub truncated: u64,
-    pub malformed: u64,
-    pub ext_header_limit: u64,
-    pub new_flows: u64,
-    pub insert_failed: u64,
-}
-
-impl From<HookStats> for Stats {
-    fn from(s: HookStats) -> Self {
-        Self {
-            frames: s.frames,
-            counted: s.counted,
-            not_ip: s.not_ip,
-            not_tcp: s.not_tcp,
-            not_iscsi: s.not_iscsi,
-            fragment: s.fragment,
-            truncated: s.truncated,
-            malformed: s.malformed,
-            ext_header_limit: s.ext_header_limit,
-            new_flows: s.new_flows,
-            insert_failed: s.insert_failed,
-        }
-    }
-}
+/// The counters of one pair ([`FlowCounters`], serializable with the
+/// `user` feature of sanlb-common).
+pub type Counters = FlowCounters;
+/// What one hook saw ([`HookStats`]).
+pub type Stats = HookStats;
 
 /// Everything the maps hold at one moment.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -506,7 +444,7 @@ fn read_snapshot(flows: &Map, stats: &Map, ports: &Map) -> Result<Snapshot> {
         for s in per_cpu.iter() {
             sum.accumulate(s);
         }
-        Ok(sum.into())
+        Ok(sum)
     };
     let port_map: Array<&MapData, u64> =
         Array::try_from(ports).map_err(map_err("opening the port map"))?;
@@ -536,7 +474,7 @@ pub fn flow_record(key: &FlowKey, per_cpu: &PerCpuValues<FlowCounters>) -> Optio
     Some(FlowRecord {
         initiator: key_addr(key.family, &key.initiator)?,
         target: key_addr(key.family, &key.target)?,
-        counters: sum.into(),
+        counters: sum,
     })
 }
 
@@ -600,10 +538,12 @@ fn prog<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let p = ebpf.program_mut(name).ok_or_else(|| DataplaneError::Program {
-        what: format!("program {name} missing from the object"),
-        source: aya::programs::ProgramError::NotLoaded,
-    })?;
+    let p = ebpf
+        .program_mut(name)
+        .ok_or_else(|| DataplaneError::Program {
+            what: format!("program {name} missing from the object"),
+            source: aya::programs::ProgramError::NotLoaded,
+        })?;
     p.try_into().map_err(|source| DataplaneError::Program {
         what: format!("program {name} has an unexpected type"),
         source,
@@ -649,7 +589,9 @@ fn ifindex(iface: &str) -> Result<u32> {
 /// One agent per NIC: an exclusive lock on a file named by the network
 /// namespace and the interface, released by the kernel when the agent dies.
 fn lock_iface(iface: &str, ifindex: u32) -> Result<File> {
-    let netns = fs::metadata("/proc/self/ns/net").map(|m| m.ino()).unwrap_or(0);
+    let netns = fs::metadata("/proc/self/ns/net")
+        .map(|m| m.ino())
+        .unwrap_or(0);
     let dir = Path::new(LOCK_DIR);
     fs::create_dir_all(dir).map_err(|source| DataplaneError::Io {
         what: "creating",
@@ -749,9 +691,18 @@ mod tests {
             pin_dir: None,
             xdp_mode: XdpAttachMode::Auto,
         };
-        assert!(matches!(validate(&cfg(vec![], 10)), Err(DataplaneError::NoPorts)));
-        assert!(matches!(validate(&cfg(vec![0], 10)), Err(DataplaneError::PortZero)));
-        assert!(matches!(validate(&cfg(vec![3260], 0)), Err(DataplaneError::MaxFlows { .. })));
+        assert!(matches!(
+            validate(&cfg(vec![], 10)),
+            Err(DataplaneError::NoPorts)
+        ));
+        assert!(matches!(
+            validate(&cfg(vec![0], 10)),
+            Err(DataplaneError::PortZero)
+        ));
+        assert!(matches!(
+            validate(&cfg(vec![3260], 0)),
+            Err(DataplaneError::MaxFlows { .. })
+        ));
         assert!(validate(&cfg(vec![3260, 860], 10)).is_ok());
     }
 
@@ -759,8 +710,14 @@ mod tests {
     fn key_addresses_decode_by_family() {
         let mut b = [0u8; 16];
         b[..4].copy_from_slice(&[198, 18, 1, 50]);
-        assert_eq!(key_addr(FAMILY_IPV4, &b), Some("198.18.1.50".parse().unwrap()));
-        assert_eq!(key_addr(FAMILY_IPV6, &b), Some("c612:132::".parse().unwrap()));
+        assert_eq!(
+            key_addr(FAMILY_IPV4, &b),
+            Some("198.18.1.50".parse().unwrap())
+        );
+        assert_eq!(
+            key_addr(FAMILY_IPV6, &b),
+            Some("c612:132::".parse().unwrap())
+        );
         assert_eq!(key_addr(0, &b), None);
     }
 }

@@ -9,7 +9,9 @@ use aya::{
     maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use sanlb_common::{FLOWS_MAP, FlowCounters, FlowKey, HOOKS, HookStats, STATS_MAP, TC_PROG, XDP_PROG};
+use sanlb_common::{
+    FLOWS_MAP, FlowCounters, FlowKey, HOOKS, HookStats, STATS_MAP, TC_PROG, XDP_PROG,
+};
 
 use super::{
     BASELINE_OBJECT, DataplaneError, EBPF_OBJECT, Result, Snapshot, missing_map, prog,
@@ -101,7 +103,10 @@ impl Detached {
 
     /// Per-CPU values of one flow, unsummed (`None` if absent).
     pub fn flow_per_cpu(&self, key: &FlowKey) -> Result<Option<Vec<FlowCounters>>> {
-        let m = self.ebpf.map(FLOWS_MAP).ok_or_else(|| missing_map(FLOWS_MAP))?;
+        let m = self
+            .ebpf
+            .map(FLOWS_MAP)
+            .ok_or_else(|| missing_map(FLOWS_MAP))?;
         let flows: PerCpuHashMap<&MapData, FlowKey, FlowCounters> =
             PerCpuHashMap::try_from(m).map_err(map_err("opening the flow map"))?;
         match flows.get(key, 0) {
@@ -135,11 +140,13 @@ impl Detached {
             source,
         })?;
         for hook in 0..HOOKS {
-            let zero = PerCpuValues::try_from(vec![HookStats::default(); cpus])
-                .map_err(|source| DataplaneError::Io {
-                    what: "building per-CPU zeros for",
-                    path: STATS_MAP.into(),
-                    source,
+            let zero =
+                PerCpuValues::try_from(vec![HookStats::default(); cpus]).map_err(|source| {
+                    DataplaneError::Io {
+                        what: "building per-CPU zeros for",
+                        path: STATS_MAP.into(),
+                        source,
+                    }
                 })?;
             stats.set(hook, zero, 0).map_err(map_err("zeroing stats"))?;
         }

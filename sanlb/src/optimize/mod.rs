@@ -99,6 +99,18 @@ fn default_w_change() -> f64 {
     DEFAULT_W_CHANGE
 }
 
+impl Problem {
+    /// Index of each gateway by name (duplicate names, which [`Compiled::new`]
+    /// refuses, map to the last one).
+    pub fn gateway_index(&self) -> std::collections::HashMap<&str, usize> {
+        self.gateways
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.name.as_str(), i))
+            .collect()
+    }
+}
+
 /// Which algorithm to run.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,

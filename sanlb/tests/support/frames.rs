@@ -88,8 +88,12 @@ pub const GW_MAC: [u8; 6] = [0x02, 0, 0xc6, 0x12, 0, 0x01];
 
 pub const HOST4: [u8; 4] = [198, 18, 0, 10];
 pub const TARGET4: [u8; 4] = [198, 18, 1, 50];
-pub const HOST6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a];
-pub const TARGET6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x50];
+pub const HOST6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a,
+];
+pub const TARGET6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x50,
+];
 
 impl Tcp {
     pub fn new(sport: u16, dport: u16, payload: Vec<u8>) -> Self {
@@ -104,7 +108,7 @@ impl Tcp {
 
     fn build(&self) -> Vec<u8> {
         let mut opts = self.options.clone();
-        while opts.len() % 4 != 0 {
+        while !opts.len().is_multiple_of(4) {
             opts.push(1); // NOP
         }
         let doff = self.doff.unwrap_or((5 + opts.len() / 4) as u8);
@@ -148,7 +152,7 @@ impl V4 {
 
     fn build(&self, l4: &[u8]) -> Vec<u8> {
         let mut opts = self.options.clone();
-        while opts.len() % 4 != 0 {
+        while !opts.len().is_multiple_of(4) {
             opts.push(0); // EOL
         }
         let hlen = 20 + opts.len();
@@ -250,7 +254,11 @@ impl Frame {
 
 /// An IPv4 TCP frame from host to target (or back, when `sport` is the iSCSI port).
 pub fn tcp4(sport: u16, dport: u16, payload: Vec<u8>) -> Frame {
-    let (src, dst) = if dport == 3260 { (HOST4, TARGET4) } else { (TARGET4, HOST4) };
+    let (src, dst) = if dport == 3260 {
+        (HOST4, TARGET4)
+    } else {
+        (TARGET4, HOST4)
+    };
     Frame {
         vlans: Vec::new(),
         l3: L3::V4(V4::new(src, dst), L4::Tcp(Tcp::new(sport, dport, payload))),
@@ -260,7 +268,11 @@ pub fn tcp4(sport: u16, dport: u16, payload: Vec<u8>) -> Frame {
 
 /// The IPv6 version of [`tcp4`].
 pub fn tcp6(sport: u16, dport: u16, payload: Vec<u8>) -> Frame {
-    let (src, dst) = if dport == 3260 { (HOST6, TARGET6) } else { (TARGET6, HOST6) };
+    let (src, dst) = if dport == 3260 {
+        (HOST6, TARGET6)
+    } else {
+        (TARGET6, HOST6)
+    };
     Frame {
         vlans: Vec::new(),
         l3: L3::V6(V6::new(src, dst), L4::Tcp(Tcp::new(sport, dport, payload))),
@@ -275,6 +287,12 @@ pub fn scsi_cmd_bhs(read: bool, write: bool, edtl: u32) -> Vec<u8> {
     b[1] = 0x80 | if read { 0x40 } else { 0 } | if write { 0x20 } else { 0 } | 0x01; // F, R, W, ATTR=simple
     b[16..20].copy_from_slice(&7u32.to_be_bytes()); // ITT
     b[20..24].copy_from_slice(&edtl.to_be_bytes());
-    b[32] = if write { 0x2a } else if read { 0x28 } else { 0x00 }; // CDB opcode
+    b[32] = if write {
+        0x2a
+    } else if read {
+        0x28
+    } else {
+        0x00
+    }; // CDB opcode
     b
 }

@@ -4,8 +4,8 @@ mod agent;
 mod args;
 mod controller;
 mod counters;
-mod status;
 mod plan;
+mod status;
 
 use std::process::ExitCode;
 
