@@ -5,8 +5,8 @@
 //!    their pinned maps; [`counters`] presents them;
 //! 2. aggregate: [`controller`] (the statistical server) with [`stats`],
 //!    fed by [`agent`]s over the [`proto`] API;
-//! 3. optimise: the pure optimiser (issue 4);
-//! 4. enforce: address ownership on the gateways (issue 6).
+//! 3. optimise: [`optimize`], pure, and [`plan`], its a-priori front end;
+//! 4. enforce: [`enforce`], address ownership on a gateway's NIC.
 //!
 //! `docs/architecture.md` has the map of the code and its invariants.
 #![deny(missing_docs)]
