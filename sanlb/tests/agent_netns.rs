@@ -24,7 +24,7 @@ use common::{
 use controller_fakes::{TOKEN, config};
 use sanlb::{
     agent::{Agent, AgentConfig, AgentError, Client, CounterSource},
-    controller::{Controller, server::Server},
+    controller::{self, Controller, server::Server},
     enforce::{DEFAULT_ADDR_PROTO, NetlinkOwner, OwnerConfig},
     proto::Flow,
 };
@@ -76,6 +76,41 @@ fn spawn_agent(node: &Node, url: &str) -> tokio::sync::oneshot::Sender<()> {
     stop
 }
 
+/// A controller for `cfg`, serving HTTP on the host's address.
+fn start_controller(lab: &Lab, cfg: controller::Config) -> Server {
+    lab.host.rt.run(async move {
+        let c = Controller::new(cfg, None, Instant::now()).unwrap();
+        let listener = tokio::net::TcpListener::bind("198.18.0.10:0")
+            .await
+            .unwrap();
+        Server::start(c, TOKEN.into(), listener).unwrap()
+    })
+}
+
+/// Waits (at most 20 s) until every target is on exactly one gateway.
+/// Returns the owner of the first target, the other gateway, and every
+/// address seen on both gateways at once meanwhile (there must be none).
+fn placed<'a>(lab: &'a Lab, targets: &[IpAddr]) -> (&'a Node, &'a Node, Vec<IpAddr>) {
+    let mut both = Vec::new();
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the map was not applied"
+        );
+        let (a, b) = (held(&lab.gw1), held(&lab.gw2));
+        both.extend(a.intersection(&b).copied());
+        if targets.iter().all(|t| a.contains(t) ^ b.contains(t)) {
+            return if a.contains(&targets[0]) {
+                (&lab.gw1, &lab.gw2, both)
+            } else {
+                (&lab.gw2, &lab.gw1, both)
+            };
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 #[ignore = "privileged: needs root, run by cargo xtask test"]
 fn addresses_move_between_real_gateways_one_owner_at_a_time() {
@@ -83,40 +118,14 @@ fn addresses_move_between_real_gateways_one_owner_at_a_time() {
     let targets = storage();
     let cfg = config(&targets);
     let lease = cfg.lease;
-    let server: Server = lab.host.rt.run(async move {
-        let c = Controller::new(cfg, None, Instant::now()).unwrap();
-        let listener = tokio::net::TcpListener::bind("198.18.0.10:0")
-            .await
-            .unwrap();
-        Server::start(c, TOKEN.into(), listener).unwrap()
-    });
+    let server = start_controller(&lab, cfg);
     let url = format!("http://{}", server.addr());
     let mut stops = vec![spawn_agent(&lab.gw1, &url), spawn_agent(&lab.gw2, &url)];
     probe::serve_name(&lab.gw1);
     probe::serve_name(&lab.gw2);
 
     // Watch both NICs all along: an address must never be on both.
-    let mut both = Vec::new();
-    let start = Instant::now();
-    let mut owner_of_first = None;
-    while owner_of_first.is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the map was not applied"
-        );
-        let (a, b) = (held(&lab.gw1), held(&lab.gw2));
-        if let Some(t) = a.intersection(&b).next() {
-            both.push(*t);
-        }
-        if targets.iter().all(|t| a.contains(t) ^ b.contains(t)) {
-            owner_of_first = Some(if a.contains(&targets[0]) { 0 } else { 1 });
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let (dead, alive) = match owner_of_first.unwrap() {
-        0 => (&lab.gw1, &lab.gw2),
-        _ => (&lab.gw2, &lab.gw1),
-    };
+    let (dead, alive, mut both) = placed(&lab, &targets);
     // The host talks to the first address: the owner answers.
     let ask = |node: &Node| {
         let t = targets[0];
@@ -135,6 +144,8 @@ fn addresses_move_between_real_gateways_one_owner_at_a_time() {
     let died = Instant::now();
     // Within the lease nothing moves; after it, the other gateway holds all.
     std::thread::sleep(lease / 4);
+    let (a, b) = (held(&lab.gw1), held(&lab.gw2));
+    both.extend(a.intersection(&b).copied());
     assert!(!held(alive).contains(&targets[0]), "moved before the lease");
     let moved = loop {
         let h = held(alive);
@@ -172,31 +183,11 @@ fn a_restarted_agent_drops_stale_addresses_and_keeps_unmanaged_ones() {
     let targets = storage();
     let cfg = config(&targets);
     let lease = cfg.lease;
-    let server: Server = lab.host.rt.run(async move {
-        let c = Controller::new(cfg, None, Instant::now()).unwrap();
-        let listener = tokio::net::TcpListener::bind("198.18.0.10:0")
-            .await
-            .unwrap();
-        Server::start(c, TOKEN.into(), listener).unwrap()
-    });
+    let server = start_controller(&lab, cfg);
     let url = format!("http://{}", server.addr());
     let mut stops = vec![spawn_agent(&lab.gw1, &url), spawn_agent(&lab.gw2, &url)];
-    let start = Instant::now();
-    let (victim, other, i) = loop {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the map was not applied"
-        );
-        let (a, b) = (held(&lab.gw1), held(&lab.gw2));
-        if targets.iter().all(|t| a.contains(t) ^ b.contains(t)) {
-            break if a.contains(&targets[0]) {
-                (&lab.gw1, &lab.gw2, 0)
-            } else {
-                (&lab.gw2, &lab.gw1, 1)
-            };
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (victim, other, _) = placed(&lab, &targets);
+    let i = if victim.role == "gw1" { 0 } else { 1 };
     let stale = held(victim);
     assert!(!stale.is_empty());
     // An address the agent does not manage (no sanlb marker) on the same NIC.

@@ -85,32 +85,34 @@ fn drained(s: &TcpStream) {
     }
 }
 
-/// The agent on `iface` in `ns`, pins in `pin_dir`; waits until it has pinned.
-fn agent(ns: &Netns, pin_dir: &Path, log_dir: &Path) -> Process {
+/// Waits (at most 10 s) for `text` in the stderr of `p`, which must keep running.
+fn wait_log(p: &mut Process, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !p.stderr().contains(text) {
+        assert!(
+            p.is_running() && Instant::now() < deadline,
+            "no {text:?} from {}: {}",
+            p.name(),
+            p.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The agent on eth0 in `ns` with its pins in `pin_dir` and `extra` flags;
+/// returns once it counts (it has pinned and attached by then).
+fn agent(ns: &Netns, pin_dir: &Path, log_dir: &Path, extra: &[&str]) -> Process {
     let mut cmd = ns.command(SANLB);
     cmd.args(["agent", "--iface", "eth0", "--pin-dir"])
-        .arg(pin_dir);
+        .arg(pin_dir)
+        .args(extra);
     let mut p = Process::spawn("agent", cmd, log_dir).expect("starting the agent");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !pin_dir.join("flows").exists() {
-        assert!(p.is_running(), "agent exited: {}", p.stderr());
-        assert!(
-            Instant::now() < deadline,
-            "agent did not pin its maps: {}",
-            p.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // Pinned comes before attached; the log line comes after both.
-    while !p.stderr().contains("counting iSCSI traffic") {
-        assert!(p.is_running(), "agent exited: {}", p.stderr());
-        assert!(
-            Instant::now() < deadline,
-            "agent did not attach: {}",
-            p.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_log(&mut p, "counting iSCSI traffic");
+    assert!(
+        pin_dir.join("flows").exists(),
+        "no pins in {}",
+        pin_dir.display()
+    );
     p
 }
 
@@ -153,7 +155,7 @@ fn tcp_stream_counts_equal_the_senders_bytes() {
     }
     let logs = temp_dir("tcp");
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sanlb-test-{}/gw", std::process::id()));
-    let mut agent = agent(&gw, &pin_dir, &logs);
+    let mut agent = agent(&gw, &pin_dir, &logs, &[]);
 
     let server = in_netns(&gw, || {
         let l = TcpListener::bind("198.18.2.1:3260").unwrap();
@@ -272,7 +274,7 @@ fn iscsi_exchange_counts_equal_the_capture() {
     let host = &lab.hosts()[0];
     let target = &lab.targets()[0];
     let logs = lab.log_dir();
-    let mut agent = agent(&gw.ns, &gw.pin_dir, &logs);
+    let mut agent = agent(&gw.ns, &gw.pin_dir, &logs, &[]);
 
     let pcap = lab.dir().join("gw1.pcap");
     let mut dump = gw.ns.command("tcpdump");
@@ -293,15 +295,7 @@ fn iscsi_exchange_counts_equal_the_capture() {
     .arg(&pcap)
     .args(["tcp", "port", "3260"]);
     let mut dump = lab.spawn("tcpdump", dump).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !dump.stderr().contains("listening on") {
-        assert!(
-            Instant::now() < deadline && dump.is_running(),
-            "tcpdump: {}",
-            dump.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_log(&mut dump, "listening on");
 
     // Reads for three seconds, with a line per second; bounded by timeout.
     let mut perf = host.ns.command("timeout");
@@ -400,7 +394,7 @@ fn second_agent_on_a_nic_is_refused_and_keep_pins_keeps_them() {
     ns.ip(&["link", "set", "eth0", "up"]).unwrap();
     let logs = temp_dir("second");
     let root = PathBuf::from(format!("/sys/fs/bpf/sanlb-test2-{}", std::process::id()));
-    let first = agent(&ns, &root.join("one"), &logs);
+    let first = agent(&ns, &root.join("one"), &logs, &[]);
 
     // Another pin folder does not help: the NIC is taken.
     let out = ns
@@ -430,19 +424,7 @@ fn second_agent_on_a_nic_is_refused_and_keep_pins_keeps_them() {
     drop(first); // SIGTERM
 
     // --keep-pins: the maps outlive the agent, readable by `sanlb counters`.
-    let mut cmd = ns.command(SANLB);
-    cmd.args(["agent", "--iface", "eth0", "--keep-pins", "--pin-dir"])
-        .arg(root.join("one"));
-    let mut kept = Process::spawn("agent-keep", cmd, &logs).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !kept.stderr().contains("counting iSCSI traffic") {
-        assert!(
-            Instant::now() < deadline && kept.is_running(),
-            "{}",
-            kept.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut kept = agent(&ns, &root.join("one"), &logs, &["--keep-pins"]);
     kept.stop(Duration::from_secs(5)).unwrap();
     let out = Command::new(SANLB)
         .args(["counters", "--iface", "eth0", "--json", "--pin-dir"])

@@ -7,7 +7,7 @@ use std::time::Duration;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
 };
 use sanlb_common::{
     FLOWS_MAP, FlowCounters, FlowKey, HOOKS, HookStats, STATS_MAP, TC_PROG, XDP_PROG,
@@ -74,25 +74,7 @@ impl Detached {
         let tc: &mut SchedClassifier = prog(&mut self.ebpf, TC_PROG)?;
         let mut ctx = [0u8; SKB_CTX_LEN];
         ctx[SKB_GSO_SEGS..SKB_GSO_SEGS + 4].copy_from_slice(&u32::from(gso_segs).to_ne_bytes());
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = tc
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                repeat,
-                ..Default::default()
-            })
-            .map_err(|source| DataplaneError::Program {
-                what: format!("test run of {TC_PROG} on a {}-byte frame", frame.len()),
-                source,
-            })?;
-        out.truncate(r.data_size_out as usize);
-        Ok(RunResult {
-            verdict: r.return_value as i32,
-            data_out: out,
-            per_run: r.duration,
-        })
+        run(TC_PROG, frame, Some(&ctx), repeat, |o| tc.test_run(o))
     }
 
     /// The maps' contents, as `sanlb counters` would show them.
@@ -182,18 +164,29 @@ impl Baseline {
 }
 
 fn run_xdp_prog(xdp: &mut Xdp, frame: &[u8], repeat: u32) -> Result<RunResult> {
+    run("an XDP program", frame, None, repeat, |o| xdp.test_run(o))
+}
+
+/// One BPF_PROG_TEST_RUN of `frame` (and `ctx`) through `test_run`.
+fn run(
+    what: &str,
+    frame: &[u8],
+    ctx: Option<&[u8]>,
+    repeat: u32,
+    test_run: impl FnOnce(TestRunOptions<'_>) -> Result<TestRunResult, ProgramError>,
+) -> Result<RunResult> {
     let mut out = vec![0u8; frame.len() + 256];
-    let r = xdp
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            repeat,
-            ..Default::default()
-        })
-        .map_err(|source| DataplaneError::Program {
-            what: format!("test run of an XDP program on a {}-byte frame", frame.len()),
-            source,
-        })?;
+    let r = test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: ctx,
+        repeat,
+        ..Default::default()
+    })
+    .map_err(|source| DataplaneError::Program {
+        what: format!("test run of {what} on a {}-byte frame", frame.len()),
+        source,
+    })?;
     out.truncate(r.data_size_out as usize);
     Ok(RunResult {
         verdict: r.return_value as i32,
