@@ -38,9 +38,8 @@ fn in_netns<T: Send + 'static>(
     })
 }
 
-/// TCP_INFO's `tcpi_bytes_sent` (linux/tcp.h: offset 200, since 5.5): payload
-/// bytes sent, retransmissions included.
-fn bytes_sent(s: &TcpStream) -> u64 {
+/// The socket's `struct tcp_info` (linux/tcp.h) as raw bytes.
+fn tcp_info(s: &TcpStream) -> [u8; 256] {
     let mut buf = [0u8; 256];
     let mut len = buf.len() as libc::socklen_t;
     // SAFETY: buf is writable for len bytes.
@@ -55,26 +54,21 @@ fn bytes_sent(s: &TcpStream) -> u64 {
     };
     assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
     assert!(len >= 208, "TCP_INFO too short ({len}) for tcpi_bytes_sent");
-    u64::from_ne_bytes(buf[200..208].try_into().unwrap())
+    buf
 }
 
-/// Waits for all sent data to be acknowledged (tcpi_notsent_bytes and
-/// tcpi_unacked are both zero), at most 10 s.
+/// `tcpi_bytes_sent` (offset 200, since Linux 5.5): payload bytes sent,
+/// retransmissions included.
+fn bytes_sent(s: &TcpStream) -> u64 {
+    u64::from_ne_bytes(tcp_info(s)[200..208].try_into().unwrap())
+}
+
+/// Waits for all sent data to be acknowledged (tcpi_unacked at offset 24 and
+/// tcpi_notsent_bytes at 144 both zero), at most 10 s.
 fn drained(s: &TcpStream) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let mut buf = [0u8; 256];
-        let mut len = buf.len() as libc::socklen_t;
-        // SAFETY: as above.
-        unsafe {
-            libc::getsockopt(
-                s.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                buf.as_mut_ptr().cast(),
-                &mut len,
-            )
-        };
+        let buf = tcp_info(s);
         let unacked = u32::from_ne_bytes(buf[24..28].try_into().unwrap());
         let notsent = u32::from_ne_bytes(buf[144..148].try_into().unwrap());
         if unacked == 0 && notsent == 0 {
