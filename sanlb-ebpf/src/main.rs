@@ -105,8 +105,9 @@ fn count<F: Frame>(f: &F, hook: u32, segs: u32) {
     let Some(stats) = STATS.get_ptr_mut(hook) else {
         return;
     };
-    // SAFETY: per-CPU slot of this CPU; BPF programs do not preempt each other
-    // on one CPU, so a plain read-modify-write is exact.
+    // SAFETY: per-CPU slot of this CPU. XDP runs in softirq and TC egress with
+    // bottom halves disabled, so on a non-RT kernel neither interrupts the
+    // other on one CPU and a plain read-modify-write is exact.
     let stats = unsafe { &mut *stats };
     stats.frames += 1;
     match parse::parse(f, is_iscsi_port) {
