@@ -568,12 +568,17 @@ fn missing_map(name: &str) -> DataplaneError {
     }
 }
 
-/// Removes the pins sanlb creates in `dir`, and `dir` if it is then empty.
+/// Removes the pins sanlb creates in `dir`, and `dir` if it is then empty
+/// (and `/sys/fs/bpf/sanlb` too when `dir` was in it and it is now empty).
 pub fn remove_pins(dir: &Path) {
     for file in [PIN_FLOWS, PIN_STATS, PIN_PORTS] {
         let _ = fs::remove_file(dir.join(file));
     }
+    // remove_dir only removes empty directories: other NICs' pins stay.
     let _ = fs::remove_dir(dir);
+    if dir.parent() == Some(Path::new(DEFAULT_PIN_ROOT)) {
+        let _ = fs::remove_dir(DEFAULT_PIN_ROOT);
+    }
 }
 
 fn ifindex(iface: &str) -> Result<u32> {
