@@ -6,6 +6,8 @@
 #![no_std]
 #![deny(missing_docs)]
 
+pub mod duration;
+
 /// Name of the per-(initiator, target) counter map in the eBPF object.
 pub const FLOWS_MAP: &str = "FLOWS";
 /// Name of the per-hook statistics map (skip reasons, new flows, failures).

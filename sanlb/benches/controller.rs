@@ -23,7 +23,7 @@ use std::{
 use criterion::{Criterion, Throughput};
 use sanlb::{
     agent::Client,
-    controller::{Config, Controller, Trigger, server::Server, solve},
+    controller::{Config, Controller, Trigger, server::Server},
     optimize::{Options, Solver},
     proto::{EnforceCounters, Flow, Mode, Report},
 };
@@ -241,14 +241,14 @@ fn benches(c: &mut Criterion) {
         })
     });
     let ctl = loaded();
-    let plan = ctl.plan(Trigger::Failover).expect("a plan");
+    let job = ctl.start_rebalance(Trigger::Failover).expect("a rebalance");
     assert_eq!(
-        (plan.problem.gateways.len(), plan.problem.routes.len()),
+        (job.problem.gateways.len(), job.problem.routes.len()),
         (GATEWAYS, ROUTES)
     );
     group.throughput(Throughput::Elements(ROUTES as u64));
     group.bench_function("rebalance_1000x1000", |b| {
-        b.iter(|| black_box(solve(&plan).unwrap()))
+        b.iter(|| black_box(job.solve().unwrap()))
     });
     group.finish();
 }

@@ -3,8 +3,8 @@
 //! The four stages of the mission and where they live:
 //! 1. count: [`dataplane`] loads the XDP/TC programs of `sanlb-ebpf` and reads
 //!    their pinned maps; [`counters`] presents them;
-//! 2. aggregate: [`controller`] (the statistical server) with [`stats`],
-//!    fed by [`agent`]s over the [`proto`] API;
+//! 2. aggregate: [`controller`] (the statistical server), fed by
+//!    [`agent`]s over the [`proto`] API, or an operator's [`traffic`] matrix;
 //! 3. optimise: [`optimize`], pure, and [`plan`], its a-priori front end;
 //! 4. enforce: [`enforce`], address ownership on a gateway's NIC.
 //!
@@ -19,4 +19,17 @@ pub mod enforce;
 pub mod optimize;
 pub mod plan;
 pub mod proto;
-pub mod stats;
+pub mod traffic;
+
+/// `a: b: c` for an error and its sources, for logs (where `{:#}` of
+/// anyhow is not at hand).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}

@@ -14,7 +14,7 @@
 //! the file; [`load`] reads the files.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     fmt::Write as _,
     net::IpAddr,
     path::{Path, PathBuf},
@@ -22,9 +22,12 @@ use std::{
 
 use serde::{Deserialize, Serialize, ser::SerializeMap as _};
 
-use crate::optimize::{
-    Compiled, DEFAULT_W_CHANGE, DEFAULT_W_VAR, Gateway, OptimizeError, Problem, Route, Solution,
-    Solver, var_norm,
+use crate::{
+    optimize::{
+        Compiled, DEFAULT_W_CHANGE, DEFAULT_W_VAR, Gateway, OptimizeError, Problem, Route,
+        Solution, Solver, in_force,
+    },
+    traffic::{self, TrafficError},
 };
 
 /// Why the inputs of a plan are unusable. Every variant is bad input.
@@ -48,25 +51,9 @@ pub enum PlanError {
         #[source]
         source: serde_json::Error,
     },
-    /// The traffic CSV is malformed.
-    #[error("{}: line {line}: {reason}", path.display())]
-    Csv {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line number.
-        line: u64,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The CSV could not be read as CSV at all.
-    #[error("{}: {source}", path.display())]
-    CsvSyntax {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: csv::Error,
-    },
+    /// The traffic matrix is malformed.
+    #[error(transparent)]
+    Traffic(#[from] TrafficError),
     /// The current-map file names a route the traffic matrix does not have,
     /// or names one twice.
     #[error("{}: route {route}: {reason}", path.display())]
@@ -211,7 +198,7 @@ pub fn parse_traffic(
     weights: Weights,
 ) -> Result<Problem, PlanError> {
     let gateways: Vec<Gateway> = json(gateways_path, gateways)?;
-    let matrix = parse_matrix(traffic_path, traffic)?;
+    let matrix = traffic::parse_csv(traffic_path, traffic)?;
     let mut routes: Vec<Route> = if pairs {
         matrix
             .hosts
@@ -310,149 +297,6 @@ pub fn parse_traffic(
     })
 }
 
-/// The patent's traffic matrix: `cells[host][target]`, bytes per interval.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Matrix {
-    /// Target (storage entity) addresses, the header row.
-    pub targets: Vec<IpAddr>,
-    /// Host addresses, the first column.
-    pub hosts: Vec<IpAddr>,
-    /// One row per host, one cell per target.
-    pub cells: Vec<Vec<f64>>,
-}
-
-impl Matrix {
-    /// Every cell as (host, target, bytes), row by row.
-    pub fn entries(&self) -> impl Iterator<Item = (IpAddr, IpAddr, f64)> + '_ {
-        self.hosts
-            .iter()
-            .zip(&self.cells)
-            .flat_map(|(&h, row)| self.targets.iter().zip(row).map(move |(&t, &b)| (h, t, b)))
-    }
-}
-
-/// Parses the traffic matrix CSV `text` read from `path` (named in errors):
-/// first row target addresses after a corner cell, first column host
-/// addresses, cells bytes in the interval (finite, ≥ 0); `#` starts a
-/// comment line. `sanlb plan --traffic` and `sanlb controller --traffic` read
-/// it.
-pub fn parse_matrix(path: &Path, text: &str) -> Result<Matrix, PlanError> {
-    let err = |line: u64, reason: String| PlanError::Csv {
-        path: path.to_owned(),
-        line,
-        reason,
-    };
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .trim(csv::Trim::All)
-        .comment(Some(b'#'))
-        .from_reader(text.as_bytes());
-    let mut records = reader.records();
-    let header = match records.next() {
-        Some(r) => r.map_err(|source| PlanError::CsvSyntax {
-            path: path.to_owned(),
-            source,
-        })?,
-        None => {
-            return Err(err(
-                1,
-                "empty: expected a header row of target addresses".into(),
-            ));
-        }
-    };
-    let line_of = |r: &csv::StringRecord| r.position().map_or(0, csv::Position::line);
-    let mut targets = Vec::new();
-    for (j, cell) in header.iter().enumerate().skip(1) {
-        let target: IpAddr = cell.parse().map_err(|_| {
-            err(
-                line_of(&header),
-                format!("column {}: {cell:?} is not an IP address", j + 1),
-            )
-        })?;
-        if targets.contains(&target) {
-            return Err(err(
-                line_of(&header),
-                format!("target {target} listed twice"),
-            ));
-        }
-        targets.push(target);
-    }
-    if targets.is_empty() {
-        return Err(err(line_of(&header), "no target columns".into()));
-    }
-    let (mut hosts, mut cells, mut seen) = (Vec::new(), Vec::new(), HashSet::new());
-    for record in records {
-        let record = record.map_err(|source| PlanError::CsvSyntax {
-            path: path.to_owned(),
-            source,
-        })?;
-        let line = line_of(&record);
-        let host_cell = record.get(0).unwrap_or_default();
-        let host: IpAddr = host_cell
-            .parse()
-            .map_err(|_| err(line, format!("{host_cell:?} is not a host IP address")))?;
-        if !seen.insert(host) {
-            return Err(err(line, format!("host {host} listed twice")));
-        }
-        let row = record
-            .iter()
-            .skip(1)
-            .zip(&targets)
-            .map(|(cell, target)| match cell.parse::<f64>() {
-                Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-                _ => Err(err(
-                    line,
-                    format!(
-                        "route {host}→{target}: {cell:?} is not a byte count (a finite number ≥ 0)"
-                    ),
-                )),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        hosts.push(host);
-        cells.push(row);
-    }
-    Ok(Matrix {
-        targets,
-        hosts,
-        cells,
-    })
-}
-
-/// The map in force: per-gateway loads of the routes that have a current
-/// gateway, and its var_norm and cost (no moves by definition).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Before {
-    /// Load per gateway.
-    pub loads: Vec<f64>,
-    /// Its normalised variance over the live gateways.
-    pub var_norm: f64,
-    /// `w_var · var_norm`.
-    pub cost: f64,
-    /// Routes without a current gateway (not counted in the loads).
-    pub unplaced: usize,
-}
-
-/// The figures of the map in force of `p`.
-pub fn before(p: &Problem) -> Before {
-    let index = p.gateway_index();
-    let mut loads = vec![0.0; p.gateways.len()];
-    let mut unplaced = 0;
-    for r in &p.routes {
-        match r.current.as_deref().and_then(|c| index.get(c)) {
-            Some(&g) => loads[g] += r.rate,
-            None => unplaced += 1,
-        }
-    }
-    let capacity: Vec<f64> = p.gateways.iter().map(|g| g.capacity).collect();
-    let v = var_norm(&loads, &capacity);
-    Before {
-        loads,
-        var_norm: v,
-        cost: p.w_var * v,
-        unplaced,
-    }
-}
-
 /// The `--json` output.
 #[derive(Serialize)]
 struct Output<'a> {
@@ -522,7 +366,7 @@ fn bar(value: f64, max: f64) -> String {
 /// The plan for a person: loads before and after with bars, the moves, the
 /// figures before and after, the solver and whether the result is proven.
 pub fn render_table(p: &Problem, s: &Solution) -> String {
-    let b = before(p);
+    let b = in_force(p);
     let util = |l: f64, c: f64| if c > 0.0 { l / c } else { 0.0 };
     let max_util = p
         .gateways

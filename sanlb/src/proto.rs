@@ -35,6 +35,11 @@ pub const MAX_NAME_LEN: usize = 64;
 pub const MAX_BOOT_ID_LEN: usize = 64;
 /// Longest long-poll the controller grants.
 pub const MAX_WAIT_MS: u64 = 60_000;
+/// Largest generation: 2⁵³, exact in every JSON implementation. A report
+/// claiming more is refused, and the controller never goes past it.
+pub const MAX_GENERATION: u64 = 1 << 53;
+/// Largest relative capacity a gateway may declare.
+pub const MAX_CAPACITY: f64 = 1e6;
 
 /// One (initiator, target) flow's cumulative counters.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +98,84 @@ fn default_capacity() -> f64 {
     1.0
 }
 
+/// Why a report is refused before anything is counted: a field has a value
+/// the protocol does not allow.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ReportError {
+    /// The field.
+    pub field: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Checks a gateway name: 1–[`MAX_NAME_LEN`] characters of `[A-Za-z0-9._-]`.
+pub fn valid_gateway_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+impl Report {
+    /// Checks every field against the limits above; the counters' own
+    /// consistency is checked when they are turned into deltas.
+    pub fn validate(&self) -> Result<(), ReportError> {
+        let invalid = |field, message: String| Err(ReportError { field, message });
+        if !valid_gateway_name(&self.gateway) {
+            return invalid(
+                "gateway",
+                format!(
+                    "{:?}: 1–{MAX_NAME_LEN} characters of [A-Za-z0-9._-]",
+                    self.gateway
+                ),
+            );
+        }
+        if self.boot_id.is_empty()
+            || self.boot_id.len() > MAX_BOOT_ID_LEN
+            || !self.boot_id.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return invalid(
+                "boot_id",
+                format!("1–{MAX_BOOT_ID_LEN} printable ASCII characters"),
+            );
+        }
+        if !self.capacity.is_finite() || self.capacity <= 0.0 || self.capacity > MAX_CAPACITY {
+            return invalid(
+                "capacity",
+                format!("{} is not in (0, {MAX_CAPACITY:e}]", self.capacity),
+            );
+        }
+        if self.applied > MAX_GENERATION {
+            return invalid("applied", format!("{} is absurd (> 2^53)", self.applied));
+        }
+        if self.flows.len() > MAX_FLOWS_PER_REPORT {
+            return invalid(
+                "flows",
+                format!("{} flows, at most {MAX_FLOWS_PER_REPORT}", self.flows.len()),
+            );
+        }
+        if self.owned.len() > MAX_OWNED_PER_REPORT {
+            return invalid(
+                "owned",
+                format!(
+                    "{} addresses, at most {MAX_OWNED_PER_REPORT}",
+                    self.owned.len()
+                ),
+            );
+        }
+        if let Some(a) = self
+            .owned
+            .iter()
+            .find(|a| a.is_unspecified() || a.is_multicast() || a.is_loopback())
+        {
+            return invalid("owned", format!("{a} cannot be a storage address"));
+        }
+        Ok(())
+    }
+}
+
 /// The controller's answer to a report.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,7 +202,7 @@ pub struct Share {
 }
 
 /// Unit of assignment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// A storage entity (its address): what address ownership enforces.

@@ -98,7 +98,7 @@ impl Api {
         st.report_errors.clear();
         (
             st,
-            c.counters().reports,
+            c.events().reports,
             serde_json::to_value(c.saved()).unwrap(),
         )
     }

@@ -53,7 +53,7 @@ impl Lab {
     }
 
     fn moves(&self) -> u64 {
-        self.server.state().lock().counters().moves
+        self.server.state().lock().events().moves
     }
 
     /// Waits for a balanced map with every address held once, then for the
@@ -280,7 +280,7 @@ async fn controller_down_changes_nothing_and_restart_keeps_generation_and_map() 
             .all(|g| g.alive && g.applied >= before.generation)
     );
     assert_eq!(world.all_held(), held);
-    assert_eq!(server.state().lock().counters().moves, 0);
+    assert_eq!(server.state().lock().events().moves, 0);
     assert!(world.violations().is_empty(), "{:?}", world.violations());
     for (_, a) in agents {
         a.kill().await;

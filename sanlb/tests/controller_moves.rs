@@ -12,9 +12,8 @@ use std::{
 
 use controller_fakes::{HOST, config, target};
 use sanlb::{
-    controller::{Config, Controller, Trigger, solve, store::Store},
+    controller::{Config, Controller, Trigger, store::Store},
     proto::{EnforceCounters, Flow, Mode, Ownership, Report},
-    stats::TrafficMatrix,
 };
 
 const LEASE: Duration = Duration::from_millis(900);
@@ -110,11 +109,11 @@ impl Sim {
     }
 
     fn rebalance(&mut self, trigger: Trigger) -> bool {
-        let Some(plan) = self.c.plan(trigger) else {
+        let Some(job) = self.c.start_rebalance(trigger) else {
             return false;
         };
-        let (sol, took) = solve(&plan).unwrap();
-        self.c.adopt(&plan, &sol, took, self.now).adopted
+        let (sol, took) = job.solve().unwrap();
+        self.c.finish_rebalance(&job, &sol, took, self.now).adopted
     }
 }
 
@@ -204,7 +203,7 @@ fn a_dead_old_owner_is_bypassed_after_the_lease() {
         s.c.expire(s.now);
     }
     assert!(matches!(s.owner(t), Ownership::Owned { ref gateway } if gateway == "gw2"));
-    assert_eq!(s.c.counters().bypassed, 1);
+    assert_eq!(s.c.events().bypassed, 1);
     // Failover takes gw1's other route too, at once.
     assert!(s.c.expire(s.now));
     assert!(s.rebalance(Trigger::Failover));
@@ -228,7 +227,7 @@ fn an_alive_owner_that_does_not_release_keeps_the_route() {
         s.c.expire(s.now);
     }
     assert!(matches!(s.owner(t), Ownership::Owned { ref gateway } if gateway == "gw1"));
-    assert_eq!(s.c.counters().abandoned, 1);
+    assert_eq!(s.c.events().abandoned, 1);
     assert!(s.share("gw1").unwrap().contains(&t));
     assert!(!s.share("gw2").unwrap().contains(&t));
 }
@@ -286,8 +285,8 @@ fn a_lost_state_catches_up_with_the_gateways() {
 fn a_priori_traffic_seeds_or_replaces_the_measured_rates() {
     let csv = "host,198.18.1.1,198.18.1.2\n198.18.0.10,3000,600\n";
     let mut cfg = config(&[]);
-    let matrix = sanlb::plan::parse_matrix(std::path::Path::new("traffic.csv"), csv).unwrap();
-    cfg.traffic = Some(TrafficMatrix::from(&matrix));
+    let matrix = sanlb::traffic::parse_csv(std::path::Path::new("traffic.csv"), csv).unwrap();
+    cfg.traffic = Some(matrix);
     // Bytes per 300 ms interval → bytes/s.
     let mut seeded = Sim::new(cfg.clone(), None);
     let rates = seeded.c.rates();

@@ -196,7 +196,7 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
                 self.last_read_ms = self.started.elapsed().as_millis() as u64;
             }
             Err(e) => {
-                tracing::warn!(error = %crate::dataplane::error_chain(&e), "reading the counters failed: resending the last ones");
+                tracing::warn!(error = %crate::error_chain(&e), "reading the counters failed: resending the last ones");
             }
         }
         // What it holds is what acknowledges a release: never guess it (an
@@ -258,7 +258,7 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
         let report = match reconcile(&self.owner, &want).instrument(span).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(generation, error = %crate::dataplane::error_chain(&e), "share not applied");
+                tracing::error!(generation, error = %crate::error_chain(&e), "share not applied");
                 self.enforce.failed += 1;
                 return false;
             }
@@ -310,7 +310,7 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
                         }
                         Err(e) => {
                             if !unreachable {
-                                tracing::warn!(error = %crate::dataplane::error_chain(&e), "no report: keeping the addresses held, counting on");
+                                tracing::warn!(error = %crate::error_chain(&e), "no report: keeping the addresses held, counting on");
                                 unreachable = true;
                             }
                         }
@@ -322,7 +322,7 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
                             if self.apply(&share).await
                                 && let Err(e) = self.cycle().await
                             {
-                                tracing::debug!(error = %crate::dataplane::error_chain(&e), "acknowledging failed");
+                                tracing::debug!(error = %crate::error_chain(&e), "acknowledging failed");
                             }
                             Duration::ZERO
                         }

@@ -63,7 +63,7 @@ fn number(v: f64) -> String {
 /// The exposition.
 pub fn render(c: &Controller, now: Instant) -> String {
     let st = c.status(now);
-    let k = c.counters();
+    let k = c.events();
     let mut o = Out(String::with_capacity(4096));
     o.one(
         "sanlb_generation",
@@ -81,7 +81,7 @@ pub fn render(c: &Controller, now: Instant) -> String {
         "sanlb_window_samples",
         "gauge",
         "Interval samples in the rate window.",
-        c.stats.samples() as f64,
+        c.window_samples() as f64,
     );
 
     o.head(

@@ -6,9 +6,8 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, task::JoinHandle, time::Instant};
 
 use super::{
-    Controller, ControllerError, Plan, Trigger,
+    Controller, ControllerError, Rebalance, Trigger,
     http::{self, AppState},
-    solve,
 };
 
 /// A running controller.
@@ -78,7 +77,7 @@ impl Server {
             abort.abort();
         }
         if let Err(e) = self.state.lock().save() {
-            tracing::error!(error = %crate::dataplane::error_chain(&e), "saving the state on shutdown");
+            tracing::error!(error = %crate::error_chain(&e), "saving the state on shutdown");
         }
     }
 }
@@ -100,14 +99,14 @@ async fn timers(state: Arc<AppState>) {
                     let now = std::time::Instant::now();
                     c.expire(now);
                     c.close_interval();
-                    c.plan(Trigger::Interval)
+                    c.start_rebalance(Trigger::Interval)
                 };
                 run(&state, plan).await;
             }
             _ = lease.tick() => {
                 let plan = {
                     let mut c = state.lock();
-                    if c.expire(std::time::Instant::now()) { c.plan(Trigger::Failover) } else { None }
+                    if c.expire(std::time::Instant::now()) { c.start_rebalance(Trigger::Failover) } else { None }
                 };
                 run(&state, plan).await;
             }
@@ -115,19 +114,19 @@ async fn timers(state: Arc<AppState>) {
     }
 }
 
-async fn run(state: &Arc<AppState>, plan: Option<Plan>) {
-    let Some(plan) = plan else { return };
+async fn run(state: &Arc<AppState>, job: Option<Rebalance>) {
+    let Some(job) = job else { return };
     // The solver is CPU-bound and time-limited: off the async workers.
     let solved = tokio::task::spawn_blocking(move || {
-        let r = solve(&plan);
-        (plan, r)
+        let r = job.solve();
+        (job, r)
     })
     .await;
     match solved {
-        Ok((plan, Ok((solution, took)))) => {
+        Ok((job, Ok((solution, took)))) => {
             state
                 .lock()
-                .adopt(&plan, &solution, took, std::time::Instant::now());
+                .finish_rebalance(&job, &solution, took, std::time::Instant::now());
         }
         Ok((_, Err(e))) => tracing::error!(error = %e, "the optimiser refused the problem"),
         Err(e) => tracing::error!(error = %e, "the optimiser panicked"),

@@ -131,7 +131,7 @@ pub enum DataplaneError {
 type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 
 /// How to attach XDP.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpAttachMode {
     /// Driver (native) mode where the NIC supports it, else generic.
@@ -267,7 +267,7 @@ impl Dataplane {
             XdpAttachMode::Auto => match attach_xdp(xdp, &iface, XdpMode::Driver) {
                 Ok(()) => XdpModeUsed::Driver,
                 Err(driver_err) => {
-                    tracing::info!(iface, error = %error_chain(&driver_err), "driver-mode XDP refused, trying generic mode");
+                    tracing::info!(iface, error = %crate::error_chain(&driver_err), "driver-mode XDP refused, trying generic mode");
                     attach_xdp(xdp, &iface, XdpMode::Skb)?;
                     XdpModeUsed::Generic
                 }
@@ -662,18 +662,6 @@ fn is_bpffs(path: &Path) -> bool {
         let mut st: libc::statfs = std::mem::zeroed();
         libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
     }
-}
-
-/// `a: b: c` for an error and its sources.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! `w_var · var_norm + w_change · moves` for a traffic matrix.
 //!
 //! Pure computation: no I/O, no global state; the only outside input is the
-//! clock, for time limits. `sanlb plan` and the controller call [`solve`].
+//! clock, for time limits. `sanlb plan` and the controller call [`solve`],
+//! the one entry point.
 //!
 //! Definitions (docs/optimiser.md explains them for operators):
 //! - load of gateway g = sum of the rates of the routes assigned to g;
@@ -112,9 +113,7 @@ impl Problem {
 }
 
 /// Which algorithm to run.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Solver {
     /// Exact while it finishes in the time limit, else the heuristics.
@@ -414,9 +413,152 @@ pub fn evaluate(p: &Problem, assignment: &[usize]) -> Result<Evaluation, Optimiz
     Ok(c.evaluate(assignment))
 }
 
-/// Finds the best map `o` allows for `p`.
+/// The map in force of a problem (every route on its `current` gateway):
+/// its loads, var_norm and cost. `sanlb plan` prints it as "before", the
+/// controller compares a proposal with it and shows it in its status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InForce {
+    /// Load per gateway (routes on a drained gateway count for it).
+    pub loads: Vec<f64>,
+    /// Normalised variance over the gateways with capacity > 0.
+    pub var_norm: f64,
+    /// `w_var · var_norm` (no moves, by definition).
+    pub cost: f64,
+    /// Routes without a current gateway (not counted in the loads).
+    pub unplaced: usize,
+    /// Routes whose current gateway is drained (capacity 0: dead or drained).
+    pub stranded: usize,
+}
+
+impl InForce {
+    /// Every route sits on a live gateway: the map in force is a valid
+    /// assignment, so its cost can be compared with a proposal's.
+    pub fn complete(&self) -> bool {
+        self.unplaced == 0 && self.stranded == 0
+    }
+}
+
+/// The figures of the map in force of `p`.
+pub fn in_force(p: &Problem) -> InForce {
+    let index = p.gateway_index();
+    let mut loads = vec![0.0; p.gateways.len()];
+    let (mut unplaced, mut stranded) = (0, 0);
+    for r in &p.routes {
+        match r.current.as_deref().and_then(|c| index.get(c)) {
+            Some(&g) => {
+                loads[g] += r.rate;
+                if p.gateways[g].capacity <= 0.0 {
+                    stranded += 1;
+                }
+            }
+            None => unplaced += 1,
+        }
+    }
+    let capacity: Vec<f64> = p.gateways.iter().map(|g| g.capacity).collect();
+    let v = var_norm(&loads, &capacity);
+    InForce {
+        loads,
+        var_norm: v,
+        cost: p.w_var * v,
+        unplaced,
+        stranded,
+    }
+}
+
+/// Finds the best map `o` allows for `p`: the one entry point of
+/// `sanlb plan` and of the controller, so both return the same map for the
+/// same problem.
+///
+/// When some routes have a current gateway, two candidates are scored on
+/// the same objective: the solver started from the map in force, and the
+/// solver from scratch (no current gateway), its gateways renamed to
+/// overlap the map in force most, whose moves are then counted. A
+/// change-aware heuristic stays close to the map it starts from and can
+/// settle in a local optimum; the fresh start escapes it when the gain pays
+/// for the moves. The cheaper wins (the first on a tie). The time limit is
+/// shared: the first start gets half, the second what is left; a first
+/// start proven optimal ends the search.
 pub fn solve(p: &Problem, o: &Options) -> Result<Solution, OptimizeError> {
-    Ok(solve_compiled(&Compiled::new(p)?, o))
+    let started = std::time::Instant::now();
+    let c = Compiled::new(p)?;
+    if c.current.iter().all(Option::is_none) {
+        return Ok(solve_compiled(&c, o));
+    }
+    let half = Options {
+        time_limit: o.time_limit / 2,
+        ..o.clone()
+    };
+    let near = solve_compiled(&c, &half);
+    if near.optimal {
+        return Ok(near);
+    }
+    let mut scratch = c.clone();
+    scratch.current.iter_mut().for_each(|g| *g = None);
+    let rest = Options {
+        time_limit: o.time_limit.saturating_sub(started.elapsed()),
+        ..o.clone()
+    };
+    let mut fresh = solve_compiled(&scratch, &rest);
+    relabel(&c, &mut fresh.assignment);
+    let scored = c.evaluate(&fresh.assignment);
+    if scored.cost < near.cost - 1e-12 {
+        Ok(Solution {
+            cost: scored.cost,
+            var_norm: scored.var_norm,
+            moves: scored.moves,
+            loads: scored.loads,
+            optimal: false,
+            ..fresh
+        })
+    } else {
+        Ok(near)
+    }
+}
+
+/// Renames the gateways of a map made from scratch to keep as many routes
+/// as possible where they are: a map from scratch is only defined up to a
+/// permutation of gateways of equal capacity, and the permutation that
+/// overlaps most with the map in force moves least. Greedy matching by
+/// overlap (largest first); loads are only permuted among equal capacities
+/// and allowed sets are respected, so the map stays valid and var_norm
+/// does not change.
+fn relabel(c: &Compiled, assignment: &mut [usize]) {
+    let k = c.capacity.len();
+    let mut overlap = vec![0usize; k * k];
+    for (r, &b) in assignment.iter().enumerate() {
+        if let Some(g) = c.current[r] {
+            overlap[b * k + g] += 1;
+        }
+    }
+    let same = |a: usize, b: usize| c.capacity[a].to_bits() == c.capacity[b].to_bits();
+    let mut pairs: Vec<(usize, usize, usize)> = (0..k)
+        .flat_map(|b| (0..k).map(move |g| (b, g)))
+        .filter(|&(b, g)| overlap[b * k + g] > 0 && same(b, g))
+        .map(|(b, g)| (overlap[b * k + g], b, g))
+        .collect();
+    pairs.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
+    let mut perm: Vec<Option<usize>> = vec![None; k];
+    let mut taken = vec![false; k];
+    for (_, b, g) in pairs {
+        if perm[b].is_none() && !taken[g] {
+            perm[b] = Some(g);
+            taken[g] = true;
+        }
+    }
+    for (b, slot) in perm.iter_mut().enumerate() {
+        if slot.is_none() {
+            // A bin's own capacity class always has a free member left.
+            let g = (0..k).find(|&g| !taken[g] && same(b, g)).unwrap_or(b);
+            *slot = Some(g);
+            taken[g] = true;
+        }
+    }
+    let renamed: Vec<usize> = assignment.iter().map(|&a| perm[a].unwrap_or(a)).collect();
+    // Reachability is per route: a renaming that breaks an allowed set is
+    // not a renaming of the same map; keep the map as solved then.
+    if c.check(&renamed).is_ok() {
+        assignment.copy_from_slice(&renamed);
+    }
 }
 
 /// Routes the exact search may be tried on by `auto`, at most (not counting

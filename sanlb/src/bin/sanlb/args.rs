@@ -2,7 +2,7 @@
 
 use std::{net::IpAddr, net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use sanlb::{dataplane::XdpAttachMode, optimize::Solver, proto::Mode};
 use sanlb_common::{DEFAULT_ISCSI_PORT, DEFAULT_MAX_FLOWS};
@@ -26,11 +26,85 @@ pub enum Command {
     /// What a controller knows: gateways, the map, the last rebalances.
     Status(StatusArgs),
     /// The best gateway map for a traffic matrix given a priori.
-    Plan(crate::plan::PlanArgs),
+    Plan(PlanArgs),
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (say 1s, 200ms, 2m)"))
+/// The one duration grammar of every flag (sanlb_common::duration): `2.5`
+/// (seconds), `250ms`, `1.5s`, `2m`, `1h30m`.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    sanlb_common::duration::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
+}
+
+// The library's enums know nothing of clap: these mirror them for the
+// command line and convert at this one contact point.
+
+/// `--mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// A storage entity (its address): what address ownership enforces.
+    Target,
+    /// A (host, target) pair.
+    Pair,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Target => Mode::Target,
+            ModeArg::Pair => Mode::Pair,
+        }
+    }
+}
+
+/// `--solver`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SolverArg {
+    /// Exact while it finishes in the time limit, else the heuristics.
+    Auto,
+    /// Exhaustive search with pruning; proves optimality.
+    Exact,
+    /// Change-aware longest-processing-time first.
+    Greedy,
+    /// Simulated annealing.
+    Anneal,
+    /// Genetic algorithm.
+    Genetic,
+    /// Tabu search.
+    Tabu,
+}
+
+impl From<SolverArg> for Solver {
+    fn from(s: SolverArg) -> Self {
+        match s {
+            SolverArg::Auto => Solver::Auto,
+            SolverArg::Exact => Solver::Exact,
+            SolverArg::Greedy => Solver::Greedy,
+            SolverArg::Anneal => Solver::Anneal,
+            SolverArg::Genetic => Solver::Genetic,
+            SolverArg::Tabu => Solver::Tabu,
+        }
+    }
+}
+
+/// `--xdp-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum XdpModeArg {
+    /// Driver mode where the NIC supports it, else generic.
+    Auto,
+    /// Native (driver) XDP only.
+    Driver,
+    /// Generic (skb) XDP only.
+    Generic,
+}
+
+impl From<XdpModeArg> for XdpAttachMode {
+    fn from(m: XdpModeArg) -> Self {
+        match m {
+            XdpModeArg::Auto => XdpAttachMode::Auto,
+            XdpModeArg::Driver => XdpAttachMode::Driver,
+            XdpModeArg::Generic => XdpAttachMode::Generic,
+        }
+    }
 }
 
 /// Where the data plane lives.
@@ -55,8 +129,8 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = DEFAULT_MAX_FLOWS)]
     pub max_flows: u32,
     /// XDP attach mode.
-    #[arg(long, value_enum, default_value_t = XdpAttachMode::Auto)]
-    pub xdp_mode: XdpAttachMode,
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    pub xdp_mode: XdpModeArg,
     /// Leave the maps pinned on exit (the programs are detached either way).
     #[arg(long)]
     pub keep_pins: bool,
@@ -114,8 +188,8 @@ pub struct ControllerArgs {
     #[arg(long, value_parser = duration, default_value = "3s")]
     pub lease: Duration,
     /// Unit of assignment.
-    #[arg(long, value_enum, default_value_t = Mode::Target)]
-    pub mode: Mode,
+    #[arg(long, value_enum, default_value_t = ModeArg::Target)]
+    pub mode: ModeArg,
     /// Address range of storage entities (repeatable): targets inside are managed.
     #[arg(long = "storage", value_name = "CIDR")]
     pub storage: Vec<IpNet>,
@@ -129,8 +203,8 @@ pub struct ControllerArgs {
     #[arg(long, requires = "traffic")]
     pub traffic_replace: bool,
     /// Optimiser algorithm.
-    #[arg(long, value_enum, default_value_t = Solver::Auto)]
-    pub solver: Solver,
+    #[arg(long, value_enum, default_value_t = SolverArg::Auto)]
+    pub solver: SolverArg,
     /// Time limit of one optimisation.
     #[arg(long, value_parser = duration, default_value = "1s")]
     pub time_limit: Duration,
@@ -157,6 +231,59 @@ pub struct CountersArgs {
     #[command(flatten)]
     pub dp: DataplaneArgs,
     /// JSON array of objects instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    group(ArgGroup::new("input").required(true).args(["problem", "traffic"])),
+    after_help = "\
+Inputs (docs/optimiser.md and docs/examples/ have samples):
+  --problem FILE    JSON: {\"gateways\":[{\"name\":\"gw1\",\"capacity\":1.0}],
+                    \"routes\":[{\"target\":\"198.18.1.50\",\"host\":null,\"rate\":1200.5,
+                    \"current\":\"gw1\",\"allowed\":[\"gw1\",\"gw2\"]}],\"w_var\":1.0,\"w_change\":0.01}
+  --traffic FILE    CSV: first row the target addresses (after a corner cell), first
+                    column the host addresses, cells the bytes in the interval
+  --gateways FILE   JSON array: [{\"name\":\"gw1\",\"capacity\":1.0}, ...] (capacity
+                    defaults to 1.0; 0 = drained)
+  --current FILE    JSON array: [{\"target\":\"198.18.1.50\",\"host\":null,\"gateway\":\"gw1\"}, ...]
+                    or the output of a previous `sanlb plan --json`
+
+Exit status: 0 planned, 2 bad input (the message names the file, route and reason)."
+)]
+pub struct PlanArgs {
+    /// The problem as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub problem: Option<PathBuf>,
+    /// The traffic matrix as CSV (needs --gateways).
+    #[arg(long, value_name = "FILE.csv", requires = "gateways")]
+    pub traffic: Option<PathBuf>,
+    /// The gateways as JSON (with --traffic).
+    #[arg(long, value_name = "FILE", requires = "traffic")]
+    pub gateways: Option<PathBuf>,
+    /// The map in force as JSON (with --traffic).
+    #[arg(long, value_name = "FILE", requires = "traffic")]
+    pub current: Option<PathBuf>,
+    /// One route per (host, target) pair instead of per target (with --traffic).
+    #[arg(long, requires = "traffic")]
+    pub pairs: bool,
+    /// The algorithm.
+    #[arg(long, value_enum, default_value_t = SolverArg::Auto)]
+    pub solver: SolverArg,
+    /// Weight of the normalised variance [default: the file's, else 1].
+    #[arg(long, value_name = "W", allow_negative_numbers = true)]
+    pub w_var: Option<f64>,
+    /// Weight of one move [default: the file's, else 0.01].
+    #[arg(long, value_name = "W", allow_negative_numbers = true)]
+    pub w_change: Option<f64>,
+    /// Longest search, e.g. 1s, 250ms, 2.5 (seconds).
+    #[arg(long, value_name = "TIME", default_value = "1s", value_parser = duration)]
+    pub time_limit: Duration,
+    /// Seed of the randomised heuristics.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// JSON instead of tables.
     #[arg(long)]
     pub json: bool,
 }

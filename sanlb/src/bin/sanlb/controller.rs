@@ -4,9 +4,10 @@ use std::{path::Path, process::ExitCode};
 
 use anyhow::Context as _;
 use sanlb::{
+    controller::ConfigError,
     controller::{Config, Controller, server::Server, store::Store},
     optimize::Options,
-    stats,
+    traffic,
 };
 
 use crate::args::ControllerArgs;
@@ -33,9 +34,9 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         Some(p) => {
             let parsed = std::fs::read_to_string(p)
                 .map_err(|e| format!("{}: {e}", p.display()))
-                .and_then(|text| sanlb::plan::parse_matrix(p, &text).map_err(|e| e.to_string()));
+                .and_then(|text| traffic::parse_csv(p, &text).map_err(|e| e.to_string()));
             match parsed {
-                Ok(matrix) => Some(stats::TrafficMatrix::from(&matrix)),
+                Ok(matrix) => Some(matrix),
                 Err(e) => {
                     eprintln!("sanlb: {e}");
                     return Ok(ExitCode::from(2));
@@ -50,19 +51,19 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         w_change: args.w_change,
         min_gain: args.min_gain,
         lease: args.lease,
-        mode: args.mode,
+        mode: args.mode.into(),
         storage: args.storage,
         targets: args.targets,
         traffic,
         traffic_replace: args.traffic_replace,
         solver: Options {
-            solver: args.solver,
+            solver: args.solver.into(),
             time_limit: args.time_limit,
             seed: args.seed,
         },
     };
     if let Err(e) = cfg.validate() {
-        eprintln!("sanlb: {e}");
+        eprintln!("sanlb: {}", flag_error(&e));
         return Ok(ExitCode::from(2));
     }
     let controller = Controller::new(
@@ -87,4 +88,17 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A configuration error in the words of the command line: the library
+/// names settings (`min_gain`), the command line has flags (`--min-gain`).
+fn flag_error(e: &ConfigError) -> String {
+    match e {
+        ConfigError::Invalid { setting, message } => {
+            format!("--{} {message}", setting.replace('_', "-"))
+        }
+        ConfigError::NothingToManage => {
+            "nothing to manage: give --storage, --target or --traffic".into()
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! The statistical server's arithmetic: cumulative counters → deltas →
+//! The statistical server's arithmetic (the controller's only helper for it): cumulative counters → deltas →
 //! per-interval rates → a sliding window → the traffic matrix.
 //!
 //! Rate model: every interval yields one sample of the matrix (bytes/s per
@@ -35,7 +35,6 @@ use std::{
 };
 
 use rustc_hash::FxHashMap;
-use serde::{Deserialize, Serialize};
 
 use crate::proto::Report;
 
@@ -50,9 +49,9 @@ pub const WRAP_WINDOW: u64 = 1 << 48;
 /// Boot ids remembered per gateway to recognise late reports of old boots.
 const RETIRED_BOOTS: usize = 8;
 
-/// Errors of the statistics.
+/// Why a report's counters are refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum StatsError {
+pub enum RatesError {
     /// A delta that no link can carry.
     #[error("flow {initiator}→{target}: {field} grew by {delta} in {span_ms} ms (over {max} bytes/s)", max = MAX_RATE)]
     Absurd {
@@ -118,7 +117,7 @@ struct Source {
 
 /// Deltas, windows and the measured traffic matrix.
 #[derive(Debug)]
-pub struct Stats {
+pub struct Rates {
     window: usize,
     sources: HashMap<String, Source>,
     samples: VecDeque<HashMap<FlowKey, f64>>,
@@ -135,7 +134,7 @@ pub fn counter_delta(old: u64, new: u64) -> u64 {
     }
 }
 
-impl Stats {
+impl Rates {
     /// Mean over `window` (≥ 1) intervals.
     pub fn new(window: usize) -> Self {
         Self {
@@ -147,7 +146,7 @@ impl Stats {
     }
 
     /// Turns a report into deltas. On error nothing changes.
-    pub fn ingest(&mut self, r: &Report) -> Result<Ingest, StatsError> {
+    pub fn ingest(&mut self, r: &Report) -> Result<Ingest, RatesError> {
         let src = self.sources.entry(r.gateway.clone()).or_default();
         if src.retired.contains(&r.boot_id) {
             return Ok(Ingest::Stale);
@@ -159,7 +158,7 @@ impl Stats {
                 .insert(key, [f.to_target_bytes, f.to_initiator_bytes])
                 .is_some()
             {
-                return Err(StatsError::DuplicateFlow {
+                return Err(RatesError::DuplicateFlow {
                     initiator: f.initiator,
                     target: f.target,
                 });
@@ -183,7 +182,7 @@ impl Stats {
             return Ok(Ingest::Stale);
         }
         if r.uptime_ms < src.uptime_ms {
-            return Err(StatsError::UptimeBackwards {
+            return Err(RatesError::UptimeBackwards {
                 boot_id: r.boot_id.clone(),
                 previous: src.uptime_ms,
                 now: r.uptime_ms,
@@ -201,7 +200,7 @@ impl Stats {
             {
                 let delta = counter_delta(before[i], now[i]);
                 if delta as f64 > limit {
-                    return Err(StatsError::Absurd {
+                    return Err(RatesError::Absurd {
                         initiator: key.0,
                         target: key.1,
                         field,
@@ -295,42 +294,6 @@ impl Stats {
     }
 }
 
-/// An a-priori traffic matrix.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct TrafficMatrix {
-    /// Bytes per interval per (host, target).
-    pub cells: Vec<(IpAddr, IpAddr, f64)>,
-}
-
-impl From<&crate::plan::Matrix> for TrafficMatrix {
-    fn from(m: &crate::plan::Matrix) -> Self {
-        Self {
-            cells: m.entries().collect(),
-        }
-    }
-}
-
-impl TrafficMatrix {
-    /// The matrix in bytes/s, for an interval of `interval_s` seconds.
-    pub fn rates(&self, interval_s: f64) -> HashMap<FlowKey, f64> {
-        self.cells
-            .iter()
-            .map(|&(h, t, b)| ((h, t), b / interval_s))
-            .collect()
-    }
-
-    /// Target addresses, in order of appearance.
-    pub fn targets(&self) -> Vec<IpAddr> {
-        let mut seen = Vec::new();
-        for &(_, t, _) in &self.cells {
-            if !seen.contains(&t) {
-                seen.push(t);
-            }
-        }
-        seen
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,13 +321,13 @@ mod tests {
         }
     }
 
-    fn rate(s: &Stats) -> f64 {
+    fn rate(s: &Rates) -> f64 {
         s.matrix().get(&(H, T)).copied().unwrap_or(0.0)
     }
 
     #[test]
     fn deltas_over_agent_time() {
-        let mut s = Stats::new(1);
+        let mut s = Rates::new(1);
         assert_eq!(
             s.ingest(&report("a", 0, 1000, 100, 0)).unwrap(),
             Ingest::Baseline
@@ -384,7 +347,7 @@ mod tests {
 
     #[test]
     fn duplicates_and_reordering_count_once() {
-        let mut s = Stats::new(1);
+        let mut s = Rates::new(1);
         s.ingest(&report("a", 0, 0, 0, 0)).unwrap();
         s.ingest(&report("a", 2, 2000, 2000, 0)).unwrap();
         assert_eq!(
@@ -401,7 +364,7 @@ mod tests {
 
     #[test]
     fn restart_is_a_baseline_and_keeps_the_rate() {
-        let mut s = Stats::new(1);
+        let mut s = Rates::new(1);
         s.ingest(&report("a", 0, 0, 0, 0)).unwrap();
         s.ingest(&report("a", 1, 1000, 5000, 0)).unwrap();
         s.close_interval(|_| true);
@@ -432,7 +395,7 @@ mod tests {
         assert_eq!(counter_delta(u64::MAX - 9, 5), 15);
         assert_eq!(counter_delta(1_000_000, 300), 300);
         assert_eq!(counter_delta(7, 7), 0);
-        let mut s = Stats::new(1);
+        let mut s = Rates::new(1);
         s.ingest(&report("a", 0, 0, u64::MAX - 999, 0)).unwrap();
         s.ingest(&report("a", 1, 1000, 1000, 0)).unwrap();
         s.close_interval(|_| true);
@@ -441,13 +404,13 @@ mod tests {
 
     #[test]
     fn absurd_delta_is_refused_without_change() {
-        let mut s = Stats::new(1);
+        let mut s = Rates::new(1);
         s.ingest(&report("a", 0, 0, 0, 0)).unwrap();
         let e = s.ingest(&report("a", 1, 1000, 1 << 50, 0)).unwrap_err();
         assert!(
             matches!(
                 e,
-                StatsError::Absurd {
+                RatesError::Absurd {
                     field: "to_target_bytes",
                     ..
                 }
@@ -459,12 +422,12 @@ mod tests {
         s.close_interval(|_| true);
         assert_eq!(rate(&s), 2000.0);
         let e = s.ingest(&report("a", 3, 1500, 4000, 0)).unwrap_err();
-        assert!(matches!(e, StatsError::UptimeBackwards { .. }));
+        assert!(matches!(e, RatesError::UptimeBackwards { .. }));
     }
 
     #[test]
     fn window_is_a_mean_of_the_last_w_samples() {
-        let mut s = Stats::new(3);
+        let mut s = Rates::new(3);
         s.ingest(&report("a", 0, 0, 0, 0)).unwrap();
         let mut total = 0;
         for (i, r) in [300u64, 600, 900, 0].into_iter().enumerate() {

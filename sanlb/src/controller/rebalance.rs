@@ -1,0 +1,214 @@
+//! When and whether the controller adopts a new map: the problem it hands
+//! the optimiser (built off the lock, solved off the timer), and the
+//! decision on the proposal (adopt, keep, or drop as superseded), with its
+//! reason kept for status.
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant, SystemTime},
+};
+
+use super::{Controller, ownership::RouteKey};
+use crate::{
+    optimize::{self, Gateway, OptimizeError, Options, Problem, Route, Solution},
+    proto::{Mode, RebalanceRecord},
+};
+
+/// Rebalance decisions kept for status.
+pub(super) const HISTORY: usize = 32;
+
+/// Why a rebalance runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// The periodic one.
+    Interval,
+    /// Routes sit on dead gateways (or nowhere).
+    Failover,
+}
+
+impl Trigger {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Interval => "interval",
+            Self::Failover => "failover",
+        }
+    }
+}
+
+/// A rebalance under way: the problem to solve outside the controller's
+/// lock, and what it was built from.
+#[derive(Debug, Clone)]
+pub struct Rebalance {
+    /// The optimisation problem.
+    pub problem: Problem,
+    /// Options for the solver.
+    pub options: Options,
+    keys: Vec<RouteKey>,
+    epoch: u64,
+    trigger: Trigger,
+}
+
+impl Rebalance {
+    /// Runs the optimiser (CPU-bound: call it off the async workers) and
+    /// times it.
+    pub fn solve(&self) -> Result<(Solution, Duration), OptimizeError> {
+        let t = Instant::now();
+        let s = optimize::solve(&self.problem, &self.options)?;
+        Ok((s, t.elapsed()))
+    }
+}
+
+impl Controller {
+    /// The map in force as an optimisation problem: every route with its
+    /// rate and the gateway it is assigned to, dead gateways drained (not
+    /// removed, so that moving off them counts and `current` still names
+    /// them). Route `i` is `keys[i]`.
+    pub(super) fn problem(&self) -> (Problem, Vec<RouteKey>) {
+        let rates = self.rates();
+        let gateways = self
+            .gateways
+            .iter()
+            .map(|(n, g)| Gateway {
+                name: n.clone(),
+                capacity: if g.alive { g.capacity } else { 0.0 },
+            })
+            .collect();
+        let keys: Vec<RouteKey> = self.routes.keys().copied().collect();
+        let routes = self
+            .routes
+            .iter()
+            .map(|(k, r)| Route {
+                target: k.1,
+                host: k.0,
+                rate: rates.get(k).copied().unwrap_or(0.0),
+                current: r.ownership.assigned().map(str::to_owned),
+                allowed: None,
+            })
+            .collect();
+        let problem = Problem {
+            gateways,
+            routes,
+            w_var: self.cfg.w_var,
+            w_change: self.cfg.w_change,
+        };
+        (problem, keys)
+    }
+
+    /// The problem for a rebalance, or `None` when there is nothing to do:
+    /// grace not over, no alive gateway, no route, or (periodic only) moves
+    /// still in flight or fewer than `window` intervals since the last
+    /// adopted map.
+    pub fn start_rebalance(&self, trigger: Trigger) -> Option<Rebalance> {
+        if !self.ready || self.routes.is_empty() || !self.gateways.any_alive() {
+            return None;
+        }
+        if trigger == Trigger::Interval
+            && (self.routes.moves_in_flight() > 0 || self.settled < self.cfg.window)
+        {
+            return None;
+        }
+        let (problem, keys) = self.problem();
+        Some(Rebalance {
+            problem,
+            options: self.cfg.solver.clone(),
+            keys,
+            epoch: self.epoch,
+            trigger,
+        })
+    }
+
+    /// Adopts `solution` of `job` if it is still current and, for a
+    /// periodic rebalance, gains at least `min_gain`.
+    pub fn finish_rebalance(
+        &mut self,
+        job: &Rebalance,
+        solution: &Solution,
+        solve_time: Duration,
+        now: Instant,
+    ) -> RebalanceRecord {
+        self.events.last_solve_s = solve_time.as_secs_f64();
+        let in_force = optimize::in_force(&job.problem);
+        let before = in_force.complete().then_some(&in_force);
+        let gain = before.map_or(f64::INFINITY, |b| b.cost - solution.cost);
+        let mut record = RebalanceRecord {
+            at_ms: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            generation: self.generation,
+            trigger: job.trigger.label().into(),
+            adopted: false,
+            reason: String::new(),
+            cost_before: before.map(|b| b.cost),
+            cost_after: solution.cost,
+            var_norm_before: before.map(|b| b.var_norm),
+            var_norm_after: solution.var_norm,
+            moves: solution.moves,
+            duration_ms: solve_time.as_secs_f64() * 1000.0,
+            solver: solution.solver,
+        };
+        let result = if job.epoch != self.epoch {
+            record.reason = "state changed while solving: retry next time".into();
+            "superseded"
+        } else if before.is_some() && solution.moves == 0 {
+            record.reason = "no better map".into();
+            "kept"
+        } else if before.is_some() && job.trigger == Trigger::Interval && gain < self.cfg.min_gain {
+            record.reason = format!("gain {gain:.4} < min-gain {}", self.cfg.min_gain);
+            "kept"
+        } else {
+            record.reason = if before.is_none() {
+                "routes on dead gateways or on none".into()
+            } else {
+                format!("gain {gain:.4}")
+            };
+            self.apply(job, solution, now);
+            record.adopted = true;
+            record.generation = self.generation;
+            "adopted"
+        };
+        *self.events.rebalances.entry(result).or_default() += 1;
+        tracing::info!(
+            trigger = job.trigger.label(),
+            result,
+            reason = %record.reason,
+            generation = self.generation,
+            moves = solution.moves,
+            var_norm = solution.var_norm,
+            solve_ms = record.duration_ms,
+            "rebalance"
+        );
+        // Consecutive decisions to keep the map are one entry: the newest.
+        if !record.adopted && self.history.back().is_some_and(|h| !h.adopted) {
+            self.history.pop_back();
+        }
+        self.history.push_back(record.clone());
+        while self.history.len() > HISTORY {
+            self.history.pop_front();
+        }
+        self.flush();
+        record
+    }
+
+    /// Gives every route the gateway `solution` assigns it, in a new
+    /// generation; address ownership breaks before it makes.
+    fn apply(&mut self, job: &Rebalance, solution: &Solution, now: Instant) {
+        let g = self.bump();
+        self.settled = 0;
+        let alive: BTreeSet<String> = self
+            .gateways
+            .iter()
+            .filter(|(_, g)| g.alive)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let break_first = self.cfg.mode == Mode::Target;
+        for (key, &gi) in job.keys.iter().zip(&solution.assignment) {
+            let to = &job.problem.gateways[gi].name;
+            if self
+                .routes
+                .assign(key, to, |n| alive.contains(n), break_first, g, now)
+            {
+                self.events.moves += 1;
+            }
+        }
+    }
+}

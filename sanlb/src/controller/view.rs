@@ -1,0 +1,72 @@
+//! The controller's read model: `GET /v1/status` (and through it the
+//! Prometheus text), projected from the state without changing it.
+
+use std::time::Instant;
+
+use super::Controller;
+use crate::{
+    optimize,
+    proto::{FlowRate, GatewayStatus, MapEntry, Status},
+};
+
+impl Controller {
+    /// `GET /v1/status`.
+    pub fn status(&self, now: Instant) -> Status {
+        let (problem, _) = self.problem();
+        let in_force = optimize::in_force(&problem);
+        Status {
+            generation: self.generation,
+            mode: self.cfg.mode,
+            interval_ms: self.cfg.interval.as_millis() as u64,
+            window: self.cfg.window,
+            lease_ms: self.cfg.lease.as_millis() as u64,
+            var_norm: in_force.var_norm,
+            gateways: self
+                .gateways
+                .iter()
+                .zip(&in_force.loads)
+                .map(|((n, g), &load)| GatewayStatus {
+                    name: n.clone(),
+                    capacity: g.capacity,
+                    alive: g.alive,
+                    last_report_ms: Some(
+                        now.saturating_duration_since(g.last_seen).as_millis() as u64
+                    ),
+                    load,
+                    utilisation: load / g.capacity,
+                    applied: g.applied,
+                    owned: g.owned.iter().copied().collect(),
+                    enforce: g.enforce,
+                })
+                .collect(),
+            map: self
+                .routes
+                .iter()
+                .zip(&problem.routes)
+                .map(|((k, r), route)| MapEntry {
+                    target: k.1,
+                    host: k.0,
+                    ownership: r.ownership.clone(),
+                    changed: r.changed,
+                    rate: route.rate,
+                })
+                .collect(),
+            matrix: {
+                let mut v: Vec<FlowRate> = self
+                    .matrix()
+                    .iter()
+                    .map(|(&(host, target), &rate)| FlowRate { host, target, rate })
+                    .collect();
+                v.sort_by_key(|f| (f.target, f.host));
+                v
+            },
+            rebalances: self.history.iter().cloned().collect(),
+            report_errors: self
+                .events
+                .errors
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+        }
+    }
+}
