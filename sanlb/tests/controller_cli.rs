@@ -249,3 +249,41 @@ fn a_controller_process_answers_status_and_stops_on_sigterm() {
     let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
     assert_eq!(saved["routes"].as_array().unwrap().len(), 2);
 }
+
+/// Every duration flag takes the one grammar (a bare number is seconds), as
+/// `sanlb plan --time-limit 2.5` always did: clap parses all flags before
+/// the configuration is checked, so the refusal names `--window`, not a
+/// duration.
+#[test]
+fn duration_flags_share_one_grammar() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path());
+    let state = dir.path().join("state.json");
+    let (code, _, err) = run(&[
+        "controller",
+        "--listen",
+        "127.0.0.1:0",
+        "--state",
+        state.to_str().unwrap(),
+        "--token-file",
+        &token,
+        "--target",
+        "198.18.1.1",
+        "--time-limit",
+        "2.5",
+        "--interval",
+        "1m 30s",
+        "--lease",
+        "1500ms",
+        "--window",
+        "0",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--window must be ≥ 1"), "{err}");
+    let (code, _, err) = run(&["agent", "--iface", "lo", "--interval", "soon"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("--interval") && err.contains("not a duration"),
+        "{err}"
+    );
+}

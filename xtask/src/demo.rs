@@ -132,19 +132,9 @@ impl Balancer {
     }
 }
 
+/// The one duration grammar of sanlb's flags (`sanlb_common::duration`).
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let err = || format!("{s:?} is not a duration like 60s, 500ms or 2m");
-    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num.trim().parse().map_err(|_| err())?;
-    Duration::try_from_secs_f64(v * scale).map_err(|_| err())
+    sanlb_common::duration::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {

@@ -2,18 +2,16 @@
 //! validation (each bad request refused with its status and the state
 //! unchanged), long polls, metrics.
 
-mod controller_fakes;
-
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use crate::fakes::{HOST, TOKEN, config, target};
 use axum::{
     body::Body,
     http::{Request, StatusCode, header},
 };
-use controller_fakes::{HOST, TOKEN, config, target};
 use http_body_util::BodyExt as _;
 use sanlb::{
     controller::{

@@ -2,15 +2,13 @@
 //! clock): break-before-make moves, bypass of a dead old owner, abandoned
 //! moves, generations, persistence, a-priori traffic, pair mode.
 
-mod controller_fakes;
-
 use std::{
     collections::BTreeMap,
     net::IpAddr,
     time::{Duration, Instant},
 };
 
-use controller_fakes::{HOST, config, target};
+use crate::fakes::{HOST, config, target};
 use sanlb::{
     controller::{Config, Controller, Trigger, store::Store},
     proto::{EnforceCounters, Flow, Mode, Ownership, Report},
@@ -350,4 +348,74 @@ fn targets_outside_the_storage_ranges_are_not_routes() {
         st.map.iter().map(|m| m.target).collect::<Vec<_>>(),
         vec![target(1)]
     );
+}
+
+/// `sanlb plan` and the controller call the same optimiser entry point, so
+/// the same problem gives the same map through both (the controller's
+/// rebalance problem written out as a `sanlb plan --problem` file).
+#[test]
+fn sanlb_plan_and_the_controller_give_the_same_map() {
+    let targets: Vec<IpAddr> = (1..=9).map(target).collect();
+    let mut cfg = config(&targets);
+    cfg.window = 1;
+    let mut s = Sim::new(cfg.clone(), None);
+    // Skewed, uneven rates, everything on gw1: neither start is trivially
+    // optimal, so both starts and the relabelling run.
+    s.rate = targets
+        .iter()
+        .zip([9000, 7000, 5000, 3000, 3000, 2000, 1500, 700, 300])
+        .map(|(&t, r)| (t, r))
+        .collect();
+    s.held.insert("gw1".into(), targets.clone());
+    for gw in ["gw1", "gw2", "gw3"] {
+        s.report(gw, 0);
+    }
+    s.advance(LEASE);
+    for gw in ["gw1", "gw2", "gw3"] {
+        s.report(gw, 1000);
+    }
+    s.c.expire(s.now);
+    s.c.close_interval();
+    let job =
+        s.c.start_rebalance(Trigger::Interval)
+            .expect("a rebalance is due");
+    let (solution, _) = job.solve().unwrap();
+    assert!(solution.moves > 0, "the skewed map is worth changing");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("problem.json");
+    std::fs::write(&file, serde_json::to_vec(&job.problem).unwrap()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sanlb"))
+        .args(["plan", "--json", "--solver", "auto", "--time-limit"])
+        .arg(format!("{}ms", cfg.solver.time_limit.as_millis()))
+        .args(["--seed", &cfg.solver.seed.to_string(), "--problem"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let planned: Vec<(IpAddr, String)> = plan["assignment"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["target"].as_str().unwrap().parse().unwrap(),
+                p["gateway"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let controller: Vec<(IpAddr, String)> = job
+        .problem
+        .routes
+        .iter()
+        .zip(&solution.assignment)
+        .map(|(r, &g)| (r.target, job.problem.gateways[g].name.clone()))
+        .collect();
+    assert_eq!(planned, controller);
+    assert_eq!(plan["moves"].as_u64(), Some(solution.moves as u64));
 }

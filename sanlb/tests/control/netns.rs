@@ -8,8 +8,8 @@
     dead_code,
     reason = "the enforcement tests use the rest of the helpers"
 )]
+#[path = "../common/mod.rs"]
 mod common;
-mod controller_fakes;
 
 use std::{
     collections::BTreeSet,
@@ -17,11 +17,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::fakes::{TOKEN, config};
 use common::{
     lab::{Lab, Node},
     probe,
 };
-use controller_fakes::{TOKEN, config};
 use sanlb::{
     agent::{Agent, AgentConfig, AgentError, Client, CounterSource},
     controller::{self, Controller, server::Server},

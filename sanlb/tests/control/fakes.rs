@@ -3,7 +3,6 @@
 //! target's address, in-memory address owners that record any moment at
 //! which two gateways hold the same address, and helpers to run a real
 //! controller and real agents on loopback.
-#![allow(dead_code, reason = "each test binary uses a subset")]
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},

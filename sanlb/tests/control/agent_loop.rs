@@ -2,8 +2,6 @@
 //! before acquire), monotonic generations, no acknowledgement after a
 //! failed release, fail-static when the controller is unreachable.
 
-mod controller_fakes;
-
 use std::{
     collections::BTreeSet,
     net::IpAddr,
@@ -11,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use controller_fakes::{TOKEN, World, target};
+use crate::fakes::{TOKEN, World, target};
 use sanlb::{
     agent::{Agent, AgentConfig, AgentError, Client, CounterSource},
     enforce::{AddressOwner, EnforceError},

@@ -1,11 +1,9 @@
 //! A real controller and real agents (fake counters and address owners) on
 //! loopback, speaking the real HTTP protocol.
 
-mod controller_fakes;
-
 use std::{net::IpAddr, time::Duration};
 
-use controller_fakes::*;
+use crate::fakes::*;
 use sanlb::{controller::server::Server, proto::Ownership};
 
 const GWS: [&str; 4] = ["gw1", "gw2", "gw3", "gw4"];

@@ -1,0 +1,12 @@
+//! The control plane in one test binary (one link, shared fakes): the
+//! controller's state machine on an explicit clock (`moves`), its HTTP API
+//! through `app()` (`http`), a real controller with agents on loopback
+//! (`loopback`), the agent's loop against fakes (`agent_loop`), and with
+//! real addresses in network namespaces (`netns`, privileged).
+
+mod agent_loop;
+mod fakes;
+mod http;
+mod loopback;
+mod moves;
+mod netns;
