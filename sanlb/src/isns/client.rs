@@ -170,11 +170,23 @@ impl Client {
     }
 
     /// Send `req` and return the reply, whatever its status. Any failure
-    /// closes the connection, so the next call starts on a fresh one.
+    /// closes the connection, so the next call starts on a fresh one; an I/O
+    /// failure on a connection kept from an earlier call is retried once on a
+    /// fresh one.
     pub async fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
-        let result = self.call_inner(req).await;
+        let reused = self.conn.is_some();
+        let mut result = self.call_inner(req).await;
         if result.is_err() {
             self.conn = None;
+        }
+        // A connection kept from an earlier call may have been closed by a
+        // server that restarted since: one more try on a fresh connection.
+        // (Requests are repeatable: the reconciler reads back what it did.)
+        if reused && matches!(result, Err(ClientError::Io { .. })) {
+            result = self.call_inner(req).await;
+            if result.is_err() {
+                self.conn = None;
+            }
         }
         result
     }

@@ -383,8 +383,11 @@ async fn getnext_all(
             return Err(IsnsError::TooMany { what, max });
         }
         key = resp.key.clone();
+        // Asked for all attributes, the server repeats the key first.
+        let repeated =
+            resp.operating.iter().zip(&resp.key).take_while(|(a, b)| a == b).count();
         let mut item = resp.key;
-        item.extend(resp.operating);
+        item.extend(resp.operating.into_iter().skip(repeated));
         out.push(item);
     }
 }
