@@ -31,7 +31,11 @@ struct Isnsd {
 impl Isnsd {
     fn start() -> Isnsd {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let d = dir.path().display();
         std::fs::create_dir(dir.path().join("db")).unwrap();
         std::fs::write(
@@ -51,7 +55,11 @@ impl Isnsd {
             ),
         )
         .unwrap();
-        let mut s = Isnsd { dir, port, child: None };
+        let mut s = Isnsd {
+            dir,
+            port,
+            child: None,
+        };
         s.spawn();
         s
     }
@@ -75,7 +83,11 @@ impl Isnsd {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(5);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "isnsd did not listen: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "isnsd did not listen: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -102,13 +114,19 @@ impl Isnsd {
     }
 
     fn reconciler(&self) -> Reconciler {
-        Reconciler::new(ClientConfig::new(self.addr(), CONTROL), ReconcilerConfig::default())
-            .unwrap()
+        Reconciler::new(
+            ClientConfig::new(self.addr(), CONTROL),
+            ReconcilerConfig::default(),
+        )
+        .unwrap()
     }
 
     /// Run isnsadm as `source`.
     fn isnsadm(&self, source: &str, args: &[&str]) -> String {
-        let cfg = self.dir.path().join(format!("isnsadm-{}.conf", sanitize(source)));
+        let cfg = self
+            .dir
+            .path()
+            .join(format!("isnsadm-{}.conf", sanitize(source)));
         std::fs::write(
             &cfg,
             format!(
@@ -125,8 +143,10 @@ impl Isnsd {
             .expect("isnsadm (Debian open-isns-utils) must be installed: cargo xtask setup");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let complaints: Vec<&str> =
-            stderr.lines().filter(|l| !l.contains("initiatorname.iscsi")).collect();
+        let complaints: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.contains("initiatorname.iscsi"))
+            .collect();
         assert!(
             out.status.success() && complaints.is_empty(),
             "isnsadm {args:?} as {source}: {}\n{stdout}\n{stderr}",
@@ -164,19 +184,27 @@ impl Drop for Isnsd {
 }
 
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }
 
 /// Portal group objects of isnsadm's output, with a non-zero tag.
 fn parse_pgs(out: &str) -> BTreeMap<String, BTreeSet<Portal>> {
     let mut view: BTreeMap<String, BTreeSet<Portal>> = BTreeMap::new();
-    let value = |l: &str| l.split_once(" = ").map(|(_, v)| v.trim().to_string()).unwrap();
+    let value = |l: &str| {
+        l.split_once(" = ")
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap()
+    };
     let mut cur: Option<(String, Option<String>, Option<u16>)> = None;
     let mut flush = |cur: &mut Option<(String, Option<String>, Option<u16>)>, tag_ok: bool| {
         if let Some((name, Some(addr), Some(port))) = cur.take()
             && tag_ok
         {
-            view.entry(name).or_default().insert(Portal::new(addr.parse().unwrap(), port));
+            view.entry(name)
+                .or_default()
+                .insert(Portal::new(addr.parse().unwrap(), port));
         }
     };
     for line in out.lines() {
@@ -229,7 +257,11 @@ fn base_map() -> Desired {
 fn expected(d: &Desired, host: &str) -> BTreeMap<String, BTreeSet<Portal>> {
     d.hosts
         .get(host)
-        .map(|a| a.iter().map(|(t, p)| (t.clone(), BTreeSet::from([*p]))).collect())
+        .map(|a| {
+            a.iter()
+                .map(|(t, p)| (t.clone(), BTreeSet::from([*p])))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -251,7 +283,11 @@ async fn publishes_the_map_and_follows_changes() {
     assert!(s.view(HX).is_empty());
 
     let again = r.sync(&map).await.unwrap();
-    assert_eq!((again.added, again.removed, again.rounds), (0, 0, 1), "{again:?}");
+    assert_eq!(
+        (again.added, again.removed, again.rounds),
+        (0, 0, 1),
+        "{again:?}"
+    );
 
     // Move host1's disk1 to the other gateway, drop host3, add the stranger.
     map.assign(H1, T1, portal(T1, 2));
@@ -302,7 +338,12 @@ async fn hand_edits_are_put_right_at_the_next_sync() {
     let map = base_map();
     r.sync(&map).await.unwrap();
     let dd_of = |state: &sanlb::isns::ServerState, name: &str| -> u32 {
-        *state.dds.iter().find(|(_, d)| d.name.as_deref() == Some(name)).unwrap().0
+        *state
+            .dds
+            .iter()
+            .find(|(_, d)| d.name.as_deref() == Some(name))
+            .unwrap()
+            .0
     };
     let state = r.read_state().await.unwrap();
     let h1_t1 = dd_of(&state, &format!("sanlb:dd:{H1}|{T1}"));
@@ -312,7 +353,12 @@ async fn hand_edits_are_put_right_at_the_next_sync() {
     //     through both gateways (the mapped form names sanlb's portal).
     s.isnsadm(
         admin,
-        &["--dd-register", &format!("dd-id={h1_t1}"), "member-addr=::ffff:198.18.0.2", "member-port=3261"],
+        &[
+            "--dd-register",
+            &format!("dd-id={h1_t1}"),
+            "member-addr=::ffff:198.18.0.2",
+            "member-port=3261",
+        ],
     );
     assert_eq!(
         s.view(H1)[T1],
@@ -339,7 +385,10 @@ async fn hand_edits_are_put_right_at_the_next_sync() {
             "member-port=3262",
         ],
     );
-    assert_eq!(s.view(HX), BTreeMap::from([(T2.to_string(), BTreeSet::from([portal(T2, 1)]))]));
+    assert_eq!(
+        s.view(HX),
+        BTreeMap::from([(T2.to_string(), BTreeSet::from([portal(T2, 1)]))])
+    );
     // (c) A portal registered by hand into sanlb's entity of disk1, (d) a
     //     domain under sanlb's name that the map does not have.
     s.isnsadm(
@@ -351,17 +400,41 @@ async fn hand_edits_are_put_right_at_the_next_sync() {
             "portal,portal-addr=::ffff:198.18.0.9,portal-port=3261",
         ],
     );
-    s.isnsadm(admin, &["--dd-register", &format!("dd-name=sanlb:dd:{HX}|{T1}")]);
+    s.isnsadm(
+        admin,
+        &["--dd-register", &format!("dd-name=sanlb:dd:{HX}|{T1}")],
+    );
     let before = r.read_state().await.unwrap();
-    assert!(before.portals.keys().any(|q| q.to_string() == "198.18.0.9:3261"));
+    assert!(
+        before
+            .portals
+            .keys()
+            .any(|q| q.to_string() == "198.18.0.9:3261")
+    );
 
     let report = r.sync(&map).await.unwrap();
     assert!(report.removed >= 4, "{report:?}");
     assert_views(&s, &map, &[H1, H2, H3, HX]);
     let after = r.read_state().await.unwrap();
-    assert!(!after.portals.keys().any(|q| q.to_string() == "198.18.0.9:3261"));
-    assert!(after.dds.values().all(|d| d.name.as_deref() != Some(&format!("sanlb:dd:{HX}|{T1}"))));
-    assert!(after.dds.values().any(|d| d.name.as_deref() == Some("handmade")), "foreign domains stay");
+    assert!(
+        !after
+            .portals
+            .keys()
+            .any(|q| q.to_string() == "198.18.0.9:3261")
+    );
+    assert!(
+        after
+            .dds
+            .values()
+            .all(|d| d.name.as_deref() != Some(&format!("sanlb:dd:{HX}|{T1}")))
+    );
+    assert!(
+        after
+            .dds
+            .values()
+            .any(|d| d.name.as_deref() == Some("handmade")),
+        "foreign domains stay"
+    );
     // The control node's list of portals (isnsadm, not sanlb's reader).
     let listed = s.isnsadm(CONTROL, &["--list", "portals"]);
     assert!(!listed.contains("198.18.0.9"), "{listed}");
@@ -379,7 +452,10 @@ async fn server_away_is_an_error_and_its_return_a_full_resync() {
 
     s.stop();
     let err = r.sync(&map).await.unwrap_err();
-    assert!(matches!(err, IsnsError::Client(ClientError::Connect { .. })), "{err}");
+    assert!(
+        matches!(err, IsnsError::Client(ClientError::Connect { .. })),
+        "{err}"
+    );
     assert_eq!(r.counters().snapshot().failures, 1);
 
     // While it is away the map changes; it comes back with its old database.
@@ -392,8 +468,12 @@ async fn server_away_is_an_error_and_its_return_a_full_resync() {
     assert!(report.added > 0 && report.removed > 0, "{report:?}");
     assert_views(&s, &map, &[H1, H2, H3, HX]);
     let state = r.read_state().await.unwrap();
-    let ours: BTreeSet<&str> =
-        state.dds.values().filter_map(|d| d.name.as_deref()).filter(|n| n.starts_with("sanlb:")).collect();
+    let ours: BTreeSet<&str> = state
+        .dds
+        .values()
+        .filter_map(|d| d.name.as_deref())
+        .filter(|n| n.starts_with("sanlb:"))
+        .collect();
     assert_eq!(ours.len(), 4, "{ours:?}");
     assert_eq!(state.portals.len(), 5);
 
@@ -423,21 +503,29 @@ async fn shared_portals_are_reported_as_open_isns_shows_them() {
         .assign(H1, T2, g2)
         .assign(H2, T1, g1);
     let report = r.sync(&map).await.unwrap();
-    let pairs: Vec<(&str, &str)> =
-        report.ambiguous.iter().map(|a| (a.host.as_str(), a.target.as_str())).collect();
+    let pairs: Vec<(&str, &str)> = report
+        .ambiguous
+        .iter()
+        .map(|a| (a.host.as_str(), a.target.as_str()))
+        .collect();
     assert_eq!(pairs, [(H1, T1)]);
     // host1 sees disk1 through both gateways (open-isns' union of domains),
     // disk2 only through gateway 2 (the NULL group holds); host2 is exact.
     assert_eq!(
         s.view(H1),
-        BTreeMap::from([(T1.to_string(), BTreeSet::from([g1, g2])), (T2.to_string(), BTreeSet::from([g2]))])
+        BTreeMap::from([
+            (T1.to_string(), BTreeSet::from([g1, g2])),
+            (T2.to_string(), BTreeSet::from([g2]))
+        ])
     );
     assert_eq!(s.view(H2), expected(&map, H2));
 }
 
 /// A one-connection fake server: reads a request, answers with `reply(req
 /// header)`.
-async fn fake(reply: impl Fn([u8; 12]) -> Vec<u8> + Send + 'static) -> (String, tokio::task::JoinHandle<()>) {
+async fn fake(
+    reply: impl Fn([u8; 12]) -> Vec<u8> + Send + 'static,
+) -> (String, tokio::task::JoinHandle<()>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let task = tokio::spawn(async move {
@@ -478,25 +566,56 @@ fn pdu(req: [u8; 12], flags: u16, xid_delta: u16, payload: &[u8]) -> Vec<u8> {
 }
 
 fn query() -> Request {
-    Request::new(Function::DevAttrQry, CONTROL, vec![Attr::nil(tag::ISCSI_NAME)], vec![])
+    Request::new(
+        Function::DevAttrQry,
+        CONTROL,
+        vec![Attr::nil(tag::ISCSI_NAME)],
+        vec![],
+    )
 }
 
 #[tokio::test]
 async fn bad_replies_are_errors() {
     const OK: u16 = 0x4c00;
-    let cases: Vec<(&str, Box<dyn Fn([u8; 12]) -> Vec<u8> + Send>)> = vec![
+    type Reply = Box<dyn Fn([u8; 12]) -> Vec<u8> + Send>;
+    let cases: Vec<(&str, Reply)> = vec![
         ("xid", Box::new(|h| pdu(h, OK, 1, &[0; 4]))),
-        ("function", Box::new(|mut h| {
-            h[3] ^= 1;
-            pdu(h, OK, 0, &[0; 4])
-        })),
-        ("authentication block", Box::new(|h| pdu(h, OK | 0x2000, 0, &[0; 4]))),
+        (
+            "function",
+            Box::new(|mut h| {
+                h[3] ^= 1;
+                pdu(h, OK, 0, &[0; 4])
+            }),
+        ),
+        (
+            "authentication block",
+            Box::new(|h| pdu(h, OK | 0x2000, 0, &[0; 4])),
+        ),
         ("segmented", Box::new(|h| pdu(h, 0x4400, 0, &[0; 4]))),
         ("sender flags", Box::new(|h| pdu(h, 0x8c00, 0, &[0; 4]))),
-        ("exceeds", Box::new(|h| pdu(h, OK, 0, &[0, 0, 0, 0, 0, 0, 0, 32, 0, 0, 1, 0]))),
-        ("not a multiple of 4", Box::new(|h| pdu(h, OK, 0, &[0, 0, 0, 0, 0, 0, 0, 32, 0, 0, 0, 3]))),
-        ("terminating nul", Box::new(|h| pdu(h, OK, 0, &[0, 0, 0, 0, 0, 0, 0, 32, 0, 0, 0, 4, b'a', b'b', b'c', b'd']))),
-        ("status", Box::new(|h| pdu(h, OK, 0, &[0, 0, 0, 0]).split_at(14).0.to_vec())),
+        (
+            "exceeds",
+            Box::new(|h| pdu(h, OK, 0, &[0, 0, 0, 0, 0, 0, 0, 32, 0, 0, 1, 0])),
+        ),
+        (
+            "not a multiple of 4",
+            Box::new(|h| pdu(h, OK, 0, &[0, 0, 0, 0, 0, 0, 0, 32, 0, 0, 0, 3])),
+        ),
+        (
+            "terminating nul",
+            Box::new(|h| {
+                pdu(
+                    h,
+                    OK,
+                    0,
+                    &[0, 0, 0, 0, 0, 0, 0, 32, 0, 0, 0, 4, b'a', b'b', b'c', b'd'],
+                )
+            }),
+        ),
+        (
+            "status",
+            Box::new(|h| pdu(h, OK, 0, &[0, 0, 0, 0]).split_at(14).0.to_vec()),
+        ),
         ("eof", Box::new(|_| Vec::new())),
     ];
     for (what, reply) in cases {
@@ -507,7 +626,15 @@ async fn bad_replies_are_errors() {
         let err = c.call(&query()).await.unwrap_err();
         let msg = err.to_string();
         match what {
-            "status" => assert!(matches!(err, ClientError::Timeout { .. } | ClientError::Codec { .. } | ClientError::Io { .. }), "{what}: {msg}"),
+            "status" => assert!(
+                matches!(
+                    err,
+                    ClientError::Timeout { .. }
+                        | ClientError::Codec { .. }
+                        | ClientError::Io { .. }
+                ),
+                "{what}: {msg}"
+            ),
             "eof" => assert!(matches!(err, ClientError::Io { .. }), "{what}: {msg}"),
             _ => assert!(msg.contains(what), "{what}: {msg}"),
         }
@@ -527,9 +654,15 @@ async fn bad_replies_are_errors() {
         std::thread::sleep(Duration::from_millis(800));
         let _ = s.write_all(b"late");
     });
-    assert!(matches!(c.call(&query()).await.unwrap_err(), ClientError::Timeout { .. }));
+    assert!(matches!(
+        c.call(&query()).await.unwrap_err(),
+        ClientError::Timeout { .. }
+    ));
     keep.join().unwrap();
-    assert!(matches!(c.call(&query()).await.unwrap_err(), ClientError::Connect { .. }));
+    assert!(matches!(
+        c.call(&query()).await.unwrap_err(),
+        ClientError::Connect { .. }
+    ));
 
     // A good answer after a bad one: the client reconnects and goes on.
     let (addr, task) = fake({
@@ -544,7 +677,10 @@ async fn bad_replies_are_errors() {
     })
     .await;
     let mut c = Client::new(ClientConfig::new(addr, CONTROL));
-    assert!(matches!(c.call(&query()).await.unwrap_err(), ClientError::Mismatch { .. }));
+    assert!(matches!(
+        c.call(&query()).await.unwrap_err(),
+        ClientError::Mismatch { .. }
+    ));
     let ok = c.call(&query()).await.unwrap();
     assert_eq!(ok.status, sanlb::isns::Status::NO_SUCH_ENTRY);
     task.abort();
@@ -561,10 +697,13 @@ async fn bad_replies_are_errors() {
         }
     })
     .await;
-    let mut r = Reconciler::new(ClientConfig::new(addr, CONTROL), ReconcilerConfig::default()).unwrap();
+    let mut r = Reconciler::new(
+        ClientConfig::new(addr, CONTROL),
+        ReconcilerConfig::default(),
+    )
+    .unwrap();
     let err = r.sync(&base_map()).await.unwrap_err();
     assert!(err.to_string().contains("again"), "{err}");
     assert_eq!(r.counters().snapshot().failures, 1);
     task.abort();
 }
-

@@ -151,7 +151,11 @@ pub struct Client {
 impl Client {
     /// A client; it connects at the first call.
     pub fn new(config: ClientConfig) -> Self {
-        Client { config, conn: None, next_xid: 1 }
+        Client {
+            config,
+            conn: None,
+            next_xid: 1,
+        }
     }
 
     /// Its configuration.
@@ -201,12 +205,21 @@ impl Client {
         Ok(resp)
     }
 
-    pub(crate) fn status_error(&self, function: Function, status: Status, context: &str) -> ClientError {
+    pub(crate) fn status_error(
+        &self,
+        function: Function,
+        status: Status,
+        context: &str,
+    ) -> ClientError {
         ClientError::Status {
             function,
             server: self.config.server_addr(),
             status,
-            context: if context.is_empty() { String::new() } else { format!(" ({context})") },
+            context: if context.is_empty() {
+                String::new()
+            } else {
+                format!(" ({context})")
+            },
         }
     }
 
@@ -215,15 +228,23 @@ impl Client {
         let function = req.function;
         let xid = self.next_xid;
         self.next_xid = self.next_xid.checked_add(1).unwrap_or(1);
-        let pdu = req
-            .encode(xid)
-            .map_err(|source| ClientError::Codec { function, server: server.clone(), source })?;
+        let pdu = req.encode(xid).map_err(|source| ClientError::Codec {
+            function,
+            server: server.clone(),
+            source,
+        })?;
         if self.conn.is_none() {
             let timeout = self.config.connect_timeout;
             let stream = tokio::time::timeout(timeout, TcpStream::connect(&server))
                 .await
-                .map_err(|_| ClientError::ConnectTimeout { server: server.clone(), timeout })?
-                .map_err(|source| ClientError::Connect { server: server.clone(), source })?;
+                .map_err(|_| ClientError::ConnectTimeout {
+                    server: server.clone(),
+                    timeout,
+                })?
+                .map_err(|source| ClientError::Connect {
+                    server: server.clone(),
+                    source,
+                })?;
             let _ = stream.set_nodelay(true);
             self.conn = Some(stream);
         }
@@ -243,9 +264,21 @@ impl Client {
         };
         let (head, payload) = tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| ClientError::Timeout { function, server: server.clone(), timeout })?
-            .map_err(|source| ClientError::Io { function, server: server.clone(), source })?;
-        let codec = |source| ClientError::Codec { function, server: server.clone(), source };
+            .map_err(|_| ClientError::Timeout {
+                function,
+                server: server.clone(),
+                timeout,
+            })?
+            .map_err(|source| ClientError::Io {
+                function,
+                server: server.clone(),
+                source,
+            })?;
+        let codec = |source| ClientError::Codec {
+            function,
+            server: server.clone(),
+            source,
+        };
         let header = Header::decode_reply(&head).map_err(codec)?;
         if header.function != function.response_id() || header.xid != xid {
             return Err(ClientError::Mismatch {

@@ -224,9 +224,20 @@ pub mod tag {
             | DD_MEMBER_ISCSI_NAME => Str,
             MGMT_IP | PORTAL_IP | PG_PORTAL_IP | DD_MEMBER_PORTAL_IP => Ip,
             TIMESTAMP => U64,
-            ENTITY_PROTOCOL | REGISTRATION_PERIOD | ENTITY_INDEX | PORTAL_PORT | PORTAL_INDEX
-            | ISCSI_NODE_TYPE | ISCSI_NODE_INDEX | PG_PORTAL_PORT | PG_TAG | PG_INDEX | DD_ID
-            | DD_MEMBER_ISCSI_INDEX | DD_MEMBER_PORTAL_INDEX | DD_MEMBER_PORTAL_PORT
+            ENTITY_PROTOCOL
+            | REGISTRATION_PERIOD
+            | ENTITY_INDEX
+            | PORTAL_PORT
+            | PORTAL_INDEX
+            | ISCSI_NODE_TYPE
+            | ISCSI_NODE_INDEX
+            | PG_PORTAL_PORT
+            | PG_TAG
+            | PG_INDEX
+            | DD_ID
+            | DD_MEMBER_ISCSI_INDEX
+            | DD_MEMBER_PORTAL_INDEX
+            | DD_MEMBER_PORTAL_PORT
             | DD_FEATURES => U32,
             _ => return None,
         })
@@ -409,12 +420,18 @@ impl Attr {
     /// A NULL (zero-length) attribute: a wildcard in keys, "return this" in
     /// query operating attributes, "no access" as a PG tag.
     pub fn nil(tag: u32) -> Attr {
-        Attr { tag, value: Vec::new() }
+        Attr {
+            tag,
+            value: Vec::new(),
+        }
     }
 
     /// A 32-bit unsigned attribute.
     pub fn u32(tag: u32, v: u32) -> Attr {
-        Attr { tag, value: v.to_be_bytes().to_vec() }
+        Attr {
+            tag,
+            value: v.to_be_bytes().to_vec(),
+        }
     }
 
     /// An address attribute: IPv4 as an IPv4-mapped IPv6 address (RFC 4171
@@ -425,7 +442,10 @@ impl Attr {
 
     /// An address attribute from its 16 bytes, exactly as a server sent them.
     pub fn ip_raw(tag: u32, raw: [u8; 16]) -> Attr {
-        Attr { tag, value: raw.to_vec() }
+        Attr {
+            tag,
+            value: raw.to_vec(),
+        }
     }
 
     /// A string attribute: UTF-8, NUL-terminated, padded to 4 bytes.
@@ -449,34 +469,48 @@ impl Attr {
 
     /// The value as a 32-bit unsigned integer.
     pub fn as_u32(&self) -> Result<u32, CodecError> {
-        let b: [u8; 4] = self.value.as_slice().try_into().map_err(|_| CodecError::AttrValue {
-            tag: self.tag,
-            why: format!("{} bytes for a 32-bit integer", self.value.len()),
-        })?;
+        let b: [u8; 4] = self
+            .value
+            .as_slice()
+            .try_into()
+            .map_err(|_| CodecError::AttrValue {
+                tag: self.tag,
+                why: format!("{} bytes for a 32-bit integer", self.value.len()),
+            })?;
         Ok(u32::from_be_bytes(b))
     }
 
     /// The value as a 64-bit unsigned integer.
     pub fn as_u64(&self) -> Result<u64, CodecError> {
-        let b: [u8; 8] = self.value.as_slice().try_into().map_err(|_| CodecError::AttrValue {
-            tag: self.tag,
-            why: format!("{} bytes for a 64-bit integer", self.value.len()),
-        })?;
+        let b: [u8; 8] = self
+            .value
+            .as_slice()
+            .try_into()
+            .map_err(|_| CodecError::AttrValue {
+                tag: self.tag,
+                why: format!("{} bytes for a 64-bit integer", self.value.len()),
+            })?;
         Ok(u64::from_be_bytes(b))
     }
 
     /// The value as the 16 bytes of an address.
     pub fn as_ip(&self) -> Result<[u8; 16], CodecError> {
-        self.value.as_slice().try_into().map_err(|_| CodecError::AttrValue {
-            tag: self.tag,
-            why: format!("{} bytes for an ip address", self.value.len()),
-        })
+        self.value
+            .as_slice()
+            .try_into()
+            .map_err(|_| CodecError::AttrValue {
+                tag: self.tag,
+                why: format!("{} bytes for an ip address", self.value.len()),
+            })
     }
 
     /// The value as a string: NUL-terminated, only NULs after the first one,
     /// UTF-8.
     pub fn as_str(&self) -> Result<&str, CodecError> {
-        let bad = |why: &str| CodecError::AttrValue { tag: self.tag, why: why.to_string() };
+        let bad = |why: &str| CodecError::AttrValue {
+            tag: self.tag,
+            why: why.to_string(),
+        };
         let nul = self
             .value
             .iter()
@@ -511,7 +545,11 @@ pub(crate) fn pad4(n: usize) -> usize {
 
 /// Check a string that goes on the wire.
 pub(crate) fn check_string(what: &'static str, s: &str, max: usize) -> Result<(), CodecError> {
-    let bad = |why| CodecError::BadString { what, value: s.to_string(), why };
+    let bad = |why| CodecError::BadString {
+        what,
+        value: s.to_string(),
+        why,
+    };
     if s.is_empty() {
         return Err(bad("empty"));
     }
@@ -539,7 +577,8 @@ pub fn ip_from_raw(raw: [u8; 16]) -> IpAddr {
     if let Some(v4) = v6.to_ipv4_mapped() {
         return IpAddr::V4(v4);
     }
-    if raw[..12].iter().all(|&b| b == 0) && u32::from_be_bytes([raw[12], raw[13], raw[14], raw[15]]) > 1
+    if raw[..12].iter().all(|&b| b == 0)
+        && u32::from_be_bytes([raw[12], raw[13], raw[14], raw[15]]) > 1
     {
         return IpAddr::V4(std::net::Ipv4Addr::new(raw[12], raw[13], raw[14], raw[15]));
     }
@@ -567,9 +606,16 @@ impl Header {
     /// Wire form.
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
-        for (i, v) in [self.version, self.function, self.length, self.flags.0, self.xid, self.seq]
-            .into_iter()
-            .enumerate()
+        for (i, v) in [
+            self.version,
+            self.function,
+            self.length,
+            self.flags.0,
+            self.xid,
+            self.seq,
+        ]
+        .into_iter()
+        .enumerate()
         {
             b[2 * i..2 * i + 2].copy_from_slice(&v.to_be_bytes());
         }
@@ -579,9 +625,14 @@ impl Header {
     /// Parse the header of a reply: version 1, server flag, one PDU, no
     /// authentication block, 4-byte aligned length.
     pub fn decode_reply(b: &[u8]) -> Result<Header, CodecError> {
-        let b: &[u8; HEADER_LEN] = b.get(..HEADER_LEN).and_then(|s| s.try_into().ok()).ok_or(
-            CodecError::Truncated { what: "pdu header", have: b.len(), need: HEADER_LEN },
-        )?;
+        let b: &[u8; HEADER_LEN] =
+            b.get(..HEADER_LEN)
+                .and_then(|s| s.try_into().ok())
+                .ok_or(CodecError::Truncated {
+                    what: "pdu header",
+                    have: b.len(),
+                    need: HEADER_LEN,
+                })?;
         let word = |i: usize| u16::from_be_bytes([b[2 * i], b[2 * i + 1]]);
         let h = Header {
             version: word(0),
@@ -603,7 +654,7 @@ impl Header {
         if !h.flags.contains(Flags::FIRST | Flags::LAST) || h.seq != 0 {
             return Err(CodecError::Segmented(h.flags.0));
         }
-        if h.length % 4 != 0 {
+        if !h.length.is_multiple_of(4) {
             return Err(CodecError::PduAlignment(h.length));
         }
         Ok(h)
@@ -628,7 +679,13 @@ pub struct Request {
 impl Request {
     /// A request without the replace flag.
     pub fn new(function: Function, source: &str, key: Vec<Attr>, operating: Vec<Attr>) -> Self {
-        Request { function, replace: false, source: source.to_string(), key, operating }
+        Request {
+            function,
+            replace: false,
+            source: source.to_string(),
+            key,
+            operating,
+        }
     }
 
     /// Payload length.
@@ -645,7 +702,11 @@ impl Request {
         let source = Attr::string(tag::ISCSI_NAME, &self.source)?;
         let len = self.payload_len();
         if len > MAX_PAYLOAD {
-            return Err(CodecError::TooLong { function: self.function, len, max: MAX_PAYLOAD });
+            return Err(CodecError::TooLong {
+                function: self.function,
+                len,
+                max: MAX_PAYLOAD,
+            });
         }
         let mut flags = Flags::CLIENT | Flags::FIRST | Flags::LAST;
         if self.replace {
@@ -700,9 +761,15 @@ pub fn decode_response(header: &Header, payload: &[u8]) -> Result<Response, Code
             need: header.length as usize,
         });
     }
-    let status: [u8; 4] = payload.get(..4).and_then(|s| s.try_into().ok()).ok_or(
-        CodecError::Truncated { what: "status", have: payload.len(), need: 4 },
-    )?;
+    let status: [u8; 4] =
+        payload
+            .get(..4)
+            .and_then(|s| s.try_into().ok())
+            .ok_or(CodecError::Truncated {
+                what: "status",
+                have: payload.len(),
+                need: 4,
+            })?;
     let attrs = decode_attrs(payload, 4)?;
     let (key, operating) = match attrs.iter().position(|a| a.tag == tag::DELIMITER) {
         Some(i) => {
@@ -714,7 +781,10 @@ pub fn decode_response(header: &Header, payload: &[u8]) -> Result<Response, Code
         None => (attrs, Vec::new()),
     };
     if let Some(a) = operating.iter().find(|a| a.tag == tag::DELIMITER) {
-        return Err(CodecError::AttrValue { tag: a.tag, why: "a second delimiter".to_string() });
+        return Err(CodecError::AttrValue {
+            tag: a.tag,
+            why: "a second delimiter".to_string(),
+        });
     }
     Ok(Response {
         function: header.function,
@@ -731,7 +801,11 @@ pub fn decode_attrs(buf: &[u8], mut offset: usize) -> Result<Vec<Attr>, CodecErr
     while offset < buf.len() {
         let left = buf.len() - offset;
         if left < 8 {
-            return Err(CodecError::Truncated { what: "attribute header", have: left, need: 8 });
+            return Err(CodecError::Truncated {
+                what: "attribute header",
+                have: left,
+                need: 8,
+            });
         }
         let tag = u32::from_be_bytes(buf[offset..offset + 4].try_into().expect("4 bytes"));
         let len = u32::from_be_bytes(buf[offset + 4..offset + 8].try_into().expect("4 bytes"));
@@ -739,7 +813,12 @@ pub fn decode_attrs(buf: &[u8], mut offset: usize) -> Result<Vec<Attr>, CodecErr
             return Err(CodecError::AttrAlignment { tag, offset, len });
         }
         if len as usize > left - 8 {
-            return Err(CodecError::AttrOverrun { tag, offset, len, left: left - 8 });
+            return Err(CodecError::AttrOverrun {
+                tag,
+                offset,
+                len,
+                left: left - 8,
+            });
         }
         if tag::kind(tag) == Some(Kind::Str) && len as usize > MAX_STRING {
             return Err(CodecError::AttrValue {
@@ -748,9 +827,15 @@ pub fn decode_attrs(buf: &[u8], mut offset: usize) -> Result<Vec<Attr>, CodecErr
             });
         }
         if tag == tag::DELIMITER && len != 0 {
-            return Err(CodecError::AttrValue { tag, why: format!("delimiter of {len} bytes") });
+            return Err(CodecError::AttrValue {
+                tag,
+                why: format!("delimiter of {len} bytes"),
+            });
         }
-        let attr = Attr { tag, value: buf[offset + 8..offset + 8 + len as usize].to_vec() };
+        let attr = Attr {
+            tag,
+            value: buf[offset + 8..offset + 8 + len as usize].to_vec(),
+        };
         attr.validate()?;
         out.push(attr);
         offset += 8 + len as usize;
@@ -760,11 +845,16 @@ pub fn decode_attrs(buf: &[u8], mut offset: usize) -> Result<Vec<Attr>, CodecErr
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     pub(crate) fn unhex(s: &str) -> Vec<u8> {
         let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     // Captured on loopback from open-isns 0.101: `isnsadm --query
@@ -804,10 +894,16 @@ mod tests {
             Function::DevAttrQry,
             "iqn.2024-01.test:host1",
             vec![Attr::u32(tag::ISCSI_NODE_TYPE, node_type::TARGET)],
-            [tag::ISCSI_NAME, tag::PG_ISCSI_NAME, tag::PG_PORTAL_IP, tag::PG_PORTAL_PORT, tag::PG_TAG]
-                .into_iter()
-                .map(Attr::nil)
-                .collect(),
+            [
+                tag::ISCSI_NAME,
+                tag::PG_ISCSI_NAME,
+                tag::PG_PORTAL_IP,
+                tag::PG_PORTAL_PORT,
+                tag::PG_TAG,
+            ]
+            .into_iter()
+            .map(Attr::nil)
+            .collect(),
         );
         assert_eq!(req.encode(1).unwrap(), unhex(ISNSADM_QUERY));
     }
@@ -847,7 +943,10 @@ mod tests {
         assert_eq!(r.key, vec![Attr::u32(tag::ISCSI_NODE_TYPE, 1)]);
         assert_eq!(r.operating.len(), 5);
         assert_eq!(r.operating[0].as_str().unwrap(), "iqn.2024-01.test:disk1");
-        assert_eq!(ip_from_raw(r.operating[2].as_ip().unwrap()), "198.18.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            ip_from_raw(r.operating[2].as_ip().unwrap()),
+            "198.18.0.2".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(r.operating[3].as_u32().unwrap(), 3260);
         assert_eq!(r.operating[4].as_u32().unwrap(), 1);
     }
@@ -858,7 +957,115 @@ mod tests {
         assert!(r.key.is_empty());
         assert_eq!(r.operating.len(), 13);
         assert_eq!(r.operating[1].as_str().unwrap(), "ddA");
-        assert_eq!(ip_from_raw(r.operating[11].as_ip().unwrap()), "198.18.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            ip_from_raw(r.operating[11].as_ip().unwrap()),
+            "198.18.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    fn reply_bytes(payload: &[u8]) -> Vec<u8> {
+        let h = Header {
+            version: 1,
+            function: 0x8002,
+            length: payload.len() as u16,
+            flags: Flags::SERVER | Flags::FIRST | Flags::LAST,
+            xid: 1,
+            seq: 0,
+        };
+        let mut b = h.encode().to_vec();
+        b.extend_from_slice(payload);
+        b
+    }
+
+    fn attr_strategy() -> impl Strategy<Value = Attr> {
+        prop_oneof![
+            (
+                prop::sample::select(vec![
+                    tag::ENTITY_ID,
+                    tag::ISCSI_NAME,
+                    tag::PG_ISCSI_NAME,
+                    tag::DD_NAME,
+                    tag::DD_MEMBER_ISCSI_NAME
+                ]),
+                "[a-z0-9.:-]{1,40}"
+            )
+                .prop_map(|(t, v)| Attr::string(t, &v).unwrap()),
+            (
+                prop::sample::select(vec![
+                    tag::PORTAL_PORT,
+                    tag::PG_TAG,
+                    tag::DD_ID,
+                    tag::ISCSI_NODE_TYPE,
+                    9999
+                ]),
+                any::<u32>()
+            )
+                .prop_map(|(t, v)| Attr::u32(t, v)),
+            (
+                prop::sample::select(vec![
+                    tag::PORTAL_IP,
+                    tag::PG_PORTAL_IP,
+                    tag::DD_MEMBER_PORTAL_IP
+                ]),
+                any::<[u8; 16]>()
+            )
+                .prop_map(|(t, v)| Attr::ip_raw(t, v)),
+            (1u32..3000).prop_map(Attr::nil),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Arbitrary bytes: errors at worst, never a panic, in the framing,
+        /// the TLV walk and the grouping into objects.
+        #[test]
+        fn any_bytes_decode_without_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+            if let Ok(h) = Header::decode_reply(&bytes) {
+                let _ = decode_response(&h, &bytes[HEADER_LEN..]);
+            }
+            if let Ok(attrs) = decode_attrs(&bytes, 0) {
+                let _ = crate::isns::state::group(&attrs);
+            }
+            let framed = reply_bytes(&bytes[..bytes.len() / 4 * 4]);
+            let h = Header::decode_reply(&framed).unwrap();
+            if let Ok(r) = decode_response(&h, &framed[HEADER_LEN..]) {
+                let _ = crate::isns::state::group(&r.operating);
+            }
+        }
+
+        /// A real reply with one byte changed and a random cut.
+        #[test]
+        fn mutated_replies_decode_without_panic(
+            which in 0usize..2, at in any::<prop::sample::Index>(), byte in any::<u8>(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut b = unhex([ISNSD_QUERY_REPLY, ISNSD_DDREG_REPLY][which]);
+            let i = at.index(b.len());
+            b[i] = byte;
+            b.truncate(cut.index(b.len() + 1));
+            if let Ok(h) = Header::decode_reply(&b)
+                && let Ok(r) = decode_response(&h, &b[HEADER_LEN..])
+            {
+                let _ = crate::isns::state::group(&r.operating);
+            }
+        }
+
+        /// Attributes survive encoding and strict decoding unchanged.
+        #[test]
+        fn attributes_roundtrip(key in prop::collection::vec(attr_strategy(), 0..6),
+                                op in prop::collection::vec(attr_strategy(), 0..12)) {
+            let mut payload = vec![0u8; 4];
+            for a in key.iter().chain([&Attr::nil(tag::DELIMITER)]).chain(&op) {
+                payload.extend_from_slice(&a.tag.to_be_bytes());
+                payload.extend_from_slice(&(a.value.len() as u32).to_be_bytes());
+                payload.extend_from_slice(&a.value);
+            }
+            let b = reply_bytes(&payload);
+            let r = decode_response(&Header::decode_reply(&b).unwrap(), &b[HEADER_LEN..]).unwrap();
+            prop_assert_eq!(r.key, key);
+            prop_assert_eq!(r.operating, op);
+        }
     }
 
     #[test]
@@ -895,22 +1102,55 @@ mod tests {
             b[i..i + v.len()].copy_from_slice(v);
             b
         };
-        assert!(matches!(decode(&good[..5]), Err(CodecError::Truncated { what: "pdu header", .. })));
+        assert!(matches!(
+            decode(&good[..5]),
+            Err(CodecError::Truncated {
+                what: "pdu header",
+                ..
+            })
+        ));
         assert_eq!(decode(&with(0, &[0, 2])), Err(CodecError::Version(2)));
-        assert_eq!(decode(&with(6, &[0x6c, 0])), Err(CodecError::Authenticated(0x6c00)));
-        assert_eq!(decode(&with(6, &[0x44, 0])), Err(CodecError::Segmented(0x4400)));
-        assert_eq!(decode(&with(6, &[0x8c, 0])), Err(CodecError::Sender(0x8c00)));
-        assert_eq!(decode(&with(4, &[0, 0x87])), Err(CodecError::PduAlignment(0x87)));
-        assert!(matches!(decode(&good[..good.len() - 4]), Err(CodecError::Truncated { what: "pdu payload", .. })));
+        assert_eq!(
+            decode(&with(6, &[0x6c, 0])),
+            Err(CodecError::Authenticated(0x6c00))
+        );
+        assert_eq!(
+            decode(&with(6, &[0x44, 0])),
+            Err(CodecError::Segmented(0x4400))
+        );
+        assert_eq!(
+            decode(&with(6, &[0x8c, 0])),
+            Err(CodecError::Sender(0x8c00))
+        );
+        assert_eq!(
+            decode(&with(4, &[0, 0x87])),
+            Err(CodecError::PduAlignment(0x87))
+        );
+        assert!(matches!(
+            decode(&good[..good.len() - 4]),
+            Err(CodecError::Truncated {
+                what: "pdu payload",
+                ..
+            })
+        ));
         // The first operating attribute (the iSCSI name) claims too much, then an odd length.
         let overrun = with(12 + 4 + 12 + 8 + 4, &[0, 0, 0x10, 0]);
-        assert!(matches!(decode(&overrun), Err(CodecError::AttrOverrun { tag: 32, .. })));
+        assert!(matches!(
+            decode(&overrun),
+            Err(CodecError::AttrOverrun { tag: 32, .. })
+        ));
         let misaligned = with(12 + 4 + 12 + 8 + 4, &[0, 0, 0, 0x17]);
-        assert!(matches!(decode(&misaligned), Err(CodecError::AttrAlignment { tag: 32, .. })));
+        assert!(matches!(
+            decode(&misaligned),
+            Err(CodecError::AttrAlignment { tag: 32, .. })
+        ));
         // The node name loses its NUL.
         let no_nul = with(12 + 4 + 12 + 8 + 8 + 20, b"1234");
         let e = decode(&no_nul).unwrap_err();
-        assert!(e.to_string().contains("iscsi name") && e.to_string().contains("nul"), "{e}");
+        assert!(
+            e.to_string().contains("iscsi name") && e.to_string().contains("nul"),
+            "{e}"
+        );
         // The PG port (u32) becomes 8 bytes by swallowing the tag's length.
         let e = decode(&with(good.len() - 20, &[0, 0, 0, 8])).unwrap_err();
         assert!(e.to_string().contains("pg portal port"), "{e}");

@@ -82,7 +82,9 @@ pub enum IsnsError {
         why: String,
     },
     /// The server still differs after the last round.
-    #[error("the server's registrations still differ from the map after {rounds} rounds: {remaining}")]
+    #[error(
+        "the server's registrations still differ from the map after {rounds} rounds: {remaining}"
+    )]
     NotConverged {
         /// Rounds made.
         rounds: u32,

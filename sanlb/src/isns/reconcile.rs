@@ -69,13 +69,19 @@ impl Portal {
 
     /// How sanlb registers it: IPv4 as IPv4-mapped, TCP.
     pub fn raw(self) -> RawPortal {
-        RawPortal { addr: ip_to_raw(self.addr), port: u32::from(self.port) }
+        RawPortal {
+            addr: ip_to_raw(self.addr),
+            port: u32::from(self.port),
+        }
     }
 }
 
 impl From<SocketAddr> for Portal {
     fn from(s: SocketAddr) -> Self {
-        Portal { addr: s.ip(), port: s.port() }
+        Portal {
+            addr: s.ip(),
+            port: s.port(),
+        }
     }
 }
 
@@ -138,7 +144,10 @@ impl Desired {
         target: impl Into<String>,
         portal: Portal,
     ) -> &mut Self {
-        self.hosts.entry(host.into()).or_default().insert(target.into(), portal);
+        self.hosts
+            .entry(host.into())
+            .or_default()
+            .insert(target.into(), portal);
         self
     }
 
@@ -165,7 +174,9 @@ impl Desired {
                     return bad(format!("host {h}: target {t} is not in the map"));
                 };
                 if !portals.contains(p) {
-                    return bad(format!("host {h}: portal {p} is not a portal of target {t}"));
+                    return bad(format!(
+                        "host {h}: portal {p} is not a portal of target {t}"
+                    ));
                 }
             }
         }
@@ -185,11 +196,17 @@ impl Desired {
         for (h, assigned) in &self.hosts {
             let in_domains: BTreeSet<Portal> = assigned.values().copied().collect();
             for t in assigned.keys() {
-                let Some(reachable) = self.targets.get(t) else { continue };
+                let Some(reachable) = self.targets.get(t) else {
+                    continue;
+                };
                 let portals: BTreeSet<Portal> =
                     reachable.intersection(&in_domains).copied().collect();
                 if portals.len() > 1 {
-                    out.push(Ambiguity { host: h.clone(), target: t.clone(), portals });
+                    out.push(Ambiguity {
+                        host: h.clone(),
+                        target: t.clone(),
+                        portals,
+                    });
                 }
             }
         }
@@ -220,7 +237,11 @@ pub struct ReconcilerConfig {
 
 impl Default for ReconcilerConfig {
     fn default() -> Self {
-        ReconcilerConfig { prefix: "sanlb".to_string(), max_rounds: 3, max_objects: 100_000 }
+        ReconcilerConfig {
+            prefix: "sanlb".to_string(),
+            max_rounds: 3,
+            max_objects: 100_000,
+        }
     }
 }
 
@@ -309,11 +330,15 @@ impl Names {
     }
 }
 
+/// An entity's content: target → portals it is reachable through; the
+/// entity's portals.
+type EntityContent = (BTreeMap<String, BTreeSet<RawPortal>>, BTreeSet<RawPortal>);
+
 /// Where everything of the map goes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Layout {
-    /// EID → target → portals it is reachable through; and the entity's portals.
-    entities: BTreeMap<String, (BTreeMap<String, BTreeSet<RawPortal>>, BTreeSet<RawPortal>)>,
+    /// EID → content.
+    entities: BTreeMap<String, EntityContent>,
     target_eid: BTreeMap<String, String>,
     portal_eid: BTreeMap<RawPortal, String>,
     /// Domain name → (host, target, portal).
@@ -361,7 +386,9 @@ impl Layout {
         }
         for (h, assigned) in &desired.hosts {
             for (t, p) in assigned {
-                layout.dds.insert(names.dd_name(h, t), (h.clone(), t.clone(), p.raw()));
+                layout
+                    .dds
+                    .insert(names.dd_name(h, t), (h.clone(), t.clone(), p.raw()));
             }
         }
         layout
@@ -408,7 +435,9 @@ enum Op {
 impl Op {
     fn counts(&self) -> (u64, u64) {
         match self {
-            Op::DeregNode(_) | Op::DeregPortal(_) | Op::DeregEntity(_) | Op::DeleteDd { .. } => (0, 1),
+            Op::DeregNode(_) | Op::DeregPortal(_) | Op::DeregEntity(_) | Op::DeleteDd { .. } => {
+                (0, 1)
+            }
             Op::RegEntity { added, .. } => (*added, 0),
             Op::CreateDd { nodes, portals, .. } => (1 + (nodes.len() + portals.len()) as u64, 0),
             Op::AddDdMembers { nodes, portals, .. } => ((nodes.len() + portals.len()) as u64, 0),
@@ -419,19 +448,46 @@ impl Op {
 
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let list = |v: &[RawPortal]| v.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        let list = |v: &[RawPortal]| {
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         match self {
             Op::DeregNode(n) => write!(f, "deregister node {n}"),
             Op::DeregPortal(p) => write!(f, "deregister portal {p}"),
             Op::DeregEntity(e) => write!(f, "deregister entity {e}"),
-            Op::RegEntity { eid, nodes, portals, .. } => {
-                write!(f, "register entity {eid}: nodes {nodes:?}, portals [{}]", list(portals))
+            Op::RegEntity {
+                eid,
+                nodes,
+                portals,
+                ..
+            } => {
+                write!(
+                    f,
+                    "register entity {eid}: nodes {nodes:?}, portals [{}]",
+                    list(portals)
+                )
             }
-            Op::CreateDd { name, nodes, portals } => {
+            Op::CreateDd {
+                name,
+                nodes,
+                portals,
+            } => {
                 write!(f, "create domain {name}: {nodes:?}, [{}]", list(portals))
             }
-            Op::AddDdMembers { id, name, nodes, portals } => {
-                write!(f, "add to domain {id} ({name}): {nodes:?}, [{}]", list(portals))
+            Op::AddDdMembers {
+                id,
+                name,
+                nodes,
+                portals,
+            } => {
+                write!(
+                    f,
+                    "add to domain {id} ({name}): {nodes:?}, [{}]",
+                    list(portals)
+                )
             }
             Op::RemoveDdMembers { id, name, members } => {
                 write!(f, "remove from domain {id} ({name}): {members:?}")
@@ -529,16 +585,29 @@ fn plan(layout: &Layout, state: &ServerState, names: &Names) -> Vec<Op> {
     for (name, (h, t, p)) in &layout.dds {
         let nodes = [h.clone(), t.clone()];
         match by_name.get(name.as_str()) {
-            None => ops.push(Op::CreateDd { name: name.clone(), nodes: nodes.to_vec(), portals: vec![*p] }),
+            None => ops.push(Op::CreateDd {
+                name: name.clone(),
+                nodes: nodes.to_vec(),
+                portals: vec![*p],
+            }),
             Some(id) => {
                 let dd = &state.dds[id];
                 let have_nodes = dd.node_names();
-                let nodes: Vec<String> =
-                    nodes.into_iter().filter(|n| !have_nodes.contains(n.as_str())).collect();
-                let portals: Vec<RawPortal> =
-                    [*p].into_iter().filter(|p| !dd.portals().contains(p)).collect();
+                let nodes: Vec<String> = nodes
+                    .into_iter()
+                    .filter(|n| !have_nodes.contains(n.as_str()))
+                    .collect();
+                let portals: Vec<RawPortal> = [*p]
+                    .into_iter()
+                    .filter(|p| !dd.portals().contains(p))
+                    .collect();
                 if !nodes.is_empty() || !portals.is_empty() {
-                    ops.push(Op::AddDdMembers { id: *id, name: name.clone(), nodes, portals });
+                    ops.push(Op::AddDdMembers {
+                        id: *id,
+                        name: name.clone(),
+                        nodes,
+                        portals,
+                    });
                 }
             }
         }
@@ -561,7 +630,11 @@ fn plan(layout: &Layout, state: &ServerState, names: &Names) -> Vec<Op> {
         .collect();
     for (id, dd) in &state.dds {
         let name = dd.name.clone().unwrap_or_default();
-        let wanted = if duplicate.contains(id) { None } else { layout.dds.get(&name) };
+        let wanted = if duplicate.contains(id) {
+            None
+        } else {
+            layout.dds.get(&name)
+        };
         if name.starts_with(&dd_prefix) && wanted.is_none() {
             ops.push(Op::DeleteDd { id: *id, name });
             continue;
@@ -571,16 +644,30 @@ fn plan(layout: &Layout, state: &ServerState, names: &Names) -> Vec<Op> {
             .iter()
             .filter(|m| match (wanted, m) {
                 (Some((h, t, _)), DdMember::Node { name: Some(n), .. }) => n != h && n != t,
-                (Some((_, _, p)), DdMember::Portal { portal: Some(q), .. }) => p != q,
+                (
+                    Some((_, _, p)),
+                    DdMember::Portal {
+                        portal: Some(q), ..
+                    },
+                ) => p != q,
                 (Some(_), _) => true,
                 (None, DdMember::Node { name: Some(n), .. }) => our_nodes.contains(n.as_str()),
-                (None, DdMember::Portal { portal: Some(q), .. }) => our_portals.contains(q),
+                (
+                    None,
+                    DdMember::Portal {
+                        portal: Some(q), ..
+                    },
+                ) => our_portals.contains(q),
                 (None, _) => false,
             })
             .cloned()
             .collect();
         if !stale.is_empty() {
-            ops.push(Op::RemoveDdMembers { id: *id, name, members: stale });
+            ops.push(Op::RemoveDdMembers {
+                id: *id,
+                name,
+                members: stale,
+            });
         }
     }
 
@@ -588,11 +675,15 @@ fn plan(layout: &Layout, state: &ServerState, names: &Names) -> Vec<Op> {
     let stale_entities: BTreeSet<&str> = state
         .entities
         .keys()
-        .filter(|e| e.starts_with(&owned) && **e != control_eid && !layout.entities.contains_key(*e))
+        .filter(|e| {
+            e.starts_with(&owned) && **e != control_eid && !layout.entities.contains_key(*e)
+        })
         .map(String::as_str)
         .collect();
     for (n, s) in &state.nodes {
-        let Some(e) = s.entity.as_deref() else { continue };
+        let Some(e) = s.entity.as_deref() else {
+            continue;
+        };
         if !e.starts_with(&owned) || stale_entities.contains(e) || gone_nodes.contains(n.as_str()) {
             continue;
         }
@@ -606,7 +697,9 @@ fn plan(layout: &Layout, state: &ServerState, names: &Names) -> Vec<Op> {
         }
     }
     for (p, s) in &state.portals {
-        let Some(e) = s.entity.as_deref() else { continue };
+        let Some(e) = s.entity.as_deref() else {
+            continue;
+        };
         if !e.starts_with(&owned) || stale_entities.contains(e) || gone_portals.contains(p) {
             continue;
         }
@@ -635,7 +728,10 @@ impl Reconciler {
     pub fn new(client: ClientConfig, config: ReconcilerConfig) -> Result<Self, IsnsError> {
         let prefix_ok = !config.prefix.is_empty()
             && config.prefix.len() <= 16
-            && config.prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+            && config
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
         if !prefix_ok {
             return Err(IsnsError::Config {
                 field: "prefix",
@@ -652,8 +748,16 @@ impl Reconciler {
             field: "source",
             why: e.to_string(),
         })?;
-        let names = Names { prefix: config.prefix.clone(), control: client.source.clone() };
-        Ok(Reconciler { client: Client::new(client), names, config, counters: Arc::default() })
+        let names = Names {
+            prefix: config.prefix.clone(),
+            control: client.source.clone(),
+        };
+        Ok(Reconciler {
+            client: Client::new(client),
+            names,
+            config,
+            counters: Arc::default(),
+        })
     }
 
     /// The counters, to export as metrics.
@@ -699,16 +803,22 @@ impl Reconciler {
     async fn sync_inner(&mut self, desired: &Desired) -> Result<SyncReport, IsnsError> {
         desired.validate()?;
         let layout = Layout::new(desired, &self.names);
-        let mut report = SyncReport { ambiguous: desired.ambiguities(), ..Default::default() };
+        let mut report = SyncReport {
+            ambiguous: desired.ambiguities(),
+            ..Default::default()
+        };
         for a in &report.ambiguous {
             tracing::warn!(host = %a.host, target = %a.target, portals = ?a.portals,
                 "isns: open-isns will show this host more than its assigned portal");
         }
         self.ensure_control(&mut report.requests).await?;
         for round in 1..=self.config.max_rounds + 1 {
-            let state =
-                state::read(&mut self.client, self.config.max_objects, &mut report.requests)
-                    .await?;
+            let state = state::read(
+                &mut self.client,
+                self.config.max_objects,
+                &mut report.requests,
+            )
+            .await?;
             let ops = plan(&layout, &state, &self.names);
             if ops.is_empty() {
                 report.rounds = round;
@@ -758,11 +868,15 @@ impl Reconciler {
         if resp.status == Status::INVALID_REGISTRATION {
             // The name is registered in another entity: take it back.
             tracing::warn!(node = %self.names.control, "isns: control node found in another entity, re-registering it");
-            self.apply(&Op::DeregNode(self.names.control.clone()), requests).await?;
+            self.apply(&Op::DeregNode(self.names.control.clone()), requests)
+                .await?;
             *requests += 1;
             self.client.call_ok(&req, "control node").await?;
         } else if resp.status != Status::SUCCESS {
-            return Err(self.client.status_error(Function::DevAttrReg, resp.status, "control node").into());
+            return Err(self
+                .client
+                .status_error(Function::DevAttrReg, resp.status, "control node")
+                .into());
         }
         Ok(())
     }
@@ -778,7 +892,9 @@ impl Reconciler {
     ) -> Result<(), IsnsError> {
         for (eid, (targets, _)) in &layout.entities {
             let expires = state.entities.get(eid).and_then(|e| e.period).unwrap_or(0) > 0;
-            let Some(node) = targets.keys().next().filter(|_| expires) else { continue };
+            let Some(node) = targets.keys().next().filter(|_| expires) else {
+                continue;
+            };
             let req = Request::new(
                 Function::DevAttrQry,
                 node,
@@ -788,7 +904,10 @@ impl Reconciler {
             *requests += 1;
             let resp = self.client.call(&req).await?;
             if resp.status != Status::SUCCESS && resp.status != Status::NO_SUCH_ENTRY {
-                return Err(self.client.status_error(Function::DevAttrQry, resp.status, eid).into());
+                return Err(self
+                    .client
+                    .status_error(Function::DevAttrQry, resp.status, eid)
+                    .into());
             }
         }
         Ok(())
@@ -800,9 +919,16 @@ impl Reconciler {
         for req in reqs {
             *requests += 1;
             let resp = self.client.call_ok(&req, &ctx).await?;
-            if let Op::CreateDd { name, nodes, portals } = op {
-                let objs = state::group(&resp.operating)
-                    .map_err(|why| IsnsError::Reply { function: Function::DdReg, why })?;
+            if let Op::CreateDd {
+                name,
+                nodes,
+                portals,
+            } = op
+            {
+                let objs = state::group(&resp.operating).map_err(|why| IsnsError::Reply {
+                    function: Function::DdReg,
+                    why,
+                })?;
                 let id = objs
                     .iter()
                     .find_map(|o| match o {
@@ -855,17 +981,30 @@ impl Reconciler {
             out
         };
         Ok(match op {
-            Op::DeregNode(n) => vec![self.request(Function::DevDereg, vec![], vec![s(tag::ISCSI_NAME, n)?])],
+            Op::DeregNode(n) => {
+                vec![self.request(Function::DevDereg, vec![], vec![s(tag::ISCSI_NAME, n)?])]
+            }
             Op::DeregPortal(p) => vec![self.request(
                 Function::DevDereg,
                 vec![],
                 p.attrs(tag::PORTAL_IP, tag::PORTAL_PORT).to_vec(),
             )],
-            Op::DeregEntity(e) => vec![self.request(Function::DevDereg, vec![], vec![s(tag::ENTITY_ID, e)?])],
-            Op::RegEntity { eid, nodes, portals, pgs, .. } => {
+            Op::DeregEntity(e) => {
+                vec![self.request(Function::DevDereg, vec![], vec![s(tag::ENTITY_ID, e)?])]
+            }
+            Op::RegEntity {
+                eid,
+                nodes,
+                portals,
+                pgs,
+                ..
+            } => {
                 let mut objects = Vec::new();
                 for n in nodes {
-                    objects.push(vec![s(tag::ISCSI_NAME, n)?, Attr::u32(tag::ISCSI_NODE_TYPE, node_type::TARGET)]);
+                    objects.push(vec![
+                        s(tag::ISCSI_NAME, n)?,
+                        Attr::u32(tag::ISCSI_NODE_TYPE, node_type::TARGET),
+                    ]);
                 }
                 for p in portals {
                     objects.push(p.attrs(tag::PORTAL_IP, tag::PORTAL_PORT).to_vec());
@@ -882,20 +1021,28 @@ impl Reconciler {
                 pack(
                     Function::DevAttrReg,
                     vec![s(tag::ENTITY_ID, eid)?],
-                    vec![s(tag::ENTITY_ID, eid)?, Attr::u32(tag::ENTITY_PROTOCOL, ENTITY_PROTOCOL_ISCSI)],
+                    vec![
+                        s(tag::ENTITY_ID, eid)?,
+                        Attr::u32(tag::ENTITY_PROTOCOL, ENTITY_PROTOCOL_ISCSI),
+                    ],
                     objects,
                 )
             }
             Op::CreateDd { name, .. } => {
                 vec![self.request(Function::DdReg, vec![], vec![s(tag::DD_NAME, name)?])]
             }
-            Op::AddDdMembers { id, nodes, portals, .. } => {
+            Op::AddDdMembers {
+                id, nodes, portals, ..
+            } => {
                 let mut objects = Vec::new();
                 for n in nodes {
                     objects.push(vec![s(tag::DD_MEMBER_ISCSI_NAME, n)?]);
                 }
                 for p in portals {
-                    objects.push(p.attrs(tag::DD_MEMBER_PORTAL_IP, tag::DD_MEMBER_PORTAL_PORT).to_vec());
+                    objects.push(
+                        p.attrs(tag::DD_MEMBER_PORTAL_IP, tag::DD_MEMBER_PORTAL_PORT)
+                            .to_vec(),
+                    );
                 }
                 pack(
                     Function::DdReg,
@@ -908,12 +1055,20 @@ impl Reconciler {
                 let mut objects = Vec::new();
                 for m in members {
                     objects.push(match m {
-                        DdMember::Node { name: Some(n), .. } => vec![s(tag::DD_MEMBER_ISCSI_NAME, n)?],
-                        DdMember::Node { index: Some(i), .. } => vec![Attr::u32(tag::DD_MEMBER_ISCSI_INDEX, *i)],
-                        DdMember::Portal { portal: Some(p), .. } => {
-                            p.attrs(tag::DD_MEMBER_PORTAL_IP, tag::DD_MEMBER_PORTAL_PORT).to_vec()
+                        DdMember::Node { name: Some(n), .. } => {
+                            vec![s(tag::DD_MEMBER_ISCSI_NAME, n)?]
                         }
-                        DdMember::Portal { index: Some(i), .. } => vec![Attr::u32(tag::DD_MEMBER_PORTAL_INDEX, *i)],
+                        DdMember::Node { index: Some(i), .. } => {
+                            vec![Attr::u32(tag::DD_MEMBER_ISCSI_INDEX, *i)]
+                        }
+                        DdMember::Portal {
+                            portal: Some(p), ..
+                        } => p
+                            .attrs(tag::DD_MEMBER_PORTAL_IP, tag::DD_MEMBER_PORTAL_PORT)
+                            .to_vec(),
+                        DdMember::Portal { index: Some(i), .. } => {
+                            vec![Attr::u32(tag::DD_MEMBER_PORTAL_INDEX, *i)]
+                        }
                         _ => continue,
                     });
                 }
@@ -921,7 +1076,12 @@ impl Reconciler {
                     // An empty DDDereg deletes the whole domain: never send one.
                     return Ok(Vec::new());
                 }
-                pack(Function::DdDereg, vec![Attr::u32(tag::DD_ID, *id)], vec![], objects)
+                pack(
+                    Function::DdDereg,
+                    vec![Attr::u32(tag::DD_ID, *id)],
+                    vec![],
+                    objects,
+                )
             }
             Op::DeleteDd { id, .. } => {
                 vec![self.request(Function::DdDereg, vec![Attr::u32(tag::DD_ID, *id)], vec![])]
@@ -944,7 +1104,10 @@ mod tests {
     }
 
     fn names() -> Names {
-        Names { prefix: "sanlb".into(), control: "iqn.sanlb:ctl".into() }
+        Names {
+            prefix: "sanlb".into(),
+            control: "iqn.sanlb:ctl".into(),
+        }
     }
 
     fn desired() -> Desired {
@@ -962,7 +1125,11 @@ mod tests {
         st.entities.insert(n.control_eid(), EntityState::default());
         st.nodes.insert(
             n.control.clone(),
-            NodeState { entity: Some(n.control_eid()), node_type: Some(4), ..Default::default() },
+            NodeState {
+                entity: Some(n.control_eid()),
+                node_type: Some(4),
+                ..Default::default()
+            },
         );
         for (eid, (targets, portals)) in &layout.entities {
             st.entities.insert(eid.clone(), EntityState::default());
@@ -977,7 +1144,12 @@ mod tests {
                 );
             }
             for q in portals {
-                st.portals.insert(*q, PortalState { entity: Some(eid.clone()) });
+                st.portals.insert(
+                    *q,
+                    PortalState {
+                        entity: Some(eid.clone()),
+                    },
+                );
             }
         }
         for (i, (name, (h, t, q))) in layout.dds.iter().enumerate() {
@@ -986,9 +1158,18 @@ mod tests {
                 state::DdState {
                     name: Some(name.clone()),
                     members: vec![
-                        DdMember::Node { index: None, name: Some(h.clone()) },
-                        DdMember::Node { index: None, name: Some(t.clone()) },
-                        DdMember::Portal { index: None, portal: Some(*q) },
+                        DdMember::Node {
+                            index: None,
+                            name: Some(h.clone()),
+                        },
+                        DdMember::Node {
+                            index: None,
+                            name: Some(t.clone()),
+                        },
+                        DdMember::Portal {
+                            index: None,
+                            portal: Some(*q),
+                        },
                     ],
                 },
             );
@@ -1000,23 +1181,46 @@ mod tests {
     fn empty_server_gets_everything_and_a_matching_server_nothing() {
         let n = names();
         let layout = Layout::new(&desired(), &n);
-        assert_eq!(layout.entities.len(), 2, "distinct portals: one entity per target");
+        assert_eq!(
+            layout.entities.len(),
+            2,
+            "distinct portals: one entity per target"
+        );
         let ops = plan(&layout, &ServerState::default(), &n);
-        assert_eq!(ops.iter().filter(|o| matches!(o, Op::RegEntity { .. })).count(), 2);
-        assert_eq!(ops.iter().filter(|o| matches!(o, Op::CreateDd { .. })).count(), 2);
+        assert_eq!(
+            ops.iter()
+                .filter(|o| matches!(o, Op::RegEntity { .. }))
+                .count(),
+            2
+        );
+        assert_eq!(
+            ops.iter()
+                .filter(|o| matches!(o, Op::CreateDd { .. }))
+                .count(),
+            2
+        );
         assert!(plan(&layout, &applied(&layout, &n), &n).is_empty());
     }
 
     #[test]
     fn shared_portals_share_an_entity_with_deny_groups() {
         let mut d = Desired::new();
-        d.add_target("t1", [p("198.18.0.1:3260")]).add_target("t2", [p("198.18.0.1:3260"), p("198.18.0.2:3260")]);
+        d.add_target("t1", [p("198.18.0.1:3260")])
+            .add_target("t2", [p("198.18.0.1:3260"), p("198.18.0.2:3260")]);
         let layout = Layout::new(&d, &names());
-        assert_eq!(layout.entities.keys().collect::<Vec<_>>(), ["sanlb:target:t1"]);
+        assert_eq!(
+            layout.entities.keys().collect::<Vec<_>>(),
+            ["sanlb:target:t1"]
+        );
         let ops = plan(&layout, &ServerState::default(), &names());
-        let Op::RegEntity { pgs, .. } = &ops[0] else { panic!("{ops:?}") };
+        let Op::RegEntity { pgs, .. } = &ops[0] else {
+            panic!("{ops:?}")
+        };
         let deny: Vec<_> = pgs.iter().filter(|(_, _, t)| t.is_none()).collect();
-        assert_eq!(deny, [&("t1".to_string(), p("198.18.0.2:3260").raw(), None)]);
+        assert_eq!(
+            deny,
+            [&("t1".to_string(), p("198.18.0.2:3260").raw(), None)]
+        );
     }
 
     #[test]
@@ -1028,8 +1232,12 @@ mod tests {
         d.assign("h1", "t1", p("198.18.0.2:3261"));
         let ops = plan(&Layout::new(&d, &n), &st, &n);
         assert_eq!(ops.len(), 2, "{ops:?}");
-        assert!(matches!(&ops[0], Op::AddDdMembers { portals, nodes, .. } if nodes.is_empty() && portals == &[p("198.18.0.2:3261").raw()]));
-        assert!(matches!(&ops[1], Op::RemoveDdMembers { members, .. } if members == &[DdMember::Portal { index: None, portal: Some(p("198.18.0.1:3261").raw()) }]));
+        assert!(
+            matches!(&ops[0], Op::AddDdMembers { portals, nodes, .. } if nodes.is_empty() && portals == &[p("198.18.0.2:3261").raw()])
+        );
+        assert!(
+            matches!(&ops[1], Op::RemoveDdMembers { members, .. } if members == &[DdMember::Portal { index: None, portal: Some(p("198.18.0.1:3261").raw()) }])
+        );
     }
 
     #[test]
@@ -1041,25 +1249,72 @@ mod tests {
         // target, a hand-registered portal in a sanlb entity, a stale sanlb
         // domain and entity, a foreign entity left alone.
         let stray = p("198.18.0.9:3260").raw();
-        st.dds.get_mut(&1).unwrap().members.push(DdMember::Portal { index: Some(7), portal: Some(stray) });
-        st.dds.insert(50, state::DdState {
-            name: Some("hand".into()),
-            members: vec![
-                DdMember::Node { index: None, name: Some("t1".into()) },
-                DdMember::Node { index: None, name: Some("other".into()) },
-            ],
+        st.dds.get_mut(&1).unwrap().members.push(DdMember::Portal {
+            index: Some(7),
+            portal: Some(stray),
         });
-        st.dds.insert(51, state::DdState { name: Some("sanlb:dd:old|t1".into()), members: vec![] });
-        st.portals.insert(stray, PortalState { entity: Some("sanlb:target:t1".into()) });
-        st.entities.insert("sanlb:target:gone".into(), EntityState::default());
+        st.dds.insert(
+            50,
+            state::DdState {
+                name: Some("hand".into()),
+                members: vec![
+                    DdMember::Node {
+                        index: None,
+                        name: Some("t1".into()),
+                    },
+                    DdMember::Node {
+                        index: None,
+                        name: Some("other".into()),
+                    },
+                ],
+            },
+        );
+        st.dds.insert(
+            51,
+            state::DdState {
+                name: Some("sanlb:dd:old|t1".into()),
+                members: vec![],
+            },
+        );
+        st.portals.insert(
+            stray,
+            PortalState {
+                entity: Some("sanlb:target:t1".into()),
+            },
+        );
+        st.entities
+            .insert("sanlb:target:gone".into(), EntityState::default());
         st.entities.insert("foreign".into(), EntityState::default());
-        st.nodes.insert("f".into(), NodeState { entity: Some("foreign".into()), ..Default::default() });
+        st.nodes.insert(
+            "f".into(),
+            NodeState {
+                entity: Some("foreign".into()),
+                ..Default::default()
+            },
+        );
         let ops = plan(&layout, &st, &n);
         let text: Vec<String> = ops.iter().map(ToString::to_string).collect();
         assert_eq!(ops.len(), 5, "{text:#?}");
-        assert!(ops.contains(&Op::RemoveDdMembers { id: 1, name: st.dds[&1].name.clone().unwrap(), members: vec![DdMember::Portal { index: Some(7), portal: Some(stray) }] }));
-        assert!(ops.contains(&Op::RemoveDdMembers { id: 50, name: "hand".into(), members: vec![DdMember::Node { index: None, name: Some("t1".into()) }] }));
-        assert!(ops.contains(&Op::DeleteDd { id: 51, name: "sanlb:dd:old|t1".into() }));
+        assert!(ops.contains(&Op::RemoveDdMembers {
+            id: 1,
+            name: st.dds[&1].name.clone().unwrap(),
+            members: vec![DdMember::Portal {
+                index: Some(7),
+                portal: Some(stray)
+            }]
+        }));
+        assert!(ops.contains(&Op::RemoveDdMembers {
+            id: 50,
+            name: "hand".into(),
+            members: vec![DdMember::Node {
+                index: None,
+                name: Some("t1".into())
+            }]
+        }));
+        assert!(ops.contains(&Op::DeleteDd {
+            id: 51,
+            name: "sanlb:dd:old|t1".into()
+        }));
         assert!(ops.contains(&Op::DeregPortal(stray)));
         assert!(ops.contains(&Op::DeregEntity("sanlb:target:gone".into())));
     }
@@ -1069,9 +1324,16 @@ mod tests {
         let n = names();
         let layout = Layout::new(&desired(), &n);
         let mut st = applied(&layout, &n);
-        st.nodes.get_mut("t1").unwrap().portals.remove(&p("198.18.0.2:3261").raw());
+        st.nodes
+            .get_mut("t1")
+            .unwrap()
+            .portals
+            .remove(&p("198.18.0.2:3261").raw());
         let ops = plan(&layout, &st, &n);
-        assert!(matches!(&ops[..], [Op::RegEntity { eid, added: 1, .. }] if eid == "sanlb:target:t1"), "{ops:?}");
+        assert!(
+            matches!(&ops[..], [Op::RegEntity { eid, added: 1, .. }] if eid == "sanlb:target:t1"),
+            "{ops:?}"
+        );
     }
 
     #[test]
@@ -1080,7 +1342,12 @@ mod tests {
         assert!(d.validate().is_ok());
         assert!(d.ambiguities().is_empty());
         d.assign("h2", "t1", p("198.18.0.7:3260"));
-        assert!(d.validate().unwrap_err().to_string().contains("not a portal of target t1"));
+        assert!(
+            d.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("not a portal of target t1")
+        );
         let mut d = Desired::new();
         d.add_target("t1", [p("198.18.0.1:3260"), p("198.18.0.2:3260")])
             .add_target("t2", [p("198.18.0.1:3260"), p("198.18.0.2:3260")])
@@ -1088,8 +1355,14 @@ mod tests {
             .assign("h", "t2", p("198.18.0.2:3260"));
         assert_eq!(d.ambiguities().len(), 2);
         let mut d = Desired::new();
-        d.add_target("t", [p("198.18.0.1:3260")]).assign("t", "t", p("198.18.0.1:3260"));
-        assert!(d.validate().unwrap_err().to_string().contains("both a host and a target"));
+        d.add_target("t", [p("198.18.0.1:3260")])
+            .assign("t", "t", p("198.18.0.1:3260"));
+        assert!(
+            d.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("both a host and a target")
+        );
         let mut d = Desired::new();
         d.add_target("bad name", []);
         assert!(d.validate().is_err());
@@ -1100,7 +1373,10 @@ mod tests {
         let n = names();
         let long = format!("iqn.2024-01.test:{}", "x".repeat(200));
         let name = n.dd_name(&long, &long);
-        assert!(name.len() <= MAX_DD_NAME && name.starts_with("sanlb:dd:#"), "{name}");
+        assert!(
+            name.len() <= MAX_DD_NAME && name.starts_with("sanlb:dd:#"),
+            "{name}"
+        );
         assert_eq!(name, n.dd_name(&long, &long));
         assert_ne!(name, n.dd_name(&long, "t"));
     }

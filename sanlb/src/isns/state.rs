@@ -33,7 +33,10 @@ impl RawPortal {
 
     /// The two attributes naming it under the given tags.
     pub(crate) fn attrs(&self, ip_tag: u32, port_tag: u32) -> [Attr; 2] {
-        [Attr::ip_raw(ip_tag, self.addr), Attr::u32(port_tag, self.port)]
+        [
+            Attr::ip_raw(ip_tag, self.addr),
+            Attr::u32(port_tag, self.port),
+        ]
     }
 }
 
@@ -123,7 +126,9 @@ impl DdState {
         self.members
             .iter()
             .filter_map(|m| match m {
-                DdMember::Portal { portal: Some(p), .. } => Some(*p),
+                DdMember::Portal {
+                    portal: Some(p), ..
+                } => Some(*p),
                 _ => None,
             })
             .collect()
@@ -146,11 +151,24 @@ pub struct ServerState {
 /// One object of a reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Obj {
-    Entity { eid: String, period: Option<u32> },
-    Node { name: String, node_type: Option<u32> },
+    Entity {
+        eid: String,
+        period: Option<u32>,
+    },
+    Node {
+        name: String,
+        node_type: Option<u32>,
+    },
     Portal(RawPortal),
-    Pg { name: String, portal: RawPortal, tag: Option<u32> },
-    Dd { id: u32, state: DdState },
+    Pg {
+        name: String,
+        portal: RawPortal,
+        tag: Option<u32>,
+    },
+    Dd {
+        id: u32,
+        state: DdState,
+    },
 }
 
 /// Split a reply's attribute list into objects. An object starts at its key
@@ -181,9 +199,11 @@ pub(crate) fn group(attrs: &[Attr]) -> Result<Vec<Obj>, String> {
             Cur::Entity(eid, period) => out.push(Obj::Entity { eid, period }),
             Cur::Node(name, node_type) => out.push(Obj::Node { name, node_type }),
             Cur::Portal(h) => out.push(Obj::Portal(pair(h, "portal")?)),
-            Cur::Pg(name, h, tag) => {
-                out.push(Obj::Pg { name, portal: pair(h, "portal group")?, tag })
-            }
+            Cur::Pg(name, h, tag) => out.push(Obj::Pg {
+                name,
+                portal: pair(h, "portal group")?,
+                tag,
+            }),
             Cur::Dd(id, state) => out.push(Obj::Dd { id, state }),
         }
         Ok(())
@@ -191,7 +211,13 @@ pub(crate) fn group(attrs: &[Attr]) -> Result<Vec<Obj>, String> {
     let mut out = Vec::new();
     let mut cur = Cur::None;
     for a in attrs {
-        let misplaced = || format!("attribute {} ({}) outside its object", a.tag, tag::name(a.tag));
+        let misplaced = || {
+            format!(
+                "attribute {} ({}) outside its object",
+                a.tag,
+                tag::name(a.tag)
+            )
+        };
         let nonnil_str = || {
             if a.is_nil() {
                 Err(format!("NULL {}", tag::name(a.tag)))
@@ -199,10 +225,14 @@ pub(crate) fn group(attrs: &[Attr]) -> Result<Vec<Obj>, String> {
                 a.as_str().map(str::to_string).map_err(|e| e.to_string())
             }
         };
-        let opt_u32 = || if a.is_nil() { Ok(None) } else { a.as_u32().map(Some).map_err(|e| e.to_string()) };
-        let nonnil_u32 = || {
-            opt_u32()?.ok_or_else(|| format!("NULL {}", tag::name(a.tag)))
+        let opt_u32 = || {
+            if a.is_nil() {
+                Ok(None)
+            } else {
+                a.as_u32().map(Some).map_err(|e| e.to_string())
+            }
         };
+        let nonnil_u32 = || opt_u32()?.ok_or_else(|| format!("NULL {}", tag::name(a.tag)));
         let nonnil_ip = || {
             if a.is_nil() {
                 Err(format!("NULL {}", tag::name(a.tag)))
@@ -219,10 +249,10 @@ pub(crate) fn group(attrs: &[Attr]) -> Result<Vec<Obj>, String> {
                 Cur::Entity(_, p) => *p = opt_u32()?,
                 _ => return Err(misplaced()),
             },
-            tag::ENTITY_PROTOCOL | tag::ENTITY_INDEX | tag::TIMESTAMP | tag::MGMT_IP => {
-                if !matches!(cur, Cur::Entity(..)) {
-                    return Err(misplaced());
-                }
+            tag::ENTITY_PROTOCOL | tag::ENTITY_INDEX | tag::TIMESTAMP | tag::MGMT_IP
+                if !matches!(cur, Cur::Entity(..)) =>
+            {
+                return Err(misplaced());
             }
             tag::ISCSI_NAME => {
                 finish(std::mem::replace(&mut cur, Cur::None), &mut out)?;
@@ -232,23 +262,22 @@ pub(crate) fn group(attrs: &[Attr]) -> Result<Vec<Obj>, String> {
                 Cur::Node(_, t) => *t = opt_u32()?,
                 _ => return Err(misplaced()),
             },
-            tag::ISCSI_ALIAS | tag::ISCSI_NODE_INDEX => {
-                if !matches!(cur, Cur::Node(..)) {
-                    return Err(misplaced());
-                }
+            tag::ISCSI_ALIAS | tag::ISCSI_NODE_INDEX if !matches!(cur, Cur::Node(..)) => {
+                return Err(misplaced());
             }
             tag::PORTAL_IP => {
                 finish(std::mem::replace(&mut cur, Cur::None), &mut out)?;
-                cur = Cur::Portal(Half { ip: Some(nonnil_ip()?), port: None });
+                cur = Cur::Portal(Half {
+                    ip: Some(nonnil_ip()?),
+                    port: None,
+                });
             }
             tag::PORTAL_PORT => match &mut cur {
                 Cur::Portal(h) if h.port.is_none() => h.port = Some(nonnil_u32()?),
                 _ => return Err(misplaced()),
             },
-            tag::PORTAL_INDEX | tag::PORTAL_NAME => {
-                if !matches!(cur, Cur::Portal(..)) {
-                    return Err(misplaced());
-                }
+            tag::PORTAL_INDEX | tag::PORTAL_NAME if !matches!(cur, Cur::Portal(..)) => {
+                return Err(misplaced());
             }
             tag::PG_ISCSI_NAME => {
                 finish(std::mem::replace(&mut cur, Cur::None), &mut out)?;
@@ -266,56 +295,87 @@ pub(crate) fn group(attrs: &[Attr]) -> Result<Vec<Obj>, String> {
                 Cur::Pg(_, _, t) => *t = opt_u32()?,
                 _ => return Err(misplaced()),
             },
-            tag::PG_INDEX => {
-                if !matches!(cur, Cur::Pg(..)) {
-                    return Err(misplaced());
-                }
+            tag::PG_INDEX if !matches!(cur, Cur::Pg(..)) => {
+                return Err(misplaced());
             }
             tag::DD_ID => {
                 finish(std::mem::replace(&mut cur, Cur::None), &mut out)?;
                 cur = Cur::Dd(nonnil_u32()?, DdState::default());
             }
             tag::DD_NAME => match &mut cur {
-                Cur::Dd(_, d) => d.name = if a.is_nil() { None } else { Some(nonnil_str()?) },
+                Cur::Dd(_, d) => {
+                    d.name = if a.is_nil() {
+                        None
+                    } else {
+                        Some(nonnil_str()?)
+                    }
+                }
                 _ => return Err(misplaced()),
             },
-            tag::DD_FEATURES => {
-                if !matches!(cur, Cur::Dd(..)) {
-                    return Err(misplaced());
-                }
+            tag::DD_FEATURES if !matches!(cur, Cur::Dd(..)) => {
+                return Err(misplaced());
             }
             tag::DD_MEMBER_ISCSI_INDEX | tag::DD_MEMBER_ISCSI_NAME => {
-                let Cur::Dd(_, d) = &mut cur else { return Err(misplaced()) };
+                let Cur::Dd(_, d) = &mut cur else {
+                    return Err(misplaced());
+                };
                 if a.tag == tag::DD_MEMBER_ISCSI_INDEX {
-                    d.members.push(DdMember::Node { index: Some(nonnil_u32()?), name: None });
+                    d.members.push(DdMember::Node {
+                        index: Some(nonnil_u32()?),
+                        name: None,
+                    });
                 } else {
                     let name = nonnil_str()?;
                     // The name completes an index-only member just before it.
                     match d.members.last_mut() {
-                        Some(DdMember::Node { name: n @ None, index: Some(_) }) => *n = Some(name),
-                        _ => d.members.push(DdMember::Node { index: None, name: Some(name) }),
+                        Some(DdMember::Node {
+                            name: n @ None,
+                            index: Some(_),
+                        }) => *n = Some(name),
+                        _ => d.members.push(DdMember::Node {
+                            index: None,
+                            name: Some(name),
+                        }),
                     }
                 }
             }
             tag::DD_MEMBER_PORTAL_INDEX => {
-                let Cur::Dd(_, d) = &mut cur else { return Err(misplaced()) };
-                d.members.push(DdMember::Portal { index: Some(nonnil_u32()?), portal: None });
+                let Cur::Dd(_, d) = &mut cur else {
+                    return Err(misplaced());
+                };
+                d.members.push(DdMember::Portal {
+                    index: Some(nonnil_u32()?),
+                    portal: None,
+                });
             }
             tag::DD_MEMBER_PORTAL_IP => {
-                let Cur::Dd(_, d) = &mut cur else { return Err(misplaced()) };
+                let Cur::Dd(_, d) = &mut cur else {
+                    return Err(misplaced());
+                };
                 let addr = nonnil_ip()?;
-                let half = RawPortal { addr, port: u32::MAX };
+                let half = RawPortal {
+                    addr,
+                    port: u32::MAX,
+                };
                 match d.members.last_mut() {
-                    Some(DdMember::Portal { portal: p @ None, index: Some(_) }) => *p = Some(half),
-                    _ => d.members.push(DdMember::Portal { index: None, portal: Some(half) }),
+                    Some(DdMember::Portal {
+                        portal: p @ None,
+                        index: Some(_),
+                    }) => *p = Some(half),
+                    _ => d.members.push(DdMember::Portal {
+                        index: None,
+                        portal: Some(half),
+                    }),
                 }
             }
             tag::DD_MEMBER_PORTAL_PORT => {
-                let Cur::Dd(_, d) = &mut cur else { return Err(misplaced()) };
+                let Cur::Dd(_, d) = &mut cur else {
+                    return Err(misplaced());
+                };
                 match d.members.last_mut() {
-                    Some(DdMember::Portal { portal: Some(p), .. }) if p.port == u32::MAX => {
-                        p.port = nonnil_u32()?
-                    }
+                    Some(DdMember::Portal {
+                        portal: Some(p), ..
+                    }) if p.port == u32::MAX => p.port = nonnil_u32()?,
                     _ => return Err("dd member portal port without its address".to_string()),
                 }
             }
@@ -325,11 +385,13 @@ pub(crate) fn group(attrs: &[Attr]) -> Result<Vec<Obj>, String> {
     finish(cur, &mut out)?;
     for o in &out {
         if let Obj::Dd { id, state } = o
-            && state.members.iter().any(|m| {
-                matches!(m, DdMember::Portal { portal: Some(p), .. } if p.port == u32::MAX)
-            })
+            && state.members.iter().any(
+                |m| matches!(m, DdMember::Portal { portal: Some(p), .. } if p.port == u32::MAX),
+            )
         {
-            return Err(format!("discovery domain {id}: portal member address without its port"));
+            return Err(format!(
+                "discovery domain {id}: portal member address without its port"
+            ));
         }
     }
     Ok(out)
@@ -357,20 +419,30 @@ async fn getnext_all(
     let mut key: Vec<Attr> = key_tags.iter().map(|&t| Attr::nil(t)).collect();
     let mut out = Vec::new();
     loop {
-        let req = Request::new(Function::DevGetNext, &source, key.clone(), operating.clone());
+        let req = Request::new(
+            Function::DevGetNext,
+            &source,
+            key.clone(),
+            operating.clone(),
+        );
         *requests += 1;
         let resp = client.call(&req).await?;
         if resp.status == Status::NO_SUCH_ENTRY {
             return Ok(out);
         }
         if resp.status != Status::SUCCESS {
-            return Err(client.status_error(Function::DevGetNext, resp.status, what).into());
+            return Err(client
+                .status_error(Function::DevGetNext, resp.status, what)
+                .into());
         }
         let tags: Vec<u32> = resp.key.iter().map(|a| a.tag).collect();
         if tags != key_tags || resp.key.iter().any(Attr::is_nil) {
             return Err(IsnsError::Reply {
                 function: Function::DevGetNext,
-                why: format!("listing {what}: reply key {:?} is not the key of the next object", resp.key),
+                why: format!(
+                    "listing {what}: reply key {:?} is not the key of the next object",
+                    resp.key
+                ),
             });
         }
         if resp.key == key {
@@ -384,8 +456,12 @@ async fn getnext_all(
         }
         key = resp.key.clone();
         // Asked for all attributes, the server repeats the key first.
-        let repeated =
-            resp.operating.iter().zip(&resp.key).take_while(|(a, b)| a == b).count();
+        let repeated = resp
+            .operating
+            .iter()
+            .zip(&resp.key)
+            .take_while(|(a, b)| a == b)
+            .count();
         let mut item = resp.key;
         item.extend(resp.operating.into_iter().skip(repeated));
         out.push(item);
@@ -422,22 +498,40 @@ pub(crate) async fn read(
         Ok(out)
     };
 
-    let items =
-        getnext_all(client, 0, vec![Attr::nil(tag::REGISTRATION_PERIOD)], max, requests).await?;
+    let items = getnext_all(
+        client,
+        0,
+        vec![Attr::nil(tag::REGISTRATION_PERIOD)],
+        max,
+        requests,
+    )
+    .await?;
     for o in grouped(items)? {
         if let Obj::Entity { eid, period } = o {
             st.entities.insert(eid, EntityState { period });
         }
     }
 
-    let items = getnext_all(client, 1, vec![Attr::nil(tag::ISCSI_NODE_TYPE)], max, requests).await?;
+    let items = getnext_all(
+        client,
+        1,
+        vec![Attr::nil(tag::ISCSI_NODE_TYPE)],
+        max,
+        requests,
+    )
+    .await?;
     for o in grouped(items)? {
-        let Obj::Node { name, node_type } = o else { continue };
+        let Obj::Node { name, node_type } = o else {
+            continue;
+        };
         // Its entity and its portal groups.
         let req = Request::new(
             Function::DevAttrQry,
             &source,
-            vec![Attr::string(tag::ISCSI_NAME, &name).map_err(|e| reply_err(Function::DevGetNext, e.to_string()))?],
+            vec![
+                Attr::string(tag::ISCSI_NAME, &name)
+                    .map_err(|e| reply_err(Function::DevGetNext, e.to_string()))?,
+            ],
             [
                 tag::ENTITY_ID,
                 tag::ISCSI_NAME,
@@ -453,13 +547,18 @@ pub(crate) async fn read(
         );
         *requests += 1;
         let resp = client.call(&req).await?;
-        let mut node = NodeState { node_type, ..Default::default() };
+        let mut node = NodeState {
+            node_type,
+            ..Default::default()
+        };
         if resp.status == Status::NO_SUCH_ENTRY {
             // Gone since it was listed.
             continue;
         }
         if resp.status != Status::SUCCESS {
-            return Err(client.status_error(Function::DevAttrQry, resp.status, &name).into());
+            return Err(client
+                .status_error(Function::DevAttrQry, resp.status, &name)
+                .into());
         }
         let objs = group(&resp.operating).map_err(|why| reply_err(Function::DevAttrQry, why))?;
         let mut seen = false;
@@ -470,7 +569,11 @@ pub(crate) async fn read(
                     seen = true;
                     node.node_type = node_type;
                 }
-                Obj::Pg { name: n, portal, tag } if n == name && seen => {
+                Obj::Pg {
+                    name: n,
+                    portal,
+                    tag,
+                } if n == name && seen => {
                     if let Some(t) = tag.filter(|&t| t != 0) {
                         node.portals.insert(portal, t);
                     }
@@ -499,7 +602,10 @@ pub(crate) async fn read(
             Function::DevAttrQry,
             &source,
             p.attrs(tag::PORTAL_IP, tag::PORTAL_PORT).to_vec(),
-            [tag::ENTITY_ID, tag::PORTAL_IP, tag::PORTAL_PORT].into_iter().map(Attr::nil).collect(),
+            [tag::ENTITY_ID, tag::PORTAL_IP, tag::PORTAL_PORT]
+                .into_iter()
+                .map(Attr::nil)
+                .collect(),
         );
         *requests += 1;
         let resp = client.call(&req).await?;
@@ -507,7 +613,9 @@ pub(crate) async fn read(
             continue;
         }
         if resp.status != Status::SUCCESS {
-            return Err(client.status_error(Function::DevAttrQry, resp.status, &p.to_string()).into());
+            return Err(client
+                .status_error(Function::DevAttrQry, resp.status, &p.to_string())
+                .into());
         }
         let mut portal = PortalState::default();
         let mut seen = false;
@@ -551,7 +659,10 @@ mod tests {
 
     #[test]
     fn groups_node_query_reply() {
-        let p = RawPortal { addr: super::super::codec::ip_to_raw("198.18.0.1".parse().unwrap()), port: 3260 };
+        let p = RawPortal {
+            addr: super::super::codec::ip_to_raw("198.18.0.1".parse().unwrap()),
+            port: 3260,
+        };
         let attrs = vec![
             s(tag::ENTITY_ID, "sanlb:target:t1"),
             s(tag::ISCSI_NAME, "t1"),
@@ -564,16 +675,29 @@ mod tests {
         assert_eq!(
             group(&attrs).unwrap(),
             vec![
-                Obj::Entity { eid: "sanlb:target:t1".into(), period: None },
-                Obj::Node { name: "t1".into(), node_type: Some(1) },
-                Obj::Pg { name: "t1".into(), portal: p, tag: None },
+                Obj::Entity {
+                    eid: "sanlb:target:t1".into(),
+                    period: None
+                },
+                Obj::Node {
+                    name: "t1".into(),
+                    node_type: Some(1)
+                },
+                Obj::Pg {
+                    name: "t1".into(),
+                    portal: p,
+                    tag: None
+                },
             ]
         );
     }
 
     #[test]
     fn groups_dd_members() {
-        let p = RawPortal { addr: [7; 16], port: 3260 };
+        let p = RawPortal {
+            addr: [7; 16],
+            port: 3260,
+        };
         let attrs = vec![
             Attr::u32(tag::DD_ID, 4),
             s(tag::DD_NAME, "d"),
@@ -587,15 +711,29 @@ mod tests {
             Attr::u32(tag::DD_MEMBER_ISCSI_INDEX, 9),
         ];
         let objs: [Obj; 1] = group(&attrs).unwrap().try_into().unwrap();
-        let [Obj::Dd { id: 4, state }] = objs else { panic!("{objs:?}") };
+        let [Obj::Dd { id: 4, state }] = objs else {
+            panic!("{objs:?}")
+        };
         assert_eq!(state.name.as_deref(), Some("d"));
         assert_eq!(
             state.members,
             vec![
-                DdMember::Node { index: Some(8), name: Some("h".into()) },
-                DdMember::Node { index: None, name: Some("t".into()) },
-                DdMember::Portal { index: Some(3), portal: Some(p) },
-                DdMember::Node { index: Some(9), name: None },
+                DdMember::Node {
+                    index: Some(8),
+                    name: Some("h".into())
+                },
+                DdMember::Node {
+                    index: None,
+                    name: Some("t".into())
+                },
+                DdMember::Portal {
+                    index: Some(3),
+                    portal: Some(p)
+                },
+                DdMember::Node {
+                    index: Some(9),
+                    name: None
+                },
             ]
         );
     }
@@ -603,14 +741,23 @@ mod tests {
     #[test]
     fn misplaced_and_half_objects_are_errors() {
         let e = group(&[Attr::u32(tag::ISCSI_NODE_TYPE, 1)]).unwrap_err();
-        assert!(e.contains("iscsi node type") && e.contains("outside"), "{e}");
+        assert!(
+            e.contains("iscsi node type") && e.contains("outside"),
+            "{e}"
+        );
         let e = group(&[Attr::ip_raw(tag::PORTAL_IP, [1; 16])]).unwrap_err();
         assert!(e.contains("portal without both"), "{e}");
-        let e = group(&[Attr::u32(tag::DD_ID, 1), Attr::u32(tag::DD_MEMBER_PORTAL_PORT, 1)])
-            .unwrap_err();
+        let e = group(&[
+            Attr::u32(tag::DD_ID, 1),
+            Attr::u32(tag::DD_MEMBER_PORTAL_PORT, 1),
+        ])
+        .unwrap_err();
         assert!(e.contains("without its address"), "{e}");
-        let e = group(&[Attr::u32(tag::DD_ID, 1), Attr::ip_raw(tag::DD_MEMBER_PORTAL_IP, [1; 16])])
-            .unwrap_err();
+        let e = group(&[
+            Attr::u32(tag::DD_ID, 1),
+            Attr::ip_raw(tag::DD_MEMBER_PORTAL_IP, [1; 16]),
+        ])
+        .unwrap_err();
         assert!(e.contains("without its port"), "{e}");
         let e = group(&[Attr::nil(tag::ISCSI_NAME)]).unwrap_err();
         assert!(e.contains("NULL iscsi name"), "{e}");
