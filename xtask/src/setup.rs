@@ -23,6 +23,8 @@ const PACKAGES: &[&str] = &[
     "ndisc6",
     "tcpdump",
     "open-isns-server",
+    // isnsadm: the hosts' side of the iSNS tests (sanlb/tests/isns.rs).
+    "open-isns-utils",
     "gcc",
     "pkg-config",
 ];
