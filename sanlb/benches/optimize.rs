@@ -4,7 +4,10 @@
 //! per N × k and solver, one run's time, max/mean utilisation against the
 //! bound max(1, largest route / mean load), var_norm and cost; then the exact
 //! search's proof times on random problems with N ≤ 12, k ≤ 4; then a
-//! rebalancing run (a map in force, drifted rates, default weights).
+//! rebalancing run (a map in force, drifted rates, default weights); then
+//! the "crowded" table: thousands of routes on a few gateways with a small
+//! move cost, `auto` at 100 ms and at its default 1 s against a plain
+//! steepest descent from the map in force (the baseline it must not lose to).
 //! Rates are Pareto-distributed (shape 1.5: the top 1 % of routes carry about a fifth of the traffic), scale 1.
 
 use std::{
@@ -203,10 +206,129 @@ fn rebalance_table() {
     }
 }
 
+/// Thousands of routes all on the first `on` of k gateways, a small move
+/// cost: the case where a change-aware solver must move many routes but
+/// should pick the ones that pay most.
+fn crowded_problem(n: usize, k: usize, on: usize, w_change: f64) -> Problem {
+    let mut p = problem(n, k, 11);
+    for (i, r) in p.routes.iter_mut().enumerate() {
+        r.current = Some(format!("gw{}", i % on));
+    }
+    p.w_change = w_change;
+    p
+}
+
+/// The baseline `auto` must never lose to: plain steepest descent from the
+/// map in force — apply the single move that lowers the cost most, until
+/// none does (equal capacities, no reachability limits: what
+/// `crowded_problem` builds). Returns the cost and the moves.
+fn steepest_descent(p: &Problem) -> (f64, usize) {
+    let k = p.gateways.len();
+    let n = p.routes.len();
+    let rate: Vec<f64> = p.routes.iter().map(|r| r.rate).collect();
+    let home: Vec<usize> = p
+        .routes
+        .iter()
+        .map(|r| {
+            r.current.as_deref().expect("a current map")[2..]
+                .parse()
+                .expect("gwN")
+        })
+        .collect();
+    let mut assign = home.clone();
+    let mut load = vec![0.0; k];
+    for (r, &g) in assign.iter().enumerate() {
+        load[g] += rate[r];
+    }
+    let total: f64 = rate.iter().sum();
+    let mean = total / k as f64;
+    // var_norm = (Σu²/k − mean²)/mean²; a move of x from a to b changes Σu²
+    // by 2x(u_b − u_a) + 2x².
+    let scale = p.w_var / (k as f64 * mean * mean);
+    loop {
+        let mut best = (-1e-12, usize::MAX, 0);
+        for r in 0..n {
+            let a = assign[r];
+            for b in 0..k {
+                if b == a {
+                    continue;
+                }
+                let x = rate[r];
+                let dvar = scale * (2.0 * x * (load[b] - load[a]) + 2.0 * x * x);
+                let dmove = match (a == home[r], b == home[r]) {
+                    (true, false) => p.w_change,
+                    (false, true) => -p.w_change,
+                    _ => 0.0,
+                };
+                if dvar + dmove < best.0 {
+                    best = (dvar + dmove, r, b);
+                }
+            }
+        }
+        if best.1 == usize::MAX {
+            break;
+        }
+        let (_, r, b) = best;
+        load[assign[r]] -= rate[r];
+        load[b] += rate[r];
+        assign[r] = b;
+    }
+    let var: f64 = load.iter().map(|l| (l / mean - 1.0).powi(2)).sum::<f64>() / k as f64;
+    let moves = assign.iter().zip(&home).filter(|(a, h)| a != h).count();
+    (p.w_var * var + p.w_change * moves as f64, moves)
+}
+
+fn crowded_table() {
+    eprintln!(
+        "\n| N | k | on | w_change | steepest descent cost (moves) | auto 100 ms cost (moves, time) | auto 1 s | ratio auto/steepest |"
+    );
+    eprintln!("|---|---|---|---|---|---|---|---|");
+    for (n, k, on, w) in [
+        (2_000, 16, 2, 1e-5),
+        (5_000, 16, 2, 1e-5),
+        (5_000, 64, 4, 1e-6),
+        (10_000, 32, 2, 1e-6),
+    ] {
+        let p = crowded_problem(n, k, on, w);
+        let (sd, sd_moves) = steepest_descent(&p);
+        let run = |limit: Duration| {
+            let t = Instant::now();
+            let s = solve(
+                &p,
+                &Options {
+                    solver: Solver::Auto,
+                    time_limit: limit,
+                    seed: 1,
+                },
+            )
+            .expect("a valid problem");
+            (s, t.elapsed())
+        };
+        let (fast, fast_t) = run(Duration::from_millis(100));
+        let (full, full_t) = run(Duration::from_secs(1));
+        eprintln!(
+            "| {n} | {k} | {on} | {w:e} | {sd:.6} ({sd_moves}) | {:.6} ({}, {:.0} ms) | {:.6} ({}, {:.0} ms) | {:.4} / {:.4} |",
+            fast.cost,
+            fast.moves,
+            fast_t.as_secs_f64() * 1e3,
+            full.cost,
+            full.moves,
+            full_t.as_secs_f64() * 1e3,
+            fast.cost / sd,
+            full.cost / sd,
+        );
+    }
+}
+
 fn bench(c: &mut Criterion) {
+    if std::env::var_os("CROWDED_ONLY").is_some() {
+        crowded_table();
+        return;
+    }
     quality_table();
     exact_table();
     rebalance_table();
+    crowded_table();
     let mut group = c.benchmark_group("optimize");
     group
         .sample_size(10)

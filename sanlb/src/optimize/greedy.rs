@@ -2,32 +2,46 @@
 //! - change-aware LPT: routes by rate, largest first, each to the gateway
 //!   where it adds least to the final variance plus the price of a move;
 //! - the map in force: every route stays where it is (if it may), the others
-//!   are placed as in LPT — wins when moves are expensive;
+//!   are placed as in LPT — wins when moves are expensive; from there also a
+//!   steepest descent (`steepest.rs`), which spends each move where it pays
+//!   most — wins with many routes to move and a small move cost;
 //! - Karmarkar–Karp largest differencing, when every route may use every live
 //!   gateway of equal capacity and there are few routes per gateway (where
 //!   LPT is weakest); its parts go to the gateways they overlap most.
 
 use std::{cmp::Ordering, collections::BinaryHeap};
 
-use super::state::{Deadline, Model, State, descend};
+use super::{
+    state::{Deadline, Model, State, descend},
+    steepest,
+};
 
 /// Passes of local search after each start.
 const POLISH_PASSES: usize = 64;
+/// Moves of the steepest descent, at most, per route.
+const STEEPEST_STEPS_PER_ROUTE: usize = 2;
 /// KK is tried up to this many routes per live gateway.
 const KK_MAX_ROUTES_PER_GATEWAY: usize = 16;
 
 /// The best of the greedy starts after local search.
 pub(crate) fn solve(m: &Model, deadline: &Deadline) -> State {
-    let mut best = polished(m, lpt(m, None), deadline);
+    let mut best: Option<State> = None;
     let mut consider = |assign: Vec<usize>| {
         let st = polished(m, assign, deadline);
-        if st.cost(m) < best.cost(m) {
-            best = st;
+        if best.as_ref().is_none_or(|b| st.cost(m) < b.cost(m)) {
+            best = Some(st);
         }
     };
+    // With a map in force and a move cost, the starts from it come first:
+    // they are the ones a short time limit must not cut.
     if m.c.w_change > 0.0 && m.c.current.iter().any(Option::is_some) {
-        consider(lpt(m, Some(stay(m))));
+        let in_force = lpt(m, Some(stay(m)));
+        let mut st = State::new(m, in_force.clone());
+        steepest::descend(m, &mut st, STEEPEST_STEPS_PER_ROUTE * m.routes(), deadline);
+        consider(st.assign);
+        consider(in_force);
     }
+    consider(lpt(m, None));
     let live = m.n as usize;
     if m.routes() <= KK_MAX_ROUTES_PER_GATEWAY * live
         && m.unrestricted()
@@ -35,7 +49,7 @@ pub(crate) fn solve(m: &Model, deadline: &Deadline) -> State {
     {
         consider(karmarkar_karp(m));
     }
-    best
+    best.expect("at least the LPT start")
 }
 
 fn polished(m: &Model, assign: Vec<usize>, deadline: &Deadline) -> State {

@@ -18,6 +18,7 @@ mod exact;
 mod genetic;
 mod greedy;
 mod state;
+mod steepest;
 mod tabu;
 
 use std::{fmt, net::IpAddr, time::Duration};
@@ -475,27 +476,25 @@ pub fn in_force(p: &Problem) -> InForce {
 /// overlap the map in force most, whose moves are then counted. A
 /// change-aware heuristic stays close to the map it starts from and can
 /// settle in a local optimum; the fresh start escapes it when the gain pays
-/// for the moves. The cheaper wins (the first on a tie). The time limit is
-/// shared: the first start gets half, the second what is left; a first
-/// start proven optimal ends the search.
+/// for the moves. The cheaper wins (the first on a tie). The start from the
+/// map in force comes first with the whole time limit (its solvers stop at a
+/// local optimum or a step budget, mostly long before); the fresh start gets
+/// what is left, if anything, and none when the first is proven optimal.
 pub fn solve(p: &Problem, o: &Options) -> Result<Solution, OptimizeError> {
     let started = std::time::Instant::now();
     let c = Compiled::new(p)?;
     if c.current.iter().all(Option::is_none) {
         return Ok(solve_compiled(&c, o));
     }
-    let half = Options {
-        time_limit: o.time_limit / 2,
-        ..o.clone()
-    };
-    let near = solve_compiled(&c, &half);
-    if near.optimal {
+    let near = solve_compiled(&c, o);
+    let left = o.time_limit.saturating_sub(started.elapsed());
+    if near.optimal || left.is_zero() {
         return Ok(near);
     }
     let mut scratch = c.clone();
     scratch.current.iter_mut().for_each(|g| *g = None);
     let rest = Options {
-        time_limit: o.time_limit.saturating_sub(started.elapsed()),
+        time_limit: left,
         ..o.clone()
     };
     let mut fresh = solve_compiled(&scratch, &rest);
