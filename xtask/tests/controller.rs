@@ -181,7 +181,14 @@ fn a_dead_gateways_targets_move_to_the_others_and_io_goes_on() {
         .collect();
     let killed_at = Instant::now();
     s.agents.get_mut(&dead).unwrap().kill().unwrap();
-    s.lab.gateway_mut(&dead).unwrap().tgtd.kill().unwrap();
+    s.lab
+        .gateway_mut(&dead)
+        .unwrap()
+        .tgtd
+        .as_mut()
+        .unwrap()
+        .kill()
+        .unwrap();
     s.lab
         .gateway(&dead)
         .unwrap()

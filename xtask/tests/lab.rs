@@ -73,7 +73,12 @@ fn one_host_two_gateways_serve_the_same_disk_across_a_move() {
     // the gratuitous ARPs (broadcast, 42 bytes each, 3 of them).
     assert!(gw2_rx > 500, "gw2 received {gw2_rx} bytes");
     assert!(gw1_rx < 500, "gw1 received {gw1_rx} bytes after the move");
-    let sessions = lab.gateways()[1].tgtd.initiators(1).unwrap();
+    let sessions = lab.gateways()[1]
+        .tgtd
+        .as_ref()
+        .unwrap()
+        .initiators(1)
+        .unwrap();
     assert!(sessions.is_empty(), "the inquiry logged out: {sessions:?}");
 
     // A move back without an announcement leaves the host's neighbour entry
@@ -86,7 +91,11 @@ fn one_host_two_gateways_serve_the_same_disk_across_a_move() {
         .unwrap();
     assert!(neigh.contains(&lab.gateways()[1].mac), "{neigh}");
 
-    let tgtd_pids: Vec<u32> = lab.gateways().iter().filter_map(|g| g.tgtd.pid()).collect();
+    let tgtd_pids: Vec<u32> = lab
+        .gateways()
+        .iter()
+        .filter_map(|g| g.tgtd.as_ref()?.pid())
+        .collect();
     assert_eq!(tgtd_pids.len(), 2);
     drop(lab);
 
