@@ -20,7 +20,7 @@ fn unix_now() -> f64 {
 }
 
 #[test]
-#[ignore = "privileged: needs root, run by cargo xtask test"]
+#[ignore = "privileged: cargo xtask test runs it as root"]
 fn write_verify_survives_ten_announced_moves() {
     let bin = loadgen::build().unwrap();
     let lab = Lab::builder()
