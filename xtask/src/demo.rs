@@ -325,13 +325,24 @@ struct Initiators {
     running: BTreeSet<(usize, String)>,
     /// Final lines per (host, target name): totals, blocks read back, wrong.
     finals: BTreeMap<(usize, String), (loadgen::Totals, u64, u64)>,
+    /// Each host's loadgen start, Unix seconds (from its reports).
+    started_unix: BTreeMap<usize, f64>,
+    /// When the last initiator's I/O was over, seconds since the start.
+    io_end_s: f64,
 }
 
 impl Initiators {
     fn read(&mut self, lg: &mut Loadgen) -> Result<()> {
         for line in lg.tail.read_lines()? {
             match loadgen::parse_line(&line)? {
-                Event::Report { target, totals, .. } => {
+                Event::Report {
+                    target,
+                    totals,
+                    t,
+                    unix,
+                    ..
+                } => {
+                    self.started_unix.entry(lg.host).or_insert(unix - t);
                     self.totals.insert((lg.host, target), totals);
                 }
                 Event::Stall {
@@ -354,11 +365,15 @@ impl Initiators {
                 }
                 Event::Final {
                     target,
+                    t,
                     totals,
                     final_verified,
                     final_verify_errors,
                     ..
                 } => {
+                    if let Some(start) = self.started_unix.get(&lg.host) {
+                        self.io_end_s = self.io_end_s.max(start + t - self.t0_unix);
+                    }
                     self.totals
                         .insert((lg.host, target.clone()), totals.clone());
                     self.finals.insert(
@@ -809,7 +824,13 @@ impl<'a> Watch<'a> {
             }
             self.tick(Phase::ReadBack, controller, agents, loadgens)?;
         }
-        self.phases.readback_end_s = self.now();
+        // The loadgens log out after their I/O, which takes a few seconds:
+        // the read-back is over when their last I/O is.
+        self.phases.readback_end_s = if self.init.io_end_s > duration {
+            self.init.io_end_s
+        } else {
+            self.now()
+        };
         self.initiators_done = self.samples.last().cloned();
 
         eprintln!(

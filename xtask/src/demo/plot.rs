@@ -82,6 +82,8 @@ fn balance_series(samples: &[Sample], interval: f64) -> Vec<(f64, f64)> {
         .iter()
         .filter(|s| s.t >= interval)
         .filter_map(|s| Some((s.t, Balance::of(samples, s.t - interval, s.t)?.max_mean)))
+        // Without load there is no balance to show.
+        .filter(|&(_, v)| v > 0.0)
         .collect()
 }
 
@@ -120,16 +122,19 @@ fn clipped_peaks(points: &[(f64, f64)], top: f64) -> Vec<(f64, f64)> {
     peaks
 }
 
-/// The moves grouped by the decision that made them: time, label lines.
+/// The moves grouped by the decision that made them: time, label lines
+/// (the decision, then each move with the generation that handed it over).
 fn move_groups(moves: &[Move]) -> Vec<(f64, Vec<String>)> {
     let mut groups: Vec<(f64, u64, Vec<String>)> = Vec::new();
     for m in moves {
-        let (t, g) = (m.time_s(), m.generation);
+        let t = m.time_s();
+        let g = m.decision.as_ref().map_or(m.generation, |d| d.generation);
         let line = format!(
-            "{} {}→{}",
+            "{} {}→{} (gen {})",
             m.target,
             m.from.as_deref().unwrap_or("-"),
-            m.to.as_deref().unwrap_or("-")
+            m.to.as_deref().unwrap_or("-"),
+            m.generation
         );
         match groups
             .iter_mut()
@@ -142,7 +147,7 @@ fn move_groups(moves: &[Move]) -> Vec<(f64, Vec<String>)> {
     groups
         .into_iter()
         .map(|(t, g, mut lines)| {
-            lines.insert(0, format!("gen {g} at {t:.1} s"));
+            lines.insert(0, format!("{t:.1} s: gen {g} decided"));
             (t, lines)
         })
         .collect()
@@ -246,7 +251,7 @@ fn draw_loads(area: &Area, input: &Input, text: bool) -> DrawResult {
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], marker));
         }
         if text {
-            let y0 = y_max * if i % 2 == 0 { 0.97 } else { 0.62 };
+            let y0 = y_max * if i % 2 == 0 { 0.68 } else { 0.5 };
             for (k, line) in label.iter().enumerate() {
                 chart.draw_series([Text::new(
                     line.clone(),
@@ -480,8 +485,15 @@ mod tests {
         };
         let g = move_groups(&[mv("t1", 5.0, 4), mv("t2", 5.0, 4), mv("t3", 47.0, 7)]);
         assert_eq!(g.len(), 2);
-        assert_eq!(g[0].1, ["gen 4 at 5.0 s", "t1 gw1→gw2", "t2 gw1→gw2"]);
-        assert_eq!(g[1].1, ["gen 7 at 47.0 s", "t3 gw1→gw2"]);
+        assert_eq!(
+            g[0].1,
+            [
+                "5.0 s: gen 4 decided",
+                "t1 gw1→gw2 (gen 4)",
+                "t2 gw1→gw2 (gen 4)"
+            ]
+        );
+        assert_eq!(g[1].1, ["47.0 s: gen 7 decided", "t3 gw1→gw2 (gen 7)"]);
     }
 
     #[test]
