@@ -966,6 +966,9 @@ impl<'a> Watch<'a> {
             // A status that fails once (a busy moment) is taken next tick.
             let _ = self.status();
         }
+        // The sample ends before the status is read: a move in it was
+        // decided before now.
+        let seen = self.now();
         // Break before make: an address may be on no gateway for a moment;
         // a move is a new owner, not the gap.
         for (i, b) in s.owners.iter().enumerate() {
@@ -976,7 +979,7 @@ impl<'a> Watch<'a> {
             let decision = self
                 .rebalances
                 .values()
-                .rfind(|r| r.at_ms as f64 / 1000.0 - self.t0_unix <= t)
+                .rfind(|r| r.at_ms as f64 / 1000.0 - self.t0_unix <= seen)
                 .map(|r| self.rebalance(r));
             let m = Move {
                 at_s: t,
