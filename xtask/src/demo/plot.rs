@@ -242,6 +242,7 @@ fn draw_loads(area: &Area, input: &Input, text: bool) -> DrawResult {
     // Moves: a line each, labelled with the generation and what moved;
     // labels alternate in height so that close ones do not cover each other.
     let marker = MOVE.stroke_width(2);
+    let mut labels = Vec::new();
     for (i, (t, label)) in move_groups(input.moves).into_iter().enumerate() {
         let series =
             chart.draw_series(DashedLineSeries::new([(t, 0.0), (t, y_max)], 6, 4, marker))?;
@@ -250,16 +251,7 @@ fn draw_loads(area: &Area, input: &Input, text: bool) -> DrawResult {
                 .label("address move")
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], marker));
         }
-        if text {
-            let y0 = y_max * if i % 2 == 0 { 0.68 } else { 0.5 };
-            for (k, line) in label.iter().enumerate() {
-                chart.draw_series([Text::new(
-                    line.clone(),
-                    (t + 0.25, y0 - y_max * 0.045 * k as f64),
-                    ("sans-serif", 13).into_font().color(&MOVE),
-                )])?;
-            }
-        }
+        labels.push((i, t, label));
     }
     for (g, points) in lines.iter().enumerate() {
         let colour = STYLES[g % STYLES.len()].1;
@@ -330,6 +322,35 @@ fn draw_loads(area: &Area, input: &Input, text: bool) -> DrawResult {
                     format!("{} {v:.0} MiB/s", input.gateways[g]),
                     (t + 0.3, y_max * (0.93 - 0.045 * g as f64)),
                     ("sans-serif", 12).into_font().color(&CLIP),
+                )])?;
+            }
+        }
+    }
+    // The move labels last, on a white box, so that no line crosses them.
+    if text {
+        let (px, py) = chart.plotting_area().get_pixel_range();
+        let per_px_x = t_max / f64::from((px.end - px.start).max(1));
+        let per_px_y = y_max / f64::from((py.end - py.start).max(1));
+        for (i, t, label) in labels {
+            let y0 = y_max * if i % 2 == 0 { 0.68 } else { 0.5 };
+            let step = 17.0 * per_px_y;
+            let chars = label.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+            let (x0, x1) = (
+                t + 4.0 * per_px_x,
+                t + (10.0 + 6.8 * chars as f64) * per_px_x,
+            );
+            chart.draw_series([Rectangle::new(
+                [
+                    (x0, y0 + 3.0 * per_px_y),
+                    (x1, y0 - step * label.len() as f64),
+                ],
+                WHITE.mix(0.85).filled(),
+            )])?;
+            for (k, line) in label.iter().enumerate() {
+                chart.draw_series([Text::new(
+                    line.clone(),
+                    (x0 + 3.0 * per_px_x, y0 - step * k as f64),
+                    ("sans-serif", 13).into_font().color(&MOVE),
                 )])?;
             }
         }
@@ -469,9 +490,8 @@ mod tests {
         assert!(clipped_peaks(&lines[1], top).is_empty());
     }
 
-    #[test]
-    fn moves_are_grouped_by_decision() {
-        let mv = |target: &str, t: f64, generation| Move {
+    fn mv(target: &str, t: f64, generation: u64) -> Move {
+        Move {
             at_s: t,
             phase: Phase::Load,
             target: target.into(),
@@ -482,7 +502,11 @@ mod tests {
             decision: None,
             stalls_s: Vec::new(),
             stall_s: None,
-        };
+        }
+    }
+
+    #[test]
+    fn moves_are_grouped_by_decision() {
         let g = move_groups(&[mv("t1", 5.0, 4), mv("t2", 5.0, 4), mv("t3", 47.0, 7)]);
         assert_eq!(g.len(), 2);
         assert_eq!(
@@ -500,10 +524,11 @@ mod tests {
     fn draws_a_png() {
         let s = samples();
         let path = std::env::temp_dir().join(format!("xtask-plot-{}.png", std::process::id()));
+        let moves = [mv("t1", 5.0, 4), mv("t2", 5.0, 4), mv("t3", 16.5, 7)];
         let input = Input {
             samples: &s,
             gateways: &["gw1".into(), "gw2".into()],
-            moves: &[],
+            moves: &moves,
             phases: &phases(),
             interval: 5.0,
             balanced: 1.1,
