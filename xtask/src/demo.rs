@@ -7,32 +7,33 @@
 //! `sanlb-loadgen` over all targets with skewed rates (the busiest target
 //! `--skew` times the lightest), writing and verifying as it goes.
 //!
-//! Who moves addresses (`--balancer`):
-//! - `controller`: `sanlb controller` in a management namespace; the agents
-//!   report to it and enforce its map (add the /32, announce it, drop it).
-//! - `plan`: until the controller is there, the demo plays its part: every
-//!   interval it turns the agents' counters into a problem for `sanlb plan`
-//!   and moves the addresses the way the agents would (del, add, gratuitous
-//!   ARP) when the plan lowers the cost enough.
-//! - `none`: only count; the skew stays.
-//! - `auto` (default): `controller` if this sanlb has it, else `plan`, else
-//!   `none`.
+//! Who moves addresses (`--balancer`): `controller` (the default), `sanlb
+//! controller` in a management namespace, to which the agents report and
+//! whose map they enforce (add the /32, announce it, drop it); or `none`:
+//! only count, the skew stays.
+//!
+//! The run has four phases, and the demo watches all of them (the
+//! controller decides in all of them): the load (`--duration`), the
+//! initiators' read-back of what they wrote, `iscsi-perf` reading t1 as
+//! fast as it can, and one more rebalance interval. Then it stops the
+//! controller, takes a last sample and stops the agents.
 //!
 //! The terminal shows per-gateway load bars, the moves, var_norm and the
 //! generation every second; the end prints a summary (also as JSON with
 //! `--summary`) and writes `load.png` and `summary.json` into the output
 //! folder. Everything is removed at the end, on Ctrl-C and on failure.
+//! Rates are in MiB/s throughout.
 
 mod metrics;
 mod plot;
 mod view;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io::{IsTerminal as _, Write as _},
     net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Output},
     sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -46,16 +47,19 @@ use xtask::lab::{
     proc,
 };
 
-use self::metrics::{Balance, BytesCheck, Move, Sample, Shape, Summary};
+use self::metrics::{
+    Balance, BytesCheck, MIB, Move, Phase, Phases, Rebalance, Sample, Shape, Stall, Summary,
+};
 use crate::util;
 
 /// The controller's port in the management namespace.
 const CONTROLLER_PORT: u16 = 7878;
 /// How far max/mean may be from 1 for the map to count as balanced.
 const BALANCED: f64 = 1.10;
-/// A new plan is adopted when it lowers w_var·var_norm + w_change·moves by
-/// at least this much (the controller's default hysteresis).
-const MIN_GAIN: f64 = 0.02;
+/// The independent reader: `iscsi-perf` with this many 512-byte blocks per
+/// read (16 KiB), for this long.
+const PERF_BLOCKS: u64 = 32;
+const PERF_SECONDS: u64 = 3;
 /// Each (host, target) writes and verifies its own 2 MiB of the LUN.
 const REGION_BLOCKS: u64 = 4096;
 /// Size of every LUN.
@@ -79,15 +83,16 @@ pub struct DemoArgs {
     /// Rate of the busiest target over the lightest (rates grow geometrically).
     #[arg(long, default_value_t = 3.0)]
     skew: f64,
-    /// Load offered by all hosts together, bytes per second (k, M, G).
+    /// Load offered by all hosts together, bytes per second (k, M, G:
+    /// 1024-based, so 24M is 24 MiB/s).
     #[arg(long, default_value = "24M", value_parser = parse_size)]
     rate: u64,
     /// Rebalance period.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     interval: Duration,
     /// Who moves the addresses.
-    #[arg(long, value_enum, default_value_t = BalancerArg::Auto)]
-    balancer: BalancerArg,
+    #[arg(long, value_enum, default_value_t = Balancer::Controller)]
+    balancer: Balancer,
     /// Also write the summary as JSON to this file.
     #[arg(long, value_name = "FILE.json")]
     summary: Option<PathBuf>,
@@ -104,21 +109,10 @@ pub struct DemoArgs {
 
 /// `--balancer`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum BalancerArg {
-    /// The controller if sanlb has one, else plan, else none.
-    Auto,
+enum Balancer {
     /// sanlb controller + agents that enforce its map.
     Controller,
-    /// The demo runs `sanlb plan` on the agents' counters and moves addresses.
-    Plan,
     /// Count only.
-    None,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Balancer {
-    Controller,
-    Plan,
     None,
 }
 
@@ -126,7 +120,6 @@ impl Balancer {
     fn name(self) -> &'static str {
         match self {
             Balancer::Controller => "controller",
-            Balancer::Plan => "plan",
             Balancer::None => "none",
         }
     }
@@ -216,27 +209,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         }
     };
     let loadgen_bin = loadgen::build()?;
-
-    let balancer = match args.balancer {
-        BalancerArg::Controller => Balancer::Controller,
-        BalancerArg::Plan => Balancer::Plan,
-        BalancerArg::None => Balancer::None,
-        BalancerArg::Auto if agent::has_subcommand(&sanlb, "controller") => Balancer::Controller,
-        BalancerArg::Auto if agent::has_subcommand(&sanlb, "plan") => Balancer::Plan,
-        BalancerArg::Auto => Balancer::None,
-    };
-    for needed in match balancer {
-        Balancer::Controller => &["controller", "status"][..],
-        Balancer::Plan => &["plan"][..],
-        Balancer::None => &[][..],
-    } {
-        if !agent::has_subcommand(&sanlb, needed) {
-            bail!(
-                "--balancer {} needs `sanlb {needed}`, which this sanlb does not have",
-                balancer.name()
-            );
-        }
-    }
+    let balancer = args.balancer;
 
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
@@ -315,6 +288,7 @@ struct Loadgen {
     host: usize,
     process: Process,
     tail: LineTail,
+    done: bool,
 }
 
 struct Demo<'a> {
@@ -329,33 +303,67 @@ struct Demo<'a> {
 /// What the initiators told so far.
 #[derive(Default)]
 struct Initiators {
+    /// Unix time of the start of the load: event times are made relative to it.
+    t0_unix: f64,
     /// Latest totals per (host, target name).
     totals: BTreeMap<(usize, String), loadgen::Totals>,
-    /// Stall events: target name, start (Unix seconds), length.
-    stalls: Vec<(String, f64, f64)>,
+    /// Every stall event.
+    stalls: Vec<Stall>,
+    /// Every reconnect: host, target name, seconds since the start.
+    reconnects: Vec<(usize, String, f64)>,
+    /// The (host, target) pairs whose fill is over.
+    running: BTreeSet<(usize, String)>,
     /// Final lines per (host, target name): totals, blocks read back, wrong.
     finals: BTreeMap<(usize, String), (loadgen::Totals, u64, u64)>,
+    /// Each host's loadgen start, Unix seconds (from its reports).
+    started_unix: BTreeMap<usize, f64>,
+    /// When the last initiator's I/O was over, seconds since the start.
+    io_end_s: f64,
 }
 
 impl Initiators {
     fn read(&mut self, lg: &mut Loadgen) -> Result<()> {
         for line in lg.tail.read_lines()? {
             match loadgen::parse_line(&line)? {
-                Event::Report { target, totals, .. } => {
+                Event::Report {
+                    target,
+                    totals,
+                    t,
+                    unix,
+                    ..
+                } => {
+                    self.started_unix.entry(lg.host).or_insert(unix - t);
                     self.totals.insert((lg.host, target), totals);
                 }
                 Event::Stall {
                     target,
                     start_unix,
                     duration_s,
-                } => self.stalls.push((target, start_unix, duration_s)),
+                } => self.stalls.push(Stall {
+                    host: lg.host,
+                    target,
+                    start_s: start_unix - self.t0_unix,
+                    duration_s,
+                }),
+                Event::Reconnect { target, unix } => {
+                    self.reconnects.push((lg.host, target, unix - self.t0_unix));
+                }
+                Event::Phase { target, phase } => {
+                    if phase != "prefill" {
+                        self.running.insert((lg.host, target));
+                    }
+                }
                 Event::Final {
                     target,
+                    t,
                     totals,
                     final_verified,
                     final_verify_errors,
                     ..
                 } => {
+                    if let Some(start) = self.started_unix.get(&lg.host) {
+                        self.io_end_s = self.io_end_s.max(start + t - self.t0_unix);
+                    }
                     self.totals
                         .insert((lg.host, target.clone()), totals.clone());
                     self.finals.insert(
@@ -363,7 +371,6 @@ impl Initiators {
                         (totals, final_verified, final_verify_errors),
                     );
                 }
-                Event::Reconnect { .. } | Event::Phase { .. } => {}
             }
         }
         Ok(())
@@ -381,25 +388,75 @@ impl Initiators {
         )
     }
 
-    /// The longest stall on `target` that began near `at` (Unix seconds).
-    fn stall_near(&self, target: &str, at: f64) -> Option<f64> {
+    /// The longest stall of `host` on `target` that spans `t`.
+    fn stall_spanning(&self, host: usize, target: &str, t: f64) -> Option<f64> {
         self.stalls
             .iter()
-            .filter(|(t, start, _)| t == target && (*start - at).abs() <= 2.0)
-            .map(|s| s.2)
+            .filter(|s| s.host == host && s.target == target && s.spans(t))
+            .map(|s| s.duration_s)
             .reduce(f64::max)
     }
+
+    /// Fills in each move's stalls: a reconnect of a target belongs to the
+    /// latest move of that target before it (within 10 s), and its stall is
+    /// the one that spans it.
+    fn attach_stalls(&self, moves: &mut [Move]) {
+        for (host, target, at) in &self.reconnects {
+            let Some(m) = moves
+                .iter_mut()
+                .filter(|m| &m.target == target)
+                .filter(|m| m.time_s() - 0.5 <= *at && *at - m.time_s() < 10.0)
+                .max_by(|a, b| a.time_s().total_cmp(&b.time_s()))
+            else {
+                continue;
+            };
+            if let Some(stall) = self.stall_spanning(*host, target, *at) {
+                m.stalls_s.push(stall);
+            }
+        }
+        for m in moves {
+            m.stall_s = m.stalls_s.iter().copied().reduce(f64::max);
+        }
+    }
+}
+
+/// The parts of `sanlb status --json` the demo reads.
+#[derive(Deserialize)]
+struct Status {
+    generation: u64,
+    #[serde(default)]
+    map: Vec<StatusRoute>,
+    #[serde(default)]
+    rebalances: Vec<StatusRebalance>,
+}
+
+#[derive(Deserialize)]
+struct StatusRoute {
+    target: IpAddr,
+    changed: u64,
+}
+
+#[derive(Deserialize)]
+struct StatusRebalance {
+    at_ms: u64,
+    generation: u64,
+    trigger: String,
+    adopted: bool,
+    reason: String,
+    moves: usize,
+    var_norm_before: Option<f64>,
+    var_norm_after: f64,
 }
 
 impl Demo<'_> {
     fn title(&self) -> String {
         format!(
-            "sanlb lab demo: {} hosts, {} gateways, {} targets, skew {}, {:.1} MB/s offered; balancer: {}",
+            "sanlb lab demo: {} hosts, {} gateways, {} targets, skew {}, {:.1} MiB/s offered; balancer: {}",
             self.args.hosts,
             self.args.gateways,
             self.args.targets,
             self.args.skew,
-            self.args.rate as f64 / 1e6,
+            self.args.rate as f64 / MIB,
             self.balancer.name()
         )
     }
@@ -433,29 +490,31 @@ impl Demo<'_> {
     }
 
     fn run(&self) -> Result<Summary> {
-        let mut procs: Vec<Process> = Vec::new();
-        if self.balancer == Balancer::Controller {
-            procs.push(self.start_controller()?);
-        }
+        let mut controller = match self.balancer {
+            Balancer::Controller => Some(self.start_controller()?),
+            Balancer::None => None,
+        };
+        let mut agents: Vec<Process> = Vec::new();
         for (i, g) in self.lab.gateways().iter().enumerate() {
             if stopping() {
                 bail!("interrupted");
             }
-            procs.push(self.start_agent(g)?);
+            agents.push(self.start_agent(g)?);
             // The skewed start with a controller: gw1 is the only gateway
             // alive at first, so every address goes to it; the others join
             // once it holds them all.
-            if i == 0 && self.balancer == Balancer::Controller {
+            if i == 0 && controller.is_some() {
                 self.wait_all_on(&g.name)?;
             }
         }
         let mut loadgens = self.start_loadgens()?;
-        let t0 = Instant::now();
-        let result = self.watch(t0, &mut procs, &mut loadgens);
+        let mut watch = Watch::new(self)?;
+        let result = watch.run(&mut controller, &mut agents, &mut loadgens);
         // Loadgens first, agents and controller after: the last counters
         // must be read while the agents still run.
         drop(loadgens);
-        drop(procs);
+        drop(agents);
+        drop(controller);
         result
     }
 
@@ -512,7 +571,7 @@ impl Demo<'_> {
     }
 
     /// `sanlb status --json` from the management namespace.
-    fn status(&self) -> Result<serde_json::Value> {
+    fn status(&self) -> Result<Status> {
         let mgmt = self
             .lab
             .management()
@@ -585,6 +644,7 @@ impl Demo<'_> {
                 host: h,
                 process,
                 tail,
+                done: false,
             });
         }
         Ok(out)
@@ -624,360 +684,479 @@ impl Demo<'_> {
         Ok(s)
     }
 
-    fn watch(
-        &self,
-        t0: Instant,
-        procs: &mut [Process],
+    /// The `iscsi-perf` command: from the first host against the first
+    /// target, an independent libiscsi reader through whatever gateway owns
+    /// it then.
+    fn iscsi_perf_command(&self) -> Command {
+        let h = &self.lab.hosts()[0];
+        let t = &self.lab.targets()[0];
+        let mut cmd = h.ns.command("timeout");
+        cmd.args(["15", "iscsi-perf", "-i", &format!("{}-perf", h.initiator)])
+            .args(["-t", &PERF_SECONDS.to_string(), "-m", "4"])
+            .args(["-b", &PERF_BLOCKS.to_string(), "-x", "3", &t.url()]);
+        cmd
+    }
+}
+
+/// What `iscsi-perf` did, in the demo's unit: it prints "MB/s" for what is
+/// MiB/s (IOPS × 16 KiB / 2^20), so the rate is computed from its IOPS.
+fn iscsi_perf_result(target: &str, out: Result<Output>) -> String {
+    let o = match out {
+        Ok(o) => o,
+        Err(e) => return format!("{target}: {e:#}"),
+    };
+    // It redraws its progress line with \r; the last one has the average.
+    let text =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    let iops = text.split(['\r', '\n']).rev().find_map(|l| {
+        l.split("iops average")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse::<f64>()
+            .ok()
+    });
+    let status = proc::describe(o.status);
+    match iops {
+        Some(iops) => format!(
+            "{target} ({status}): {iops:.0} IOPS of {} KiB = {:.1} MiB/s",
+            PERF_BLOCKS * 512 / 1024,
+            iops * (PERF_BLOCKS * 512) as f64 / MIB
+        ),
+        None => format!(
+            "{target} ({status}): {}",
+            text.lines()
+                .rfind(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim()
+        ),
+    }
+}
+
+/// The run as the demo watches it: a tick every second.
+struct Watch<'a> {
+    demo: &'a Demo<'a>,
+    t0: Instant,
+    tty: bool,
+    names: Vec<String>,
+    title: String,
+    next_tick: f64,
+    samples: Vec<Sample>,
+    known: Vec<Option<usize>>,
+    moves: Vec<Move>,
+    init: Initiators,
+    generation: u64,
+    /// The generation in which each target's route last changed.
+    changed: BTreeMap<Ipv4Addr, u64>,
+    /// Every rebalance adopted, by (Unix ms, generation).
+    rebalances: BTreeMap<(u64, u64), StatusRebalance>,
+    t0_unix: f64,
+    phases: Phases,
+    reader: Option<String>,
+    /// The sample when the initiators were done (before iscsi-perf, which
+    /// reads from the first host too).
+    initiators_done: Option<Sample>,
+}
+
+impl<'a> Watch<'a> {
+    fn new(demo: &'a Demo<'a>) -> Result<Self> {
+        let t0 = Instant::now();
+        let t0_unix = unix_now();
+        let first = demo.sample(0.0)?;
+        Ok(Watch {
+            demo,
+            t0,
+            tty: std::io::stdout().is_terminal(),
+            names: demo.lab.gateways().iter().map(|g| g.name.clone()).collect(),
+            title: demo.title(),
+            next_tick: 1.0,
+            known: first.owners.clone(),
+            samples: vec![first],
+            moves: Vec::new(),
+            init: Initiators {
+                t0_unix,
+                ..Initiators::default()
+            },
+            generation: 0,
+            changed: BTreeMap::new(),
+            rebalances: BTreeMap::new(),
+            t0_unix,
+            phases: Phases::default(),
+            reader: None,
+            initiators_done: None,
+        })
+    }
+
+    fn now(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64()
+    }
+
+    /// The load, the read-back, the independent reader, the controller's
+    /// stop and a last sample; then the summary.
+    fn run(
+        &mut self,
+        controller: &mut Option<Process>,
+        agents: &mut [Process],
         loadgens: &mut [Loadgen],
     ) -> Result<Summary> {
-        let tty = std::io::stdout().is_terminal();
-        let names: Vec<String> = self.lab.gateways().iter().map(|g| g.name.clone()).collect();
-        let addrs: Vec<Ipv4Addr> = self.lab.targets().iter().map(|t| t.addr).collect();
-        let duration = self.args.duration.as_secs_f64();
-        let interval = self.args.interval.as_secs_f64();
-        let title = self.title();
-        let mut samples: Vec<Sample> = vec![self.sample(0.0)?];
-        let mut known: Vec<Option<usize>> = samples[0].owners.clone();
-        let mut moves: Vec<Move> = Vec::new();
-        let mut init = Initiators::default();
-        let mut generation = 0;
-        let mut next_plan = interval;
-        let mut tick = 1.0;
-
-        while t0.elapsed().as_secs_f64() < duration {
-            if stopping() {
-                bail!("interrupted");
-            }
-            let wait = Duration::from_secs_f64(tick).saturating_sub(t0.elapsed());
-            thread::sleep(wait);
-            tick += 1.0;
-            for p in procs.iter_mut() {
-                if let Some(s) = p.try_status()? {
-                    bail!(
-                        "{} exited ({}): {}",
-                        p.name(),
-                        proc::describe(s),
-                        p.stderr().trim()
-                    );
-                }
-            }
-            for lg in loadgens.iter_mut() {
-                init.read(lg)?;
-            }
-            let t = t0.elapsed().as_secs_f64();
-            let s = self.sample(t)?;
-            if self.balancer == Balancer::Controller
-                && let Ok(status) = self.status()
-            {
-                generation = status["generation"].as_u64().unwrap_or(generation);
-            }
-            // Break before make: an address may be on no gateway for a
-            // moment; a move is a new owner, not the gap.
-            for (i, b) in s.owners.iter().enumerate() {
-                if b.is_some() && *b != known[i] {
-                    let target = &self.lab.targets()[i];
-                    let m = Move {
-                        at_s: t,
-                        at_unix: unix_now(),
-                        target: target.name.clone(),
-                        addr: target.addr,
-                        from: known[i].map(|g| names[g].clone()),
-                        to: b.map(|g| names[g].clone()),
-                        generation,
-                        stall_s: None,
-                    };
-                    known[i] = *b;
-                    if !tty {
-                        println!("move: {}", view::move_line(&m));
-                    }
-                    moves.push(m);
-                }
-            }
-            samples.push(s);
-            if self.balancer == Balancer::Plan && t >= next_plan {
-                next_plan += interval;
-                let started = unix_now();
-                if let Some(planned) =
-                    self.plan_and_move(&samples, &addrs, interval, generation + 1)?
-                {
-                    generation += 1;
-                    for (i, _) in planned {
-                        // Stamped with the time the move began, to find its stall.
-                        let target = &self.lab.targets()[i];
-                        moves.push(Move {
-                            at_s: t,
-                            at_unix: started,
-                            target: target.name.clone(),
-                            addr: target.addr,
-                            from: None,
-                            to: None,
-                            generation,
-                            stall_s: None,
-                        });
-                    }
-                    // The owners changed under the demo's feet: take a fresh
-                    // sample so that the tick does not count them again, and
-                    // fill in from/to.
-                    let s = self.sample(t0.elapsed().as_secs_f64())?;
-                    let fresh = moves.iter_mut().filter(|m| m.generation == generation);
-                    for m in fresh {
-                        let i = self
-                            .lab
-                            .targets()
-                            .iter()
-                            .position(|x| x.name == m.target)
-                            .expect("a lab target");
-                        m.from = known[i].map(|g| names[g].clone());
-                        m.to = s.owners[i].map(|g| names[g].clone());
-                        known[i] = s.owners[i];
-                        if !tty {
-                            println!("move: {}", view::move_line(m));
-                        }
-                    }
-                    samples.push(s);
-                }
-            }
-            // The view: loads over the last second, balance over the last interval.
-            let n = samples.len();
-            let (a, b) = (&samples[n - 2], &samples[n - 1]);
-            let dt = b.t - a.t;
-            let loads = metrics::rates(&a.gateway_bytes, &b.gateway_bytes, dt);
-            let veth = metrics::rates(&a.veth_bytes, &b.veth_bytes, dt);
-            let balance = Balance::of(&samples, (b.t - interval).max(0.0), b.t);
-            let owned: Vec<Vec<String>> = (0..names.len())
-                .map(|g| {
-                    b.owners
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, o)| **o == Some(g))
-                        .map(|(i, _)| self.lab.targets()[i].name.clone())
-                        .collect()
-                })
-                .collect();
-            let frame = view::Frame {
-                title: &title,
-                elapsed: b.t,
-                duration,
-                generation,
-                gateways: &names,
-                loads: &loads,
-                veth: &veth,
-                balance: balance.as_ref(),
-                scale: self.args.rate as f64,
-                owned: &owned,
-                moves: &moves,
-                io: init.io(),
-            };
-            if tty {
-                print!("\x1b[H\x1b[2J{}", view::render(&frame));
-            } else {
-                println!(
-                    "t={:>5.1}s gen={generation} var_norm={:.4} max/mean={:.2} loads={} MB/s io_errors={}",
-                    b.t,
-                    balance.as_ref().map_or(f64::NAN, |x| x.var_norm),
-                    balance.as_ref().map_or(f64::NAN, |x| x.max_mean),
-                    loads
-                        .iter()
-                        .map(|l| format!("{:.2}", l / 1e6))
-                        .collect::<Vec<_>>()
-                        .join("/"),
-                    init.io().0
-                );
-            }
-            let _ = std::io::stdout().flush();
+        let duration = self.demo.args.duration.as_secs_f64();
+        self.phases.prefill_end_s = duration;
+        while self.now() < duration {
+            self.tick(Phase::Load, controller, agents, loadgens)?;
         }
+        self.phases.load_end_s = duration;
 
         eprintln!("demo: load done; the initiators read back and check what they wrote");
         let deadline = Instant::now() + Duration::from_secs(120);
+        while loadgens.iter().any(|lg| !lg.done) {
+            if Instant::now() > deadline {
+                bail!("the loadgens did not finish within 120 s of the load");
+            }
+            self.tick(Phase::ReadBack, controller, agents, loadgens)?;
+        }
+        // The loadgens log out after their I/O, which takes a few seconds:
+        // the read-back is over when their last I/O is.
+        self.phases.readback_end_s = if self.init.io_end_s > duration {
+            self.init.io_end_s
+        } else {
+            self.now()
+        };
+        self.initiators_done = self.samples.last().cloned();
+
+        eprintln!(
+            "demo: iscsi-perf reads {} for {PERF_SECONDS} s",
+            self.demo.lab.targets()[0].name
+        );
+        let mut cmd = self.demo.iscsi_perf_command();
+        let target = self.demo.lab.targets()[0].name.clone();
+        self.phases.reader_start_s = self.now();
+        let perf = thread::spawn(move || proc::output_timeout(&mut cmd, Duration::from_secs(20)));
+        while !perf.is_finished() {
+            self.tick(Phase::Reader, controller, agents, loadgens)?;
+        }
+        self.phases.reader_end_s = self.now();
+        // One more interval: the controller decides on the burst too.
+        if controller.is_some() {
+            let until = self.now() + self.demo.args.interval.as_secs_f64() + 0.5;
+            while self.now() < until {
+                self.tick(Phase::After, controller, agents, loadgens)?;
+            }
+        }
+        let out = perf
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("iscsi-perf's thread panicked")));
+        self.reader = Some(iscsi_perf_result(&target, out));
+
+        // No decision after this; a last sample shows where the addresses
+        // stay.
+        if let Some(mut c) = controller.take() {
+            self.status()?;
+            c.stop(Duration::from_secs(5))?;
+            self.phases.controller_stop_s = Some(self.now());
+        }
+        self.tick(Phase::After, controller, agents, loadgens)?;
+        self.phases.end_s = self.samples.last().map_or(0.0, |s| s.t);
+        Ok(self.finish())
+    }
+
+    /// Polls the controller: generation, route changes, adopted rebalances.
+    fn status(&mut self) -> Result<()> {
+        let status = self.demo.status()?;
+        self.generation = status.generation;
+        for r in status.map {
+            if let IpAddr::V4(a) = r.target {
+                self.changed.insert(a, r.changed);
+            }
+        }
+        for r in status.rebalances {
+            if r.adopted && r.moves > 0 {
+                self.rebalances.insert((r.at_ms, r.generation), r);
+            }
+        }
+        Ok(())
+    }
+
+    fn rebalance(&self, r: &StatusRebalance) -> Rebalance {
+        let at_s = r.at_ms as f64 / 1000.0 - self.t0_unix;
+        Rebalance {
+            at_s,
+            phase: self.phase_at(at_s),
+            generation: r.generation,
+            trigger: r.trigger.clone(),
+            reason: r.reason.clone(),
+            moves: r.moves,
+            var_norm_before: r.var_norm_before,
+            var_norm_after: r.var_norm_after,
+        }
+    }
+
+    /// The phase of a moment of the run (by the phases known so far).
+    fn phase_at(&self, t: f64) -> Phase {
+        let p = &self.phases;
+        if p.load_end_s == 0.0 || t < p.load_end_s {
+            Phase::Load
+        } else if p.reader_start_s == 0.0 || t < p.reader_start_s {
+            Phase::ReadBack
+        } else if p.reader_end_s == 0.0 || t < p.reader_end_s {
+            Phase::Reader
+        } else {
+            Phase::After
+        }
+    }
+
+    fn tick(
+        &mut self,
+        phase: Phase,
+        controller: &mut Option<Process>,
+        agents: &mut [Process],
+        loadgens: &mut [Loadgen],
+    ) -> Result<()> {
+        if stopping() {
+            bail!("interrupted");
+        }
+        thread::sleep(Duration::from_secs_f64(self.next_tick).saturating_sub(self.t0.elapsed()));
+        self.next_tick += 1.0;
+        for p in agents.iter_mut().chain(controller.iter_mut()) {
+            if let Some(s) = p.try_status()? {
+                bail!(
+                    "{} exited ({}): {}",
+                    p.name(),
+                    proc::describe(s),
+                    p.stderr().trim()
+                );
+            }
+        }
         for lg in loadgens.iter_mut() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let status = lg.process.wait_timeout(left)?;
-            init.read(lg)?;
+            if lg.done {
+                continue;
+            }
+            let status = lg.process.try_status()?;
+            self.init.read(lg)?;
             match status {
-                Some(s) if s.success() || s.code() == Some(1) => {}
+                None => {}
+                Some(s) if s.success() || s.code() == Some(1) => lg.done = true,
                 Some(s) => bail!(
                     "the loadgen of host {} failed ({}): {}",
                     lg.host + 1,
                     proc::describe(s),
                     lg.process.stderr().trim()
                 ),
-                None => bail!("the loadgen of host {} did not finish", lg.host + 1),
             }
         }
-        // Counted bytes, now that the initiators are done.
-        let last = self.sample(t0.elapsed().as_secs_f64())?;
-        let bytes = self.bytes_check(&last, &init);
-        let iscsi_perf = self.iscsi_perf();
-
-        for m in &mut moves {
-            m.stall_s = init.stall_near(&m.target, m.at_unix);
+        let n_pairs = self.demo.args.hosts * self.demo.args.targets;
+        let t = self.now();
+        if phase == Phase::Load
+            && self.init.running.len() == n_pairs
+            && self.phases.prefill_end_s > t
+        {
+            self.phases.prefill_end_s = t;
         }
-        let io = init.io();
-        // The last second may already hold the initiators' final read-back.
-        let end = samples.last().map_or(0.0, |s| s.t).min(duration - 1.0);
-        samples.retain(|s| s.t <= end);
-        let first_move = moves.first().map_or(end, |m| m.at_s);
-        // Before: from when the prefill is surely over to the first move
-        // (or the first interval).
+        let s = self.demo.sample(t)?;
+        if controller.is_some() {
+            // A status that fails once (a busy moment) is taken next tick.
+            let _ = self.status();
+        }
+        // The sample ends before the status is read: a move in it was
+        // decided before now.
+        let seen = self.now();
+        // Break before make: an address may be on no gateway for a moment;
+        // a move is a new owner, not the gap.
+        for (i, b) in s.owners.iter().enumerate() {
+            if b.is_none() || *b == self.known[i] {
+                continue;
+            }
+            let target = &self.demo.lab.targets()[i];
+            let decision = self
+                .rebalances
+                .values()
+                .rfind(|r| r.at_ms as f64 / 1000.0 - self.t0_unix <= seen)
+                .map(|r| self.rebalance(r));
+            let m = Move {
+                at_s: t,
+                phase,
+                target: target.name.clone(),
+                addr: target.addr,
+                from: self.known[i].map(|g| self.names[g].clone()),
+                to: b.map(|g| self.names[g].clone()),
+                generation: self
+                    .changed
+                    .get(&target.addr)
+                    .copied()
+                    .unwrap_or(self.generation),
+                decision,
+                stalls_s: Vec::new(),
+                stall_s: None,
+            };
+            self.known[i] = *b;
+            if !self.tty {
+                println!("move: {}", view::move_line(&m));
+            }
+            self.moves.push(m);
+        }
+        self.samples.push(s);
+        self.show(phase);
+        Ok(())
+    }
+
+    /// The view: loads over the last second, balance over the last interval.
+    fn show(&self, phase: Phase) {
+        let n = self.samples.len();
+        let (a, b) = (&self.samples[n - 2], &self.samples[n - 1]);
+        let dt = b.t - a.t;
+        let loads = metrics::rates(&a.gateway_bytes, &b.gateway_bytes, dt);
+        let veth = metrics::rates(&a.veth_bytes, &b.veth_bytes, dt);
+        let interval = self.demo.args.interval.as_secs_f64();
+        let balance = Balance::of(&self.samples, (b.t - interval).max(0.0), b.t);
+        let owned: Vec<Vec<String>> = (0..self.names.len())
+            .map(|g| {
+                b.owners
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, o)| **o == Some(g))
+                    .map(|(i, _)| self.demo.lab.targets()[i].name.clone())
+                    .collect()
+            })
+            .collect();
+        if self.tty {
+            let frame = view::Frame {
+                title: &self.title,
+                phase: phase.name(),
+                elapsed: b.t,
+                duration: self.demo.args.duration.as_secs_f64(),
+                generation: self.generation,
+                gateways: &self.names,
+                loads: &loads,
+                veth: &veth,
+                balance: balance.as_ref(),
+                scale: self.demo.args.rate as f64,
+                owned: &owned,
+                moves: &self.moves,
+                io: self.init.io(),
+            };
+            print!("\x1b[H\x1b[2J{}", view::render(&frame));
+        } else {
+            println!(
+                "t={:>5.1}s {:<10} gen={} var_norm={:.4} max/mean={:.2} loads={} MiB/s io_errors={}",
+                b.t,
+                phase.name(),
+                self.generation,
+                balance.as_ref().map_or(f64::NAN, |x| x.var_norm),
+                balance.as_ref().map_or(f64::NAN, |x| x.max_mean),
+                loads
+                    .iter()
+                    .map(|l| format!("{:.2}", l / MIB))
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                self.init.io().0
+            );
+        }
+        let _ = std::io::stdout().flush();
+    }
+
+    fn finish(&mut self) -> Summary {
+        let interval = self.demo.args.interval.as_secs_f64();
+        let duration = self.phases.load_end_s;
+        let done = match &self.initiators_done {
+            Some(s) => s.clone(),
+            None => self.samples.last().expect("samples").clone(),
+        };
+        let bytes = self.demo.bytes_check(&done, &self.init);
+        // Now that the phases are known, each event goes into its own.
+        let rebalances: Vec<Rebalance> = self
+            .rebalances
+            .values()
+            .map(|r| self.rebalance(r))
+            .collect();
+        let mut moves = std::mem::take(&mut self.moves);
+        for m in &mut moves {
+            m.phase = self.phase_at(m.time_s());
+            if let Some(d) = &mut m.decision {
+                d.phase = self.phase_at(d.at_s);
+            }
+        }
+        self.init.attach_stalls(&mut moves);
+        let stalls = metrics::stalls(
+            &self.init.stalls,
+            &self.init.reconnects,
+            &self.phases,
+            &moves,
+        );
+        let io = self.init.io();
+        let in_load: Vec<&Move> = moves.iter().filter(|m| m.phase == Phase::Load).collect();
+        // The load's figures end a second early: the last second may already
+        // hold the initiators' read-back.
+        let end = duration - 1.0;
+        let load: Vec<Sample> = self
+            .samples
+            .iter()
+            .filter(|s| s.t <= end)
+            .cloned()
+            .collect();
+        let first_move = in_load.first().map_or(end, |m| m.time_s());
+        // Before: from when the fill is surely over to the first move (or
+        // the first interval).
         let before_to = first_move.min(interval).max(2.0);
-        let before =
-            Balance::of(&samples, (before_to - 3.0).max(1.0), before_to).unwrap_or_default();
-        let after = Balance::of(&samples, (end - interval).max(0.0), end).unwrap_or_default();
-        let finals = init.finals.values();
+        let before = Balance::of(&load, (before_to - 3.0).max(1.0), before_to).unwrap_or_default();
+        let after = Balance::of(&load, (end - interval).max(0.0), end).unwrap_or_default();
+        let finals = self.init.finals.values();
         let summary = Summary {
             before,
             after,
             moves: moves.len(),
-            converge_s: moves.last().map_or(0.0, |m| m.at_s),
-            balanced_s: metrics::balanced_since(&samples, interval, BALANCED),
+            moves_in_load: in_load.len(),
+            converge_s: in_load.last().map_or(0.0, |m| m.time_s()),
+            balanced_s: metrics::balanced_since(&load, interval, BALANCED),
             io_errors: io.0,
             max_stall_s: moves.iter().filter_map(|m| m.stall_s).fold(0.0, f64::max),
+            stalls,
             verify_errors: io.1,
             verified_blocks: finals.clone().map(|f| f.1).sum(),
             reconnects: io.2,
-            generation,
-            balancer: self.balancer.name().to_owned(),
-            move_log: moves.clone(),
+            generation: self.generation,
+            balancer: self.demo.balancer.name().to_owned(),
+            move_log: moves,
+            rebalances,
+            phases: self.phases.clone(),
             bytes,
-            iscsi_perf,
+            iscsi_perf: self.reader.clone(),
             shape: Shape {
-                hosts: self.args.hosts,
-                gateways: self.args.gateways,
-                targets: self.args.targets,
+                hosts: self.demo.args.hosts,
+                gateways: self.demo.args.gateways,
+                targets: self.demo.args.targets,
                 duration_s: duration,
-                skew: self.args.skew,
-                rate: self.args.rate,
+                skew: self.demo.args.skew,
+                rate: self.demo.args.rate,
+                interval_s: interval,
             },
         };
-        let png = self.out.join("load.png");
-        match plot::draw(&png, &samples, &names, &moves) {
+        let png = self.demo.out.join("load.png");
+        let input = plot::Input {
+            samples: &self.samples,
+            gateways: &self.names,
+            moves: &summary.move_log,
+            phases: &self.phases,
+            interval,
+            balanced: BALANCED,
+        };
+        match plot::draw(&png, &input) {
             Ok(true) => {}
             Ok(false) => eprintln!(
                 "demo: no font found, {} has no text; gateways in order: {}",
                 png.display(),
-                plot::COLOURS
+                plot::STYLES
                     .iter()
                     .map(|c| c.0)
-                    .take(names.len())
+                    .take(self.names.len())
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
             Err(e) => eprintln!("demo: {e:#}"),
         }
-        Ok(summary)
+        summary
     }
+}
 
-    /// Plans on the rates of the last interval; moves what the plan moves
-    /// when it lowers the cost by [`MIN_GAIN`]. Returns the targets moved
-    /// and their new gateway.
-    fn plan_and_move(
-        &self,
-        samples: &[Sample],
-        addrs: &[Ipv4Addr],
-        interval: f64,
-        generation: u64,
-    ) -> Result<Option<Vec<(usize, usize)>>> {
-        let last = samples.last().expect("one sample at least");
-        let Some(first) = samples.iter().find(|s| s.t >= last.t - interval) else {
-            return Ok(None);
-        };
-        let dt = last.t - first.t;
-        if dt <= 0.0 {
-            return Ok(None);
-        }
-        let rates = metrics::rates(&first.target_bytes(addrs), &last.target_bytes(addrs), dt);
-        let names: Vec<&str> = self
-            .lab
-            .gateways()
-            .iter()
-            .map(|g| g.name.as_str())
-            .collect();
-        let problem = serde_json::json!({
-            "gateways": names.iter().map(|n| serde_json::json!({"name": n, "capacity": 1.0})).collect::<Vec<_>>(),
-            "routes": addrs.iter().zip(&rates).zip(&last.owners).map(|((a, r), o)| serde_json::json!({
-                "target": a.to_string(),
-                "rate": r,
-                "current": o.map(|g| names[g]),
-            })).collect::<Vec<_>>(),
-            "w_var": 1.0,
-            "w_change": 0.01,
-        });
-        let path = self.lab.dir().join(format!("problem-{generation}.json"));
-        std::fs::write(&path, problem.to_string())
-            .with_context(|| format!("writing {}", path.display()))?;
-        let out = proc::run(
-            Command::new(self.sanlb)
-                .args(["plan", "--json", "--time-limit", "500ms", "--problem"])
-                .arg(&path),
-        )?;
-        #[derive(Deserialize)]
-        struct Placed {
-            target: IpAddr,
-            gateway: String,
-        }
-        #[derive(Deserialize)]
-        struct Plan {
-            assignment: Vec<Placed>,
-            cost: f64,
-        }
-        let plan: Plan = serde_json::from_str(&out).context("parsing sanlb plan --json")?;
-        let mut loads = vec![0.0; names.len()];
-        for (r, o) in rates.iter().zip(&last.owners) {
-            if let Some(g) = o {
-                loads[*g] += r;
-            }
-        }
-        let cost_now = metrics::var_norm(&loads);
-        if cost_now - plan.cost < MIN_GAIN {
-            return Ok(None);
-        }
-        let mut wanted = Vec::new();
-        for p in &plan.assignment {
-            let IpAddr::V4(a) = p.target else { continue };
-            let i = addrs
-                .iter()
-                .position(|x| *x == a)
-                .context("plan names an unknown target")?;
-            let g = names
-                .iter()
-                .position(|n| *n == p.gateway)
-                .context("plan names an unknown gateway")?;
-            if last.owners[i] != Some(g) {
-                wanted.push((i, g));
-            }
-        }
-        if wanted.is_empty() {
-            return Ok(None);
-        }
-        // Break before make per address, all addresses at once (each
-        // announcement takes about 1.4 s).
-        let results: Vec<Result<()>> = thread::scope(|scope| {
-            let handles: Vec<_> = wanted
-                .iter()
-                .map(|&(i, g)| {
-                    let addr = addrs[i];
-                    let from = last.owners[i].map(|o| names[o]);
-                    let to = names[g];
-                    scope.spawn(move || match from {
-                        Some(from) => self.lab.move_address(addr, from, to, true),
-                        None => self.lab.add_address(addr, to, true),
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a move panicked")))
-                })
-                .collect()
-        });
-        for r in results {
-            r?;
-        }
-        Ok(Some(wanted))
-    }
-
+impl Demo<'_> {
     fn bytes_check(&self, last: &Sample, init: &Initiators) -> BytesCheck {
         let mut check = BytesCheck::default();
         for ((h, name), (totals, _, _)) in &init.finals {
@@ -994,32 +1173,6 @@ impl Demo<'_> {
             );
         }
         check
-    }
-
-    /// `iscsi-perf` from the first host against the first target for 3 s:
-    /// an independent libiscsi reader through whatever gateway owns it now.
-    fn iscsi_perf(&self) -> Option<String> {
-        let h = &self.lab.hosts()[0];
-        let t = &self.lab.targets()[0];
-        let mut cmd = h.ns.command("timeout");
-        cmd.args(["15", "iscsi-perf", "-i", &format!("{}-perf", h.initiator)])
-            .args(["-t", "3", "-m", "4", "-b", "32", "-x", "3", &t.url()]);
-        match proc::output_timeout(&mut cmd, Duration::from_secs(20)) {
-            Ok(o) => {
-                // It redraws its progress line with \r; the last one has the
-                // average.
-                let text = String::from_utf8_lossy(&o.stdout).into_owned()
-                    + &String::from_utf8_lossy(&o.stderr);
-                let last = text
-                    .split(['\r', '\n'])
-                    .rfind(|l| l.contains("iops average"))
-                    .or_else(|| text.lines().rfind(|l| !l.trim().is_empty()))
-                    .unwrap_or("")
-                    .trim();
-                Some(format!("{} ({}): {last}", t.name, proc::describe(o.status)))
-            }
-            Err(e) => Some(format!("{}: {e:#}", t.name)),
-        }
     }
 }
 
@@ -1042,17 +1195,61 @@ mod tests {
     }
 
     #[test]
-    fn stalls_are_matched_to_moves_by_target_and_time() {
+    fn reconnects_find_their_move_and_its_stall() {
+        let mv = |target: &str, at_s: f64| Move {
+            at_s,
+            phase: Phase::Load,
+            target: target.into(),
+            addr: Ipv4Addr::new(198, 18, 1, 1),
+            from: Some("gw1".into()),
+            to: Some("gw2".into()),
+            generation: 4,
+            decision: None,
+            stalls_s: Vec::new(),
+            stall_s: None,
+        };
+        let stall = |host, target: &str, start_s, duration_s| Stall {
+            host,
+            target: target.into(),
+            start_s,
+            duration_s,
+        };
         let init = Initiators {
             stalls: vec![
-                ("t1".into(), 100.1, 0.22),
-                ("t1".into(), 100.3, 0.05),
-                ("t2".into(), 100.0, 9.0),
-                ("t1".into(), 150.0, 5.0),
+                stall(0, "t1", 5.1, 0.22),
+                stall(1, "t1", 5.2, 0.09), // ordinary: spans no reconnect
+                stall(1, "t1", 5.3, 0.15),
+                stall(0, "t1", 20.0, 0.4),
+                stall(0, "t2", 5.1, 9.0),
+            ],
+            reconnects: vec![
+                (0, "t1".into(), 5.3),
+                (1, "t1".into(), 5.4),
+                (0, "t1".into(), 20.2),
+                (2, "t1".into(), 5.5), // no stall of 20 ms or more
             ],
             ..Initiators::default()
         };
-        assert_eq!(init.stall_near("t1", 100.0), Some(0.22));
-        assert_eq!(init.stall_near("t3", 100.0), None);
+        let mut moves = vec![mv("t1", 5.0), mv("t1", 19.5), mv("t3", 5.0)];
+        init.attach_stalls(&mut moves);
+        assert_eq!(moves[0].stalls_s, [0.22, 0.15]);
+        assert_eq!(moves[0].stall_s, Some(0.22));
+        assert_eq!(moves[1].stall_s, Some(0.4));
+        assert_eq!(moves[2].stall_s, None);
+    }
+
+    #[test]
+    fn iscsi_perf_rates_are_computed_in_mib() {
+        use std::os::unix::process::ExitStatusExt as _;
+        let out = Output {
+            status: std::process::ExitStatus::from_raw(0),
+            stdout: b"iops average 25000 (390 MB/s)\r iops average 25698 (401 MB/s)\n".to_vec(),
+            stderr: Vec::new(),
+        };
+        assert_eq!(
+            iscsi_perf_result("t1", Ok(out)),
+            "t1 (exit 0): 25698 IOPS of 16 KiB = 401.5 MiB/s"
+        );
+        assert!(iscsi_perf_result("t1", Err(anyhow::anyhow!("boom"))).contains("boom"));
     }
 }

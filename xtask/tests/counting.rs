@@ -10,7 +10,7 @@ use xtask::lab::{
 };
 
 #[test]
-#[ignore = "privileged: needs root, run by cargo xtask test"]
+#[ignore = "privileged: cargo xtask test runs it as root"]
 fn counted_bytes_match_the_initiators_and_the_nics() {
     let sanlb = agent::sanlb_binary().unwrap();
     let bin = loadgen::build().unwrap();

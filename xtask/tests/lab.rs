@@ -33,7 +33,7 @@ fn lab_namespaces(id: &str) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "privileged: needs root, run by cargo xtask test"]
+#[ignore = "privileged: cargo xtask test runs it as root"]
 fn one_host_two_gateways_serve_the_same_disk_across_a_move() {
     let lab = Lab::builder()
         .hosts(1)
@@ -73,7 +73,12 @@ fn one_host_two_gateways_serve_the_same_disk_across_a_move() {
     // the gratuitous ARPs (broadcast, 42 bytes each, 3 of them).
     assert!(gw2_rx > 500, "gw2 received {gw2_rx} bytes");
     assert!(gw1_rx < 500, "gw1 received {gw1_rx} bytes after the move");
-    let sessions = lab.gateways()[1].tgtd.initiators(1).unwrap();
+    let sessions = lab.gateways()[1]
+        .tgtd
+        .as_ref()
+        .unwrap()
+        .initiators(1)
+        .unwrap();
     assert!(sessions.is_empty(), "the inquiry logged out: {sessions:?}");
 
     // A move back without an announcement leaves the host's neighbour entry
@@ -86,7 +91,11 @@ fn one_host_two_gateways_serve_the_same_disk_across_a_move() {
         .unwrap();
     assert!(neigh.contains(&lab.gateways()[1].mac), "{neigh}");
 
-    let tgtd_pids: Vec<u32> = lab.gateways().iter().filter_map(|g| g.tgtd.pid()).collect();
+    let tgtd_pids: Vec<u32> = lab
+        .gateways()
+        .iter()
+        .filter_map(|g| g.tgtd.as_ref()?.pid())
+        .collect();
     assert_eq!(tgtd_pids.len(), 2);
     drop(lab);
 
@@ -105,24 +114,17 @@ fn one_host_two_gateways_serve_the_same_disk_across_a_move() {
 }
 
 #[test]
-#[ignore = "privileged: needs root, run by cargo xtask test"]
+#[ignore = "privileged: cargo xtask test runs it as root"]
 fn leftovers_of_a_killed_run_are_removed() {
     // A child process builds a lab and is SIGKILLed: nothing of it is
     // dropped, as after a Ctrl-\ or an OOM kill.
     let prefix = format!("sanlb-lab-left{}", std::process::id());
-    let me = std::env::current_exe().unwrap();
-    let mut child = Command::new(&me)
-        .args([
-            "--ignored",
-            "--exact",
-            "build_a_lab_and_hang",
-            "--nocapture",
-        ])
-        .env("SANLB_LAB_TEST_PREFIX", &prefix)
-        .stdout(std::process::Stdio::piped())
+    let ready = std::env::temp_dir().join(format!("{prefix}.ready"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lab-fixture"))
+        .arg(&prefix)
+        .arg(&ready)
         .spawn()
         .unwrap();
-    let ready = std::env::temp_dir().join(format!("{prefix}.ready"));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !ready.exists() {
         assert!(
@@ -163,27 +165,4 @@ fn leftovers_of_a_killed_run_are_removed() {
             .any(|_| true)
     );
     let _ = std::fs::remove_dir(std::env::temp_dir().join(&prefix));
-}
-
-/// Helper of `leftovers_of_a_killed_run_are_removed`: does nothing unless
-/// that test runs it with its prefix.
-#[test]
-#[ignore = "privileged: needs root, run by cargo xtask test"]
-fn build_a_lab_and_hang() {
-    let Ok(prefix) = std::env::var("SANLB_LAB_TEST_PREFIX") else {
-        return;
-    };
-    let lab = Lab::builder()
-        .prefix(&prefix)
-        .hosts(1)
-        .gateways(1)
-        .build()
-        .unwrap();
-    std::fs::write(
-        std::env::temp_dir().join(format!("{prefix}.ready")),
-        lab.id(),
-    )
-    .unwrap();
-    std::thread::sleep(Duration::from_secs(30));
-    drop(lab);
 }

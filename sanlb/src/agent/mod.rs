@@ -150,11 +150,6 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
         self.applied
     }
 
-    /// The address owner.
-    pub fn owner(&self) -> &A {
-        &self.owner
-    }
-
     /// Gives the counter source back (to detach the data plane).
     pub fn into_counters(self) -> C {
         self.counters

@@ -136,19 +136,15 @@ impl PacketSocket {
     }
 
     /// Sends the announcement frames of one round for `addr`: a gratuitous ARP
-    /// request and reply for IPv4, one unsolicited NA for IPv6. Returns how
-    /// many frames left. Never blocks (`MSG_DONTWAIT`).
-    pub(crate) fn announce(&self, ifindex: u32, mac: Mac, addr: IpAddr) -> io::Result<u64> {
+    /// request and reply for IPv4, one unsolicited NA for IPv6. Never blocks
+    /// (`MSG_DONTWAIT`).
+    pub(crate) fn announce(&self, ifindex: u32, mac: Mac, addr: IpAddr) -> io::Result<()> {
         match addr {
             IpAddr::V4(ip) => {
                 self.send(ifindex, ETHERTYPE_ARP, &garp_frame(ARP_REQUEST, mac, ip))?;
-                self.send(ifindex, ETHERTYPE_ARP, &garp_frame(ARP_REPLY, mac, ip))?;
-                Ok(2)
+                self.send(ifindex, ETHERTYPE_ARP, &garp_frame(ARP_REPLY, mac, ip))
             }
-            IpAddr::V6(ip) => {
-                self.send(ifindex, ETHERTYPE_IPV6, &unsolicited_na_frame(mac, ip))?;
-                Ok(1)
-            }
+            IpAddr::V6(ip) => self.send(ifindex, ETHERTYPE_IPV6, &unsolicited_na_frame(mac, ip)),
         }
     }
 

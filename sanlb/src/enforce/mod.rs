@@ -32,11 +32,9 @@
 use std::{collections::BTreeSet, future::Future, net::IpAddr};
 
 mod announce;
-mod metrics;
 mod netlink;
 mod reconcile;
 
-pub use metrics::EnforceMetrics;
 pub use netlink::{
     DEFAULT_ADDR_PROTO, DEFAULT_GARP_COUNT, DEFAULT_GARP_INTERVAL, MAX_GARP_COUNT,
     MAX_GARP_INTERVAL, NetlinkOwner, OwnerConfig,

@@ -33,11 +33,9 @@ use rtnetlink::{
 use tokio::task::JoinHandle;
 
 use super::{
-    AddressOwner, EnforceError, EnforceMetrics,
+    AddressOwner, EnforceError,
     announce::{Mac, PacketSocket},
-    host_prefix_len,
-    metrics::Counters,
-    validate_storage_addr,
+    host_prefix_len, validate_storage_addr,
 };
 
 /// Announcement rounds per acquire unless configured: the first one flips the
@@ -137,7 +135,6 @@ pub struct NetlinkOwner {
     ops: tokio::sync::Mutex<()>,
     /// Announcement repeats under way, by address.
     bursts: Mutex<HashMap<IpAddr, JoinHandle<()>>>,
-    counters: Arc<Counters>,
 }
 
 /// The NIC as netlink sees it now.
@@ -191,18 +188,12 @@ impl NetlinkOwner {
             packets: Arc::new(packets),
             ops: tokio::sync::Mutex::new(()),
             bursts: Mutex::new(HashMap::new()),
-            counters: Arc::default(),
         })
     }
 
     /// The configuration in force.
     pub fn config(&self) -> &OwnerConfig {
         &self.cfg
-    }
-
-    /// The counters since the owner was created.
-    pub fn metrics(&self) -> EnforceMetrics {
-        self.counters.snapshot()
     }
 
     async fn link(&self) -> Result<Link, EnforceError> {
@@ -351,18 +342,13 @@ impl NetlinkOwner {
     /// Sends announcement rounds 2..=count in the background.
     fn spawn_burst(&self, addr: IpAddr, link: Link) {
         let packets = Arc::clone(&self.packets);
-        let counters = Arc::clone(&self.counters);
         let (count, interval) = (self.cfg.garp_count, self.cfg.garp_interval);
         let iface = self.cfg.iface.clone();
         let task = self.rt.spawn(async move {
             for round in 2..=count {
                 tokio::time::sleep(interval).await;
-                match packets.announce(link.index, link.mac, addr) {
-                    Ok(n) => Counters::add(&counters.announce_packets, n),
-                    Err(error) => {
-                        Counters::add(&counters.announce_failures, 1);
-                        tracing::warn!(%iface, %addr, round, %error, "announcement round not sent");
-                    }
+                if let Err(error) = packets.announce(link.index, link.mac, addr) {
+                    tracing::warn!(%iface, %addr, round, %error, "announcement round not sent");
                 }
             }
         });
@@ -399,8 +385,6 @@ impl NetlinkOwner {
                     source,
                 });
             }
-            let sent = if addr.is_ipv4() { 2 } else { 1 };
-            Counters::add(&self.counters.announce_packets, sent);
             if self.cfg.garp_count > 1 {
                 self.spawn_burst(addr, link);
             }
@@ -491,7 +475,6 @@ impl AddressOwner for NetlinkOwner {
         match result {
             Ok(added) => {
                 let took = start.elapsed();
-                self.counters.acquired(took);
                 tracing::info!(
                     %iface,
                     %addr,
@@ -503,7 +486,6 @@ impl AddressOwner for NetlinkOwner {
                 Ok(())
             }
             Err(error) => {
-                Counters::add(&self.counters.acquire_failures, 1);
                 tracing::warn!(%iface, %addr, %error, "acquire failed");
                 Err(error)
             }
@@ -523,9 +505,6 @@ impl AddressOwner for NetlinkOwner {
         match result {
             Ok(removed) => {
                 let took = start.elapsed();
-                if removed {
-                    self.counters.released(took);
-                }
                 tracing::info!(
                     %iface,
                     %addr,
@@ -536,7 +515,6 @@ impl AddressOwner for NetlinkOwner {
                 Ok(())
             }
             Err(error) => {
-                Counters::add(&self.counters.release_failures, 1);
                 tracing::warn!(%iface, %addr, %error, "release failed");
                 Err(error)
             }

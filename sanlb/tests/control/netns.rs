@@ -2,14 +2,8 @@
 //! network namespaces, driven by a real controller over HTTP: the map is
 //! applied on the NICs, no address is ever on both gateways, and a dead
 //! gateway's addresses move to the other one after the lease, announced to
-//! the host.
-
-#[allow(
-    dead_code,
-    reason = "the enforcement tests use the rest of the helpers"
-)]
-#[path = "../common/mod.rs"]
-mod common;
+//! the host. The enforcement counters each agent reports agree with the
+//! addresses the kernel shows on its NIC.
 
 use std::{
     collections::BTreeSet,
@@ -18,15 +12,15 @@ use std::{
 };
 
 use crate::fakes::{TOKEN, config};
-use common::{
-    lab::{Lab, Node},
-    probe,
-};
 use sanlb::{
     agent::{Agent, AgentConfig, AgentError, Client, CounterSource},
     controller::{self, Controller, server::Server},
     enforce::{DEFAULT_ADDR_PROTO, NetlinkOwner, OwnerConfig},
-    proto::Flow,
+    proto::{EnforceCounters, Flow},
+};
+use sanlb_test::{
+    probe,
+    segment::{Node, Segment as Lab},
 };
 
 struct NoTraffic;
@@ -57,7 +51,7 @@ fn held(node: &Node) -> BTreeSet<IpAddr> {
 fn spawn_agent(node: &Node, url: &str) -> tokio::sync::oneshot::Sender<()> {
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let cfg = AgentConfig {
-        gateway: node.role.into(),
+        gateway: node.name.clone(),
         capacity: 1.0,
         interval: Duration::from_millis(100),
         long_poll: Duration::from_secs(5),
@@ -78,13 +72,60 @@ fn spawn_agent(node: &Node, url: &str) -> tokio::sync::oneshot::Sender<()> {
 
 /// A controller for `cfg`, serving HTTP on the host's address.
 fn start_controller(lab: &Lab, cfg: controller::Config) -> Server {
+    let at = (lab.host.v4, 0);
     lab.host.rt.run(async move {
         let c = Controller::new(cfg, None, Instant::now()).unwrap();
-        let listener = tokio::net::TcpListener::bind("198.18.0.10:0")
-            .await
-            .unwrap();
+        let listener = tokio::net::TcpListener::bind(at).await.unwrap();
         Server::start(c, TOKEN.into(), listener).unwrap()
     })
+}
+
+/// The enforcement counters the controller has from `gw`'s agent.
+fn reported(lab: &Lab, url: &str, gw: &Node) -> EnforceCounters {
+    let client = Client::new(url, TOKEN, Duration::from_secs(2)).unwrap();
+    let status = lab
+        .host
+        .rt
+        .run(async move { client.status().await })
+        .expect("the controller's status");
+    status
+        .gateways
+        .into_iter()
+        .find(|g| g.name == gw.name)
+        .unwrap_or_else(|| panic!("{} in the status", gw.name))
+        .enforce
+}
+
+/// Waits (at most 5 s) until `gw`'s reported counters satisfy `ok`, which
+/// says what it checks; returns them.
+fn wait_reported(
+    lab: &Lab,
+    url: &str,
+    gw: &Node,
+    what: &str,
+    ok: impl Fn(&EnforceCounters) -> bool,
+) -> EnforceCounters {
+    let start = Instant::now();
+    loop {
+        let got = reported(lab, url, gw);
+        if ok(&got) {
+            return got;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{} reported {got:?}; expected {what}",
+            gw.name
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What an agent that started on an empty NIC reports once it applied its
+/// share: every address it holds acquired (and any it gave up released),
+/// no failure.
+fn agrees_with_nic(gw: &Node) -> impl Fn(&EnforceCounters) -> bool {
+    let held = held(gw).len() as u64;
+    move |c| c.failed == 0 && c.acquired.checked_sub(c.released) == Some(held)
 }
 
 /// Waits (at most 20 s) until every target is on exactly one gateway.
@@ -112,7 +153,7 @@ fn placed<'a>(lab: &'a Lab, targets: &[IpAddr]) -> (&'a Node, &'a Node, Vec<IpAd
 }
 
 #[test]
-#[ignore = "privileged: needs root, run by cargo xtask test"]
+#[ignore = "privileged: cargo xtask test runs it as root"]
 fn addresses_move_between_real_gateways_one_owner_at_a_time() {
     let lab = Lab::new();
     let targets = storage();
@@ -132,10 +173,23 @@ fn addresses_move_between_real_gateways_one_owner_at_a_time() {
         node.rt
             .run(async move { probe::ask_name(t, Duration::from_secs(2)).await })
     };
-    assert_eq!(ask(&lab.host).as_deref(), Some(dead.role));
+    assert_eq!(ask(&lab.host).as_deref(), Some(dead.name.as_str()));
     assert_eq!(probe::neighbour(&lab.host, targets[0]), Some(dead.mac));
     // The owner of the first address dies: agent gone, addresses gone.
-    let i = if dead.role == "gw1" { 0 } else { 1 };
+    let i = if dead.name == "gw1" { 0 } else { 1 };
+    // Both agents started on an empty NIC: their counters tell what the NIC
+    // holds.
+    let mut before = Vec::new();
+    for gw in lab.gateways() {
+        before.push(wait_reported(
+            &lab,
+            &url,
+            gw,
+            "acquired - released = held",
+            agrees_with_nic(gw),
+        ));
+    }
+    let orphans = held(dead).len() as u64;
     let _ = stops.remove(i).send(());
     std::thread::sleep(Duration::from_millis(100));
     for t in held(dead) {
@@ -165,8 +219,13 @@ fn addresses_move_between_real_gateways_one_owner_at_a_time() {
         "the host still resolves {} elsewhere",
         targets[0]
     );
-    assert_eq!(ask(&lab.host).as_deref(), Some(alive.role));
+    assert_eq!(ask(&lab.host).as_deref(), Some(alive.name.as_str()));
     assert!(both.is_empty(), "on both gateways: {both:?}");
+    // The survivor counts the addresses it took over, and only those.
+    let was = before[1 - i];
+    wait_reported(&lab, &url, alive, "the orphans acquired", move |c| {
+        c.acquired == was.acquired + orphans && c.released == was.released && c.failed == 0
+    });
     eprintln!("failover after {moved:?} (lease {lease:?})");
     drop(stops);
     lab.host.rt.run(async move { server.stop().await });
@@ -177,7 +236,7 @@ fn addresses_move_between_real_gateways_one_owner_at_a_time() {
 /// when the killed agent comes back it starts empty: it releases its stale
 /// managed addresses and leaves an address it does not manage alone.
 #[test]
-#[ignore = "privileged: needs root, run by cargo xtask test"]
+#[ignore = "privileged: cargo xtask test runs it as root"]
 fn a_restarted_agent_drops_stale_addresses_and_keeps_unmanaged_ones() {
     let lab = Lab::new();
     let targets = storage();
@@ -187,7 +246,7 @@ fn a_restarted_agent_drops_stale_addresses_and_keeps_unmanaged_ones() {
     let url = format!("http://{}", server.addr());
     let mut stops = vec![spawn_agent(&lab.gw1, &url), spawn_agent(&lab.gw2, &url)];
     let (victim, other, _) = placed(&lab, &targets);
-    let i = if victim.role == "gw1" { 0 } else { 1 };
+    let i = if victim.name == "gw1" { 0 } else { 1 };
     let stale = held(victim);
     assert!(!stale.is_empty());
     // An address the agent does not manage (no sanlb marker) on the same NIC.
@@ -229,6 +288,16 @@ fn a_restarted_agent_drops_stale_addresses_and_keeps_unmanaged_ones() {
         .into_iter()
         .any(|a| a.addr == "198.18.1.99".parse::<IpAddr>().unwrap());
     assert!(unmanaged, "the unmanaged address was touched");
+    // The new run reports what it did: released the stale ones, nothing
+    // else (the unmanaged address is not its to count).
+    let stale_n = stale.len() as u64;
+    wait_reported(&lab, &url, victim, "the stale addresses released", |c| {
+        *c == EnforceCounters {
+            acquired: 0,
+            released: stale_n,
+            failed: 0,
+        }
+    });
     assert!(targets.iter().all(|t| held(other).contains(t)));
     eprintln!("restart reconciled after {:?}", restarted.elapsed());
     drop(stops);

@@ -1,9 +1,16 @@
 //! The figures of the demo: balance of a set of gateway loads, the samples
-//! taken every tick, and the summary.
+//! taken every tick, the I/O stalls, and the summary.
+//!
+//! Rates are in MiB/s (2^20 bytes a second) wherever a person reads them:
+//! the demo's `--rate 24M` is 24 MiB/s, and `sanlb status` prints the same
+//! unit.
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use serde::Serialize;
+
+/// Bytes in a MiB: rates are shown in MiB/s.
+pub const MIB: f64 = (1u64 << 20) as f64;
 
 /// Largest gateway load over the mean (1 = perfectly even; 0 without load).
 pub fn max_mean(loads: &[f64]) -> f64 {
@@ -44,22 +51,6 @@ pub struct Sample {
     pub owners: Vec<Option<usize>>,
 }
 
-impl Sample {
-    /// iSCSI bytes per target, summed over initiators.
-    pub fn target_bytes(&self, targets: &[Ipv4Addr]) -> Vec<u64> {
-        targets
-            .iter()
-            .map(|t| {
-                self.pair_bytes
-                    .iter()
-                    .filter(|((_, tt), _)| tt == t)
-                    .map(|(_, b)| b)
-                    .sum()
-            })
-            .collect()
-    }
-}
-
 /// Per-second rates between two samples.
 pub fn rates(a: &[u64], b: &[u64], dt: f64) -> Vec<f64> {
     a.iter()
@@ -95,10 +86,10 @@ pub struct Balance {
     pub var_norm: f64,
     /// The same max/mean by the gateways' veth byte counters.
     pub max_mean_veth: f64,
-    /// Gateway loads by the agents, MB/s.
-    pub loads_mb_s: Vec<f64>,
-    /// Gateway loads by the veth counters, MB/s.
-    pub loads_veth_mb_s: Vec<f64>,
+    /// Gateway loads by the agents, MiB/s.
+    pub loads_mib_s: Vec<f64>,
+    /// Gateway loads by the veth counters, MiB/s.
+    pub loads_veth_mib_s: Vec<f64>,
     /// The window, seconds since the load started.
     pub from_s: f64,
     /// End of the window.
@@ -113,21 +104,90 @@ impl Balance {
             max_mean: max_mean(&agents),
             var_norm: var_norm(&agents),
             max_mean_veth: max_mean(&veth),
-            loads_mb_s: agents.iter().map(|b| b / 1e6).collect(),
-            loads_veth_mb_s: veth.iter().map(|b| b / 1e6).collect(),
+            loads_mib_s: agents.iter().map(|b| b / MIB).collect(),
+            loads_veth_mib_s: veth.iter().map(|b| b / MIB).collect(),
             from_s: from,
             to_s: to,
         })
     }
 }
 
+/// Where the run is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// The initiators write their regions, then run the skewed load.
+    Load,
+    /// The load is over; the initiators read back what they wrote.
+    ReadBack,
+    /// `iscsi-perf` reads t1 as fast as it can (an independent client).
+    Reader,
+    /// One more interval with the controller, so that what the burst of the
+    /// read-back and iscsi-perf makes it decide is seen too.
+    After,
+}
+
+impl Phase {
+    /// Its name in the summary and the plot.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Load => "load",
+            Phase::ReadBack => "read-back",
+            Phase::Reader => "iscsi-perf",
+            Phase::After => "after",
+        }
+    }
+}
+
+/// When each phase of the run began and ended, seconds since the load
+/// started.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Phases {
+    /// Every initiator had written its regions (the fill spike is over).
+    pub prefill_end_s: f64,
+    /// The load ended (the read-back began).
+    pub load_end_s: f64,
+    /// Every initiator had read back and exited.
+    pub readback_end_s: f64,
+    /// iscsi-perf ran from here..
+    pub reader_start_s: f64,
+    /// ..to here; then the demo watches one more interval.
+    pub reader_end_s: f64,
+    /// The controller was stopped (no decision after this).
+    pub controller_stop_s: Option<f64>,
+    /// The last sample.
+    pub end_s: f64,
+}
+
+/// One rebalance the controller adopted (from `sanlb status`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Rebalance {
+    /// Seconds since the load started.
+    pub at_s: f64,
+    /// The phase it fell in.
+    pub phase: Phase,
+    /// Generation after the decision.
+    pub generation: u64,
+    /// `interval` or `failover`.
+    pub trigger: String,
+    /// The controller's reason (`gain 1.96`: the cost fell by that much).
+    pub reason: String,
+    /// Routes it moved.
+    pub moves: usize,
+    /// var_norm of the map in force before (by the controller's rates).
+    pub var_norm_before: Option<f64>,
+    /// var_norm of the map adopted.
+    pub var_norm_after: f64,
+}
+
 /// One address move the demo saw.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Move {
-    /// Seconds since the load started.
+    /// Seconds since the load started, when the demo saw the new owner
+    /// (sampled every second).
     pub at_s: f64,
-    /// Wall clock, Unix seconds (to match the initiators' stall events).
-    pub at_unix: f64,
+    /// The phase it happened in.
+    pub phase: Phase,
     /// Target name.
     pub target: String,
     /// Its address.
@@ -136,10 +196,125 @@ pub struct Move {
     pub from: Option<String>,
     /// New owner.
     pub to: Option<String>,
-    /// Map generation that made it.
+    /// Generation of the share that handed it to the new owner.
     pub generation: u64,
-    /// Longest I/O stall any initiator saw on the target around the move.
+    /// The rebalance that decided it (the latest adopted one before it was
+    /// seen).
+    pub decision: Option<Rebalance>,
+    /// Per initiator that reconnected after the move: the I/O stall that
+    /// spans its reconnect (from the last completion before the move to the
+    /// first after), seconds. Gaps under the loadgen's 20 ms stall
+    /// threshold are not listed.
+    pub stalls_s: Vec<f64>,
+    /// The longest of `stalls_s`.
     pub stall_s: Option<f64>,
+}
+
+impl Move {
+    /// When it happened, as exactly as known: the decision, else when the
+    /// demo saw it.
+    pub fn time_s(&self) -> f64 {
+        self.decision.as_ref().map_or(self.at_s, |d| d.at_s)
+    }
+}
+
+/// A stall one initiator saw on one target: time with I/O outstanding and
+/// none completing (the loadgen reports those of 20 ms and more).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stall {
+    /// Host index.
+    pub host: usize,
+    /// Target name.
+    pub target: String,
+    /// Start, seconds since the load started.
+    pub start_s: f64,
+    /// Length, seconds.
+    pub duration_s: f64,
+}
+
+impl Stall {
+    /// Whether it spans `t` (seconds since the start), give or take the
+    /// clock steps of the loadgen's output (1 ms).
+    pub fn spans(&self, t: f64) -> bool {
+        self.start_s <= t + 1e-3 && t <= self.start_s + self.duration_s + 1e-3
+    }
+}
+
+/// Stall lengths of one kind.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct StallFigures {
+    /// How many.
+    pub count: usize,
+    /// Median, seconds (0 without any).
+    pub median_s: f64,
+    /// 99th percentile.
+    pub p99_s: f64,
+    /// Longest.
+    pub max_s: f64,
+}
+
+impl StallFigures {
+    /// The figures of `lengths`.
+    pub fn of(mut lengths: Vec<f64>) -> StallFigures {
+        lengths.retain(|l| l.is_finite());
+        lengths.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            if lengths.is_empty() {
+                0.0
+            } else {
+                lengths[((lengths.len() - 1) as f64 * q).round() as usize]
+            }
+        };
+        StallFigures {
+            count: lengths.len(),
+            median_s: at(0.5),
+            p99_s: at(0.99),
+            max_s: lengths.last().copied().unwrap_or(0.0),
+        }
+    }
+}
+
+/// The stalls of the moves beside those of ordinary I/O.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Stalls {
+    /// Per move: the longest of its initiators' stalls across their
+    /// reconnects ([`Move::stall_s`]).
+    pub per_move: StallFigures,
+    /// Per initiator and move: the stall that spans the initiator's
+    /// reconnect. An initiator with I/O in flight at the move waits for a
+    /// TCP retransmission (about 0.2 s) to reach the new gateway; one that
+    /// was idle finds it with its next I/O.
+    pub per_initiator: StallFigures,
+    /// Every other stall of the same initiators during the load after the
+    /// fill (no reconnect in it): what I/O sees without any move.
+    pub baseline: StallFigures,
+}
+
+/// Splits the stalls of the load (after the fill) into those that span a
+/// reconnect (`reconnects`: host, target, seconds since the start) and the
+/// others; `moves` gives the per-move figures.
+pub fn stalls(
+    all: &[Stall],
+    reconnects: &[(usize, String, f64)],
+    phases: &Phases,
+    moves: &[Move],
+) -> Stalls {
+    let (mut per_initiator, mut baseline) = (Vec::new(), Vec::new());
+    for s in all {
+        let spans_reconnect = reconnects
+            .iter()
+            .any(|(h, t, at)| *h == s.host && *t == s.target && s.spans(*at));
+        if spans_reconnect {
+            per_initiator.push(s.duration_s);
+        } else if s.start_s >= phases.prefill_end_s && s.start_s < phases.load_end_s {
+            baseline.push(s.duration_s);
+        }
+    }
+    Stalls {
+        per_move: StallFigures::of(moves.iter().filter_map(|m| m.stall_s).collect()),
+        per_initiator: StallFigures::of(per_initiator),
+        baseline: StallFigures::of(baseline),
+    }
 }
 
 /// The byte check: what the agents counted per (initiator, target) against
@@ -190,9 +365,12 @@ pub struct Summary {
     pub before: Balance,
     /// Balance over the last interval of the load.
     pub after: Balance,
-    /// Address moves.
+    /// Address moves of the whole run (the load and after it).
     pub moves: usize,
-    /// Seconds from the start of the load to the last move (0: none).
+    /// Of which during the load.
+    pub moves_in_load: usize,
+    /// Seconds from the start of the load to its last move during the load
+    /// (0: none).
     pub converge_s: f64,
     /// Seconds from the start to when max/mean stayed within 1.10 to the
     /// end (`None`: it never did).
@@ -201,6 +379,8 @@ pub struct Summary {
     pub io_errors: u64,
     /// Longest stall of any move (0 without moves).
     pub max_stall_s: f64,
+    /// The stalls of the moves beside those without a move.
+    pub stalls: Stalls,
     /// Reads that did not return what was written, plus blocks found wrong
     /// by the final read-back.
     pub verify_errors: u64,
@@ -208,12 +388,16 @@ pub struct Summary {
     pub verified_blocks: u64,
     /// Reconnects the initiators made.
     pub reconnects: u64,
-    /// Rebalances adopted (the last map generation).
+    /// The last map generation.
     pub generation: u64,
-    /// Who balanced: controller, plan or none.
+    /// Who balanced: controller or none.
     pub balancer: String,
-    /// Each move.
+    /// Each move of the run.
     pub move_log: Vec<Move>,
+    /// Each rebalance the controller adopted.
+    pub rebalances: Vec<Rebalance>,
+    /// When each phase of the run began and ended.
+    pub phases: Phases,
     /// Counted against moved bytes per (initiator, target).
     pub bytes: BytesCheck,
     /// The independent client's result (`iscsi-perf` at the end).
@@ -237,6 +421,8 @@ pub struct Shape {
     pub skew: f64,
     /// Offered load of all hosts, bytes/s.
     pub rate: u64,
+    /// The rebalance interval, seconds.
+    pub interval_s: f64,
 }
 
 /// When max/mean (over `window` seconds) came within `limit` for good.
@@ -293,7 +479,7 @@ mod tests {
         let after = Balance::of(&samples, 6.0, 10.0).unwrap();
         assert_eq!((after.max_mean, after.var_norm), (1.0, 0.0));
         assert_eq!(after.max_mean_veth, 1.0);
-        assert_eq!(after.loads_mb_s, [100.0 / 1e6, 100.0 / 1e6]);
+        assert_eq!(after.loads_mib_s, [100.0 / MIB, 100.0 / MIB]);
         assert_eq!(balanced_since(&samples, 2.0, 1.10), Some(6.0));
         assert!(Balance::of(&samples, 20.0, 30.0).is_none());
     }
@@ -311,15 +497,45 @@ mod tests {
     }
 
     #[test]
-    fn target_bytes_sum_initiators() {
-        let t1 = Ipv4Addr::new(198, 18, 1, 1);
-        let t2 = Ipv4Addr::new(198, 18, 1, 2);
-        let h1 = Ipv4Addr::new(198, 18, 0, 101);
-        let h2 = Ipv4Addr::new(198, 18, 0, 102);
-        let s = Sample {
-            pair_bytes: [((h1, t1), 5), ((h2, t1), 7), ((h1, t2), 1)].into(),
-            ..Sample::default()
+    fn stall_figures() {
+        let f = StallFigures::of(vec![0.3, 0.1, 0.2, f64::NAN]);
+        assert_eq!(
+            f,
+            StallFigures {
+                count: 3,
+                median_s: 0.2,
+                p99_s: 0.3,
+                max_s: 0.3
+            }
+        );
+        assert_eq!(StallFigures::of(vec![]), StallFigures::default());
+    }
+
+    #[test]
+    fn stalls_that_span_a_reconnect_are_the_moves() {
+        let stall = |host, target: &str, start_s, duration_s| Stall {
+            host,
+            target: target.into(),
+            start_s,
+            duration_s,
         };
-        assert_eq!(s.target_bytes(&[t1, t2]), [12, 1]);
+        let all = [
+            stall(0, "t1", 10.0, 0.25), // spans h1's reconnect on t1
+            stall(1, "t1", 10.1, 0.09), // another host: ordinary
+            stall(0, "t2", 10.0, 0.3),  // another target: ordinary
+            stall(0, "t1", 1.0, 0.5),   // during the fill: left out
+            stall(0, "t1", 50.0, 0.5),  // after the load: left out
+            stall(0, "t1", 20.0, 0.08),
+        ];
+        let phases = Phases {
+            prefill_end_s: 2.0,
+            load_end_s: 45.0,
+            ..Phases::default()
+        };
+        let s = stalls(&all, &[(0, "t1".into(), 10.2)], &phases, &[]);
+        assert_eq!((s.per_initiator.count, s.per_initiator.max_s), (1, 0.25));
+        assert_eq!(s.per_move.count, 0);
+        assert_eq!((s.baseline.count, s.baseline.max_s), (3, 0.3));
+        assert_eq!(s.baseline.median_s, 0.09);
     }
 }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::metrics::{Balance, Move, Summary};
+use super::metrics::{Balance, MIB, Move, StallFigures, Summary};
 
 /// Width of the load bars.
 const BAR: usize = 40;
@@ -11,6 +11,8 @@ const BAR: usize = 40;
 pub struct Frame<'a> {
     /// Header line (shape, balancer).
     pub title: &'a str,
+    /// The phase of the run (`load`, `read-back`, `iscsi-perf`).
+    pub phase: &'a str,
     /// Seconds since the load started, and of the run.
     pub elapsed: f64,
     /// Planned seconds of load.
@@ -52,8 +54,8 @@ pub fn render(f: &Frame) -> String {
     let _ = writeln!(s, "{}", f.title);
     let _ = writeln!(
         s,
-        "load running {:>4.0} s of {:.0} s",
-        f.elapsed, f.duration
+        "{:>4.0} s (load: {:.0} s), now: {}",
+        f.elapsed, f.duration, f.phase
     );
     let (mm, vn) = f
         .balance
@@ -76,8 +78,8 @@ pub fn render(f: &Frame) -> String {
         "{:<8} {:<width$}  {:>8} {:>9}  targets",
         "gateway",
         "load (agents' counters, last second)",
-        "MB/s",
-        "veth MB/s",
+        "MiB/s",
+        "veth MiB/s",
         width = BAR
     );
     for (g, name) in f.gateways.iter().enumerate() {
@@ -86,8 +88,8 @@ pub fn render(f: &Frame) -> String {
             "{:<8} {}  {:>8.2} {:>9.2}  {}",
             name,
             bar(f.loads[g], f.scale),
-            f.loads[g] / 1e6,
-            f.veth.get(g).copied().unwrap_or(0.0) / 1e6,
+            f.loads[g] / MIB,
+            f.veth.get(g).copied().unwrap_or(0.0) / MIB,
             f.owned[g].join(" ")
         );
     }
@@ -104,8 +106,16 @@ pub fn move_line(m: &Move) -> String {
     let stall = m
         .stall_s
         .map_or_else(|| "stall -".to_owned(), |s| format!("stall {s:.2} s"));
+    let why = m.decision.as_ref().map_or_else(String::new, |d| {
+        format!(
+            "  (decided at {:.1} s, {}: {})",
+            d.at_s,
+            d.phase.name(),
+            d.reason
+        )
+    });
     format!(
-        "{:>6.1} s  gen {:<3} {:<4} {:<12} {} → {}   {stall}",
+        "{:>6.1} s  gen {:<3} {:<4} {:<12} {} → {}   {stall}{why}",
         m.at_s,
         m.generation,
         m.target,
@@ -115,48 +125,92 @@ pub fn move_line(m: &Move) -> String {
     )
 }
 
+fn figures(f: &StallFigures) -> String {
+    format!(
+        "median {:.2} s, p99 {:.2} s, max {:.2} s over {}",
+        f.median_s, f.p99_s, f.max_s, f.count
+    )
+}
+
 /// The summary as text.
 pub fn summary(s: &Summary) -> String {
     let mut o = String::new();
     let b = |x: &Balance| {
         format!(
-            "max/mean {:.2} (veth {:.2})  var_norm {:.4}  loads {} MB/s",
+            "max/mean {:.2} (veth {:.2})  var_norm {:.4}  loads {} MiB/s",
             x.max_mean,
             x.max_mean_veth,
             x.var_norm,
-            x.loads_mb_s
+            x.loads_mib_s
                 .iter()
                 .map(|l| format!("{l:.2}"))
                 .collect::<Vec<_>>()
                 .join(" / ")
         )
     };
+    let p = &s.phases;
     let _ = writeln!(o, "summary ({} balancer)", s.balancer);
-    let _ = writeln!(o, "  before   {}", b(&s.before));
-    let _ = writeln!(o, "  after    {}", b(&s.after));
     let _ = writeln!(
         o,
-        "  moves {}  generation {}  converged at {:.1} s  balanced (≤ 1.10) from {}",
+        "  run      load 0–{:.0} s (fill until {:.0} s), read-back to {:.1} s, iscsi-perf {:.1}–{:.1} s, then one interval{}, end {:.1} s",
+        p.load_end_s,
+        p.prefill_end_s,
+        p.readback_end_s,
+        p.reader_start_s,
+        p.reader_end_s,
+        p.controller_stop_s
+            .map_or_else(String::new, |t| format!(", controller stopped {t:.1} s")),
+        p.end_s
+    );
+    let _ = writeln!(o, "  before   {}", b(&s.before));
+    let _ = writeln!(o, "  after    {}  (last interval of the load)", b(&s.after));
+    let _ = writeln!(
+        o,
+        "  moves {} ({} during the load, the last at {:.1} s; {} after it)  generation {}  balanced (≤ 1.10) from {}",
         s.moves,
-        s.generation,
+        s.moves_in_load,
         s.converge_s,
+        s.moves - s.moves_in_load,
+        s.generation,
         s.balanced_s
             .map_or_else(|| "never".to_owned(), |t| format!("{t:.1} s"))
     );
-    let stalls: Vec<String> = s
-        .move_log
-        .iter()
-        .filter_map(|m| m.stall_s.map(|v| format!("{v:.2}")))
-        .collect();
+    if !s.rebalances.is_empty() {
+        let _ = writeln!(o, "  rebalances adopted:");
+        for r in &s.rebalances {
+            let _ = writeln!(
+                o,
+                "    {:>5.1} s  {:<10} gen {:<3} {} moves  var_norm {} → {:.4}  ({}: {})",
+                r.at_s,
+                r.phase.name(),
+                r.generation,
+                r.moves,
+                r.var_norm_before
+                    .map_or_else(|| "-".to_owned(), |v| format!("{v:.4}")),
+                r.var_norm_after,
+                r.trigger,
+                r.reason
+            );
+        }
+    }
+    let _ = writeln!(o, "  every move:");
+    for m in &s.move_log {
+        let _ = writeln!(o, "    {:<10} {}", m.phase.name(), move_line(m));
+    }
     let _ = writeln!(
         o,
-        "  stall per move (s): {}  max {:.2}",
-        if stalls.is_empty() {
-            "-".to_owned()
-        } else {
-            stalls.join(" ")
-        },
-        s.max_stall_s
+        "  stall per move (the longest of its initiators' gaps across their reconnects): {}",
+        figures(&s.stalls.per_move)
+    );
+    let _ = writeln!(
+        o,
+        "    per initiator and move (0.2 s with I/O in flight, less when idle): {}",
+        figures(&s.stalls.per_initiator)
+    );
+    let _ = writeln!(
+        o,
+        "  stall without a move (the same initiators' other gaps ≥ 20 ms in the load): {}",
+        figures(&s.stalls.baseline)
     );
     let _ = writeln!(
         o,

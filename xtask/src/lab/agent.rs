@@ -44,15 +44,6 @@ pub fn sanlb_binary() -> Result<PathBuf> {
     Ok(target.join("debug/sanlb"))
 }
 
-/// Whether `sanlb SUBCOMMAND --help` works (which stages this build has).
-pub fn has_subcommand(sanlb: &Path, subcommand: &str) -> bool {
-    proc::output_timeout(
-        Command::new(sanlb).args([subcommand, "--help"]),
-        Duration::from_secs(10),
-    )
-    .is_ok_and(|o| o.status.success())
-}
-
 /// One (initiator, target) row of `sanlb counters --json`: the fields the
 /// lab uses.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]

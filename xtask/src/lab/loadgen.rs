@@ -235,6 +235,10 @@ pub enum Event {
     Final {
         /// Target label.
         target: String,
+        /// Seconds since the loadgen started, when its I/O was over (the
+        /// line itself is written when it exits, after the logouts).
+        #[serde(default)]
+        t: f64,
         /// Seconds of workload.
         seconds: f64,
         /// Totals.

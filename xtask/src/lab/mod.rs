@@ -9,6 +9,12 @@
 //!     + the target addresses 198.18.1.1.. /32 of the targets each one owns
 //! ```
 //!
+//! With [`LabBuilder::ipv6`] every node also has an IPv6 address on
+//! 2001:2::/64 (the benchmarking prefix of RFC 5180: `2001:2::` and the last
+//! octet of its IPv4 address) and hosts route 2001:2:0:1::/64 on-link, so
+//! neighbour discovery picks the gateway. A lab with no targets runs no tgtd:
+//! the bare segment the enforcement tests need.
+//!
 //! A [`Lab`] is built with [`Lab::builder`]: one bridge namespace, a namespace
 //! per host and per gateway (and optionally a management namespace for a
 //! controller), all joined by veth pairs with fixed MACs. Every gateway runs
@@ -43,7 +49,7 @@ pub mod tgtd;
 use std::{
     collections::BTreeMap,
     fs,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -78,6 +84,13 @@ pub const HOST_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 0, 0), 24);
 /// The target addresses' network, routed on-link from the hosts: 198.18.1.0/24.
 pub const TARGET_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 1, 0), 24);
 
+/// The host network in IPv6 labs ([`LabBuilder::ipv6`]): 2001:2::/64.
+pub const HOST_NET6: (Ipv6Addr, u8) = (Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0), 64);
+
+/// The storage network in IPv6 labs, routed on-link from the hosts:
+/// 2001:2:0:1::/64.
+pub const TARGET_NET6: (Ipv6Addr, u8) = (Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 0), 64);
+
 /// The management namespace's address.
 pub const MANAGEMENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 250);
 
@@ -101,6 +114,15 @@ pub fn gateway_addr(g: usize) -> Ipv4Addr {
 /// Address of target `t` (0-based): 198.18.1.1 + t.
 pub fn target_addr(t: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 1, 1 + t as u8)
+}
+
+/// The IPv6 address of the node whose IPv4 address is `v4` in an IPv6 lab:
+/// [`HOST_NET6`] with the last octet of `v4` as its last group
+/// (198.18.0.1 → 2001:2::1, 198.18.0.101 → 2001:2::65).
+pub fn node_addr6(v4: Ipv4Addr) -> Ipv6Addr {
+    let mut seg = HOST_NET6.0.segments();
+    seg[7] = u16::from(v4.octets()[3]);
+    Ipv6Addr::from(seg)
 }
 
 fn mac(last: u8, group: u8) -> String {
@@ -129,6 +151,7 @@ pub struct LabBuilder {
     tgtd_iscsi: String,
     placement: Placement,
     management: bool,
+    ipv6: bool,
     prefix: String,
 }
 
@@ -142,6 +165,7 @@ impl Default for LabBuilder {
             tgtd_iscsi: tgtd::DEFAULT_ISCSI_OPTIONS.to_owned(),
             placement: Placement::AllOnFirst,
             management: false,
+            ipv6: false,
             prefix: LAB_PREFIX.to_owned(),
         }
     }
@@ -160,7 +184,8 @@ impl LabBuilder {
         self
     }
 
-    /// Number of targets `t1..`; default 1.
+    /// Number of targets `t1..`; default 1. With 0 the gateways run no
+    /// tgtd.
     pub fn targets(mut self, m: usize) -> Self {
         self.targets = m;
         self
@@ -191,6 +216,15 @@ impl LabBuilder {
         self
     }
 
+    /// Gives every host, gateway and the management namespace an IPv6
+    /// address too ([`node_addr6`], without duplicate address detection so it
+    /// serves at once) and routes [`TARGET_NET6`] on-link from the hosts;
+    /// default off (IPv6 disabled everywhere).
+    pub fn ipv6(mut self, on: bool) -> Self {
+        self.ipv6 = on;
+        self
+    }
+
     /// Name prefix of namespaces and folders; default [`LAB_PREFIX`].
     /// Leftovers are only cleaned up for the prefix in use.
     pub fn prefix(mut self, prefix: &str) -> Self {
@@ -207,8 +241,8 @@ impl LabBuilder {
         if !(1..=MAX_GATEWAYS).contains(&self.gateways) {
             bail!("gateways must be 1..={MAX_GATEWAYS}, not {}", self.gateways);
         }
-        if !(1..=MAX_TARGETS).contains(&self.targets) {
-            bail!("targets must be 1..={MAX_TARGETS}, not {}", self.targets);
+        if self.targets > MAX_TARGETS {
+            bail!("targets must be 0..={MAX_TARGETS}, not {}", self.targets);
         }
         if let Placement::Map(map) = &self.placement {
             if map.len() != self.targets {
@@ -239,13 +273,15 @@ pub struct Host {
     pub ns: Netns,
     /// Its address on the host network.
     pub addr: Ipv4Addr,
+    /// Its IPv6 address in an IPv6 lab ([`LabBuilder::ipv6`]).
+    pub addr6: Option<Ipv6Addr>,
     /// The MAC of its `eth0`.
     pub mac: String,
     /// The initiator IQN it should use (`IQN_PREFIX:h1`).
     pub initiator: String,
 }
 
-/// A gateway namespace with its tgtd.
+/// A gateway namespace with its tgtd (when the lab has targets).
 #[derive(Debug)]
 pub struct Gateway {
     /// `gw1`, `gw2`, ..
@@ -254,10 +290,13 @@ pub struct Gateway {
     pub ns: Netns,
     /// Its own address on the host network.
     pub addr: Ipv4Addr,
+    /// Its own IPv6 address in an IPv6 lab ([`LabBuilder::ipv6`]).
+    pub addr6: Option<Ipv6Addr>,
     /// The MAC of its `eth0`.
     pub mac: String,
-    /// Its tgtd (stop or kill it to fail the gateway's storage side).
-    pub tgtd: Tgtd,
+    /// Its tgtd (stop or kill it to fail the gateway's storage side);
+    /// `None` in a lab without targets.
+    pub tgtd: Option<Tgtd>,
     /// The pin folder for an agent on this gateway
     /// (`PIN_ROOT/LAB_ID/NAME`; not created by the lab).
     pub pin_dir: PathBuf,
@@ -292,6 +331,8 @@ pub struct Management {
     pub ns: Netns,
     /// Its address, [`MANAGEMENT_ADDR`].
     pub addr: Ipv4Addr,
+    /// Its IPv6 address in an IPv6 lab ([`LabBuilder::ipv6`]).
+    pub addr6: Option<Ipv6Addr>,
 }
 
 /// A running lab; see the module docs. Dropping it removes everything.
@@ -330,6 +371,8 @@ impl Lab {
             management: None,
             bridge: Some(bridge),
         };
+        // No multicast snooping: without a querier it could hold back the
+        // multicast of neighbour discovery.
         lab.bridge().ip(&[
             "link",
             "add",
@@ -339,6 +382,8 @@ impl Lab {
             "stp_state",
             "0",
             "forward_delay",
+            "0",
+            "mcast_snooping",
             "0",
         ])?;
         lab.bridge().ip(&["link", "set", BRIDGE, "up"])?;
@@ -372,14 +417,19 @@ impl Lab {
             let addr = host_addr(h);
             let ns = Netns::create(format!("{}-{name}", lab.id))?;
             let mac = mac(addr.octets()[3], 0);
-            lab.attach(&ns, &name, addr, &mac)?;
+            let addr6 = lab.attach(&ns, &name, addr, &mac, cfg.ipv6)?;
             let (net, len) = TARGET_NET;
             ns.ip(&["route", "add", &format!("{net}/{len}"), "dev", NIC])?;
+            if cfg.ipv6 {
+                let (net, len) = TARGET_NET6;
+                ns.ip(&["-6", "route", "add", &format!("{net}/{len}"), "dev", NIC])?;
+            }
             lab.hosts.push(Host {
                 initiator: format!("{IQN_PREFIX}:{name}"),
                 name,
                 ns,
                 addr,
+                addr6,
                 mac,
             });
         }
@@ -396,23 +446,29 @@ impl Lab {
                 ("net.ipv4.conf.all.rp_filter", "0"),
             ])?;
             let mac = mac(addr.octets()[3], 0);
-            lab.attach(&ns, &name, addr, &mac)?;
-            let tgtd = Tgtd::start(&ns, port, &cfg.tgtd_iscsi, &lab.log_dir())?;
-            port = tgtd.control_port() + 1;
-            // Recorded for the leftover cleanup of a killed run.
-            append_line(
-                &lab.dir.join("tgtd-ports"),
-                &tgtd.control_port().to_string(),
-            )?;
-            for t in &lab.targets {
-                tgtd.add_target(&t.spec)
-                    .with_context(|| format!("exporting {} on {name}", t.name))?;
-            }
+            let addr6 = lab.attach(&ns, &name, addr, &mac, cfg.ipv6)?;
+            let tgtd = if lab.targets.is_empty() {
+                None
+            } else {
+                let tgtd = Tgtd::start(&ns, port, &cfg.tgtd_iscsi, &lab.log_dir())?;
+                port = tgtd.control_port() + 1;
+                // Recorded for the leftover cleanup of a killed run.
+                append_line(
+                    &lab.dir.join("tgtd-ports"),
+                    &tgtd.control_port().to_string(),
+                )?;
+                for t in &lab.targets {
+                    tgtd.add_target(&t.spec)
+                        .with_context(|| format!("exporting {} on {name}", t.name))?;
+                }
+                Some(tgtd)
+            };
             lab.gateways.push(Gateway {
                 pin_dir: lab.pin_root.join(&name),
                 name,
                 ns,
                 addr,
+                addr6,
                 mac,
                 tgtd,
             });
@@ -420,15 +476,17 @@ impl Lab {
 
         if cfg.management {
             let ns = Netns::create(format!("{}-mgmt", lab.id))?;
-            lab.attach(
+            let addr6 = lab.attach(
                 &ns,
                 "mgmt",
                 MANAGEMENT_ADDR,
                 &mac(MANAGEMENT_ADDR.octets()[3], 0),
+                cfg.ipv6,
             )?;
             lab.management = Some(Management {
                 ns,
                 addr: MANAGEMENT_ADDR,
+                addr6,
             });
         }
 
@@ -454,14 +512,38 @@ impl Lab {
             .unwrap_or(0)
     }
 
-    /// Joins `ns` to the bridge: `eth0` (MAC `mac`, `addr`/24) in `ns`, its
-    /// peer `port` on the bridge.
-    fn attach(&self, ns: &Netns, port: &str, addr: Ipv4Addr, mac: &str) -> Result<()> {
+    /// Joins `ns` to the bridge: `eth0` (MAC `mac`, `addr`/24, and with
+    /// `ipv6` its [`node_addr6`]/64, returned) in `ns`, its peer `port` on the
+    /// bridge.
+    fn attach(
+        &self,
+        ns: &Netns,
+        port: &str,
+        addr: Ipv4Addr,
+        mac: &str,
+        ipv6: bool,
+    ) -> Result<Option<Ipv6Addr>> {
+        if ipv6 {
+            // Before eth0 exists, so that it inherits the defaults.
+            ns.enable_ipv6()?;
+        }
         let last = addr.octets()[3];
         netns::veth(ns, NIC, mac, self.bridge(), port, &self::mac(last, 1))?;
         self.bridge().ip(&["link", "set", port, "master", BRIDGE])?;
         ns.ip(&["addr", "add", &format!("{addr}/{}", HOST_NET.1), "dev", NIC])?;
-        Ok(())
+        if !ipv6 {
+            return Ok(None);
+        }
+        let addr6 = node_addr6(addr);
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{addr6}/{}", HOST_NET6.1),
+            "dev",
+            NIC,
+            "nodad",
+        ])?;
+        Ok(Some(addr6))
     }
 
     /// The lab's id, `PREFIX-PID-SEQ`; namespaces are `ID-h1`, `ID-gw1`,
@@ -653,7 +735,8 @@ impl Drop for Lab {
     fn drop(&mut self) {
         // tgtd first, cleanly, while its namespace is there.
         for g in &mut self.gateways {
-            if let Err(e) = g.tgtd.stop() {
+            let Some(tgtd) = &mut g.tgtd else { continue };
+            if let Err(e) = tgtd.stop() {
                 eprintln!("lab: stopping tgtd on {}: {e:#}", g.name);
             }
         }
@@ -792,6 +875,14 @@ mod tests {
             Ipv4Addr::new(198, 18, 0, 99)
         );
         assert_eq!(target_addr(MAX_TARGETS - 1), Ipv4Addr::new(198, 18, 1, 250));
+        assert_eq!(
+            node_addr6(host_addr(0)),
+            "2001:2::65".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            node_addr6(gateway_addr(0)),
+            "2001:2::1".parse::<Ipv6Addr>().unwrap()
+        );
     }
 
     #[test]

@@ -58,6 +58,19 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Turns IPv6 on for the interfaces created from now on, without
+    /// duplicate address detection (an address serves at once) and without
+    /// forwarding.
+    pub fn enable_ipv6(&self) -> Result<()> {
+        self.sysctl(&[
+            ("net.ipv6.conf.all.disable_ipv6", "0"),
+            ("net.ipv6.conf.default.disable_ipv6", "0"),
+            ("net.ipv6.conf.all.accept_dad", "0"),
+            ("net.ipv6.conf.default.accept_dad", "0"),
+            ("net.ipv6.conf.all.forwarding", "0"),
+        ])
+    }
+
     /// Creates a namespace named by [`unique_name`].
     pub fn unique(prefix: &str) -> Result<Netns> {
         Netns::create(unique_name(prefix))

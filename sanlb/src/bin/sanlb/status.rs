@@ -5,7 +5,6 @@ use std::{fmt::Write as _, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use sanlb::{
     agent::Client,
-    counters::human_bytes,
     proto::{Ownership, Status},
 };
 
@@ -30,8 +29,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Rates in one unit, MiB/s, as everywhere sanlb shows rates.
 fn rate(r: f64) -> String {
-    format!("{}/s", human_bytes(r.max(0.0) as u64))
+    format!("{:.1} MiB/s", r.max(0.0) / (1u64 << 20) as f64)
 }
 
 fn bar(fraction: f64, width: usize) -> String {

@@ -21,6 +21,7 @@ use tokio::runtime::Runtime;
 /// How long one [`NsRuntime::run`] may take before the test fails.
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
+/// See the module docs.
 pub struct NsRuntime {
     rt: Option<Runtime>,
     netns: String,

@@ -11,14 +11,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::lab::Mac;
+use crate::Mac;
 
 /// SIOCGSTAMPNS(_OLD): the kernel's receive time of the last frame read.
 const SIOCGSTAMPNS: libc::c_ulong = 0x8907;
 
 /// A frame and the kernel's receive time (CLOCK_REALTIME).
 pub struct Frame {
+    /// The frame from the Ethernet header on.
     pub bytes: Vec<u8>,
+    /// When the kernel received it (since the Unix epoch).
     pub stamp: Duration,
 }
 
@@ -126,12 +128,19 @@ impl Capture {
 /// An Ethernet ARP frame (IPv4 over Ethernet).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Arp {
+    /// Ethernet destination.
     pub eth_dst: Mac,
+    /// Ethernet source.
     pub eth_src: Mac,
+    /// 1 request, 2 reply.
     pub op: u16,
+    /// Sender hardware address.
     pub sha: Mac,
+    /// Sender protocol address.
     pub spa: Ipv4Addr,
+    /// Target hardware address.
     pub tha: Mac,
+    /// Target protocol address.
     pub tpa: Ipv4Addr,
 }
 
@@ -162,17 +171,27 @@ pub fn parse_arp(f: &[u8]) -> Option<Arp> {
 /// An ICMPv6 Neighbor Advertisement in an Ethernet frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Na {
+    /// Ethernet destination.
     pub eth_dst: Mac,
+    /// Ethernet source.
     pub eth_src: Mac,
+    /// IPv6 source.
     pub src: Ipv6Addr,
+    /// IPv6 destination.
     pub dst: Ipv6Addr,
+    /// IPv6 hop limit (255 for neighbour discovery).
     pub hop_limit: u8,
+    /// The R flag.
     pub router: bool,
+    /// The S flag.
     pub solicited: bool,
+    /// The O flag.
     pub override_: bool,
+    /// The address advertised.
     pub target: Ipv6Addr,
     /// The target link-layer address option.
     pub tlla: Option<Mac>,
+    /// Whether the ICMPv6 checksum is right.
     pub checksum_ok: bool,
 }
 

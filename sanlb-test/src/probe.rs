@@ -11,7 +11,7 @@ use futures_util::TryStreamExt as _;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressProtocol};
 use serde_json::Value;
 
-use super::lab::{Mac, Node, parse_mac};
+use crate::{Mac, parse_mac, segment::Node};
 
 /// The TCP port of the name service (the iSCSI port: what hosts would use).
 pub const NAME_PORT: u16 = 3260;
@@ -19,11 +19,15 @@ pub const NAME_PORT: u16 = 3260;
 /// An address as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct KernelAddr {
+    /// The interface it is on.
     pub ifname: String,
+    /// The address.
     pub addr: IpAddr,
+    /// Its prefix length.
     pub prefix_len: u8,
     /// IFA_PROTO; None when 0 (the kernel omits it).
     pub proto: Option<u8>,
+    /// Added without duplicate address detection.
     pub nodad: bool,
 }
 
@@ -142,7 +146,7 @@ pub fn wait_neighbour(node: &Node, ip: IpAddr, want: Mac, limit: Duration) -> Op
 /// Serves the gateway's name on [`NAME_PORT`] (IPv4 and IPv6) until the
 /// node's runtime is dropped.
 pub fn serve_name(node: &Node) {
-    let name = node.role;
+    let name = node.name.clone();
     let listener = node.rt.run(async {
         tokio::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, NAME_PORT))
             .await
@@ -194,10 +198,11 @@ pub async fn ask_name(addr: IpAddr, timeout: Duration) -> Option<String> {
 /// way, or None after `limit`.
 pub async fn reconnect_until(
     addr: IpAddr,
-    want: &str,
+    want: impl Into<String>,
     attempt: Duration,
     limit: Duration,
 ) -> (Option<Instant>, Vec<String>) {
+    let want = want.into();
     let start = Instant::now();
     let mut seen = Vec::new();
     while start.elapsed() < limit {
