@@ -14,6 +14,7 @@
 //! | counters → rates over the window | `rates.rs` |
 //! | when and whether a new map is adopted | `rebalance.rs` |
 //! | the status read model | `view.rs` |
+//! | lease checks, the rebalance period, solves off the timer path | `timers.rs` |
 //! | the state file | `store.rs` |
 //! | generations, shares, the order of the steps | this file |
 //!
@@ -32,6 +33,7 @@ pub mod rates;
 mod rebalance;
 pub mod server;
 pub mod store;
+mod timers;
 mod view;
 
 use std::{

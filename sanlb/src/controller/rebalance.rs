@@ -49,6 +49,11 @@ pub struct Rebalance {
 }
 
 impl Rebalance {
+    /// Why it runs.
+    pub fn trigger(&self) -> Trigger {
+        self.trigger
+    }
+
     /// Runs the optimiser (CPU-bound: call it off the async workers) and
     /// times it.
     pub fn solve(&self) -> Result<(Solution, Duration), OptimizeError> {

@@ -1,13 +1,14 @@
-//! Runs a [`Controller`]: the HTTP API on a listener, the rebalance timer
-//! and the lease timer.
+//! Runs a [`Controller`]: the HTTP API on a listener, and its clock
+//! (`timers.rs`).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, task::JoinHandle, time::Instant};
+use tokio::{net::TcpListener, task::JoinHandle};
 
 use super::{
-    Controller, ControllerError, Rebalance, Trigger,
+    Controller, ControllerError,
     http::{self, AppState},
+    timers,
 };
 
 /// A running controller.
@@ -43,7 +44,7 @@ impl Server {
                 tracing::error!(error = %e, "serving stopped");
             }
         });
-        let timers = tokio::spawn(timers(state.clone()));
+        let timers = tokio::spawn(timers::run(state.clone()));
         tracing::info!(%addr, "controller listening");
         Ok(Self {
             addr,
@@ -79,56 +80,5 @@ impl Server {
         if let Err(e) = self.state.lock().save() {
             tracing::error!(error = %crate::error_chain(&e), "saving the state on shutdown");
         }
-    }
-}
-
-async fn timers(state: Arc<AppState>) {
-    let cfg = state.lock().config().clone();
-    let mut rebalance = tokio::time::interval_at(Instant::now() + cfg.interval, cfg.interval);
-    rebalance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut lease = tokio::time::interval(
-        (cfg.lease / 10).clamp(Duration::from_millis(20), Duration::from_secs(1)),
-    );
-    lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = state.closed() => return,
-            _ = rebalance.tick() => {
-                let plan = {
-                    let mut c = state.lock();
-                    let now = std::time::Instant::now();
-                    c.expire(now);
-                    c.close_interval();
-                    c.start_rebalance(Trigger::Interval)
-                };
-                run(&state, plan).await;
-            }
-            _ = lease.tick() => {
-                let plan = {
-                    let mut c = state.lock();
-                    if c.expire(std::time::Instant::now()) { c.start_rebalance(Trigger::Failover) } else { None }
-                };
-                run(&state, plan).await;
-            }
-        }
-    }
-}
-
-async fn run(state: &Arc<AppState>, job: Option<Rebalance>) {
-    let Some(job) = job else { return };
-    // The solver is CPU-bound and time-limited: off the async workers.
-    let solved = tokio::task::spawn_blocking(move || {
-        let r = job.solve();
-        (job, r)
-    })
-    .await;
-    match solved {
-        Ok((job, Ok((solution, took)))) => {
-            state
-                .lock()
-                .finish_rebalance(&job, &solution, took, std::time::Instant::now());
-        }
-        Ok((_, Err(e))) => tracing::error!(error = %e, "the optimiser refused the problem"),
-        Err(e) => tracing::error!(error = %e, "the optimiser panicked"),
     }
 }
