@@ -49,6 +49,7 @@ fn config() -> Config {
         w_change: 0.01,
         min_gain: 0.02,
         lease: Duration::from_secs(3600),
+        forget_after: Duration::from_secs(3600),
         mode: Mode::Target,
         storage: vec!["198.18.0.0/15".parse().unwrap()],
         targets: vec![],

@@ -38,12 +38,68 @@ pub const MAX_WAIT_MS: u64 = 60_000;
 /// Largest generation: 2⁵³, exact in every JSON implementation. A report
 /// claiming more is refused, and the controller never goes past it.
 pub const MAX_GENERATION: u64 = 1 << 53;
+/// Highest generation a controller catches up to from a report (when its
+/// state was lost) or loads from its state: half of [`MAX_GENERATION`], so
+/// that no report can push it to where its own shares would be refused
+/// (2⁵² generations of headroom: millennia of moves).
+pub const CATCH_UP_LIMIT: u64 = MAX_GENERATION / 2;
+/// Most gateways a controller keeps (live and remembered dead ones).
+pub const MAX_GATEWAYS: usize = 4_096;
+/// Most routes a controller keeps: storage entities, or (host, entity)
+/// pairs in pair mode. Flows beyond it are counted but found no new route.
+pub const MAX_ROUTES: usize = 262_144;
 /// Largest relative capacity a gateway may declare.
 pub const MAX_CAPACITY: f64 = 1e6;
+/// Smallest relative capacity a gateway may declare: with [`MAX_CAPACITY`],
+/// capacities span at most 12 orders of magnitude, which keeps every cost
+/// the optimiser computes finite.
+pub const MIN_CAPACITY: f64 = 1e-6;
+
+/// A name or id from the outside as logs and error messages show it:
+/// control characters escaped, at most 64 characters, so that a hostile
+/// name can neither forge log lines nor flood them.
+pub fn shown(text: &str) -> String {
+    const SHOWN: usize = 64;
+    let mut out: String = text
+        .chars()
+        .take(SHOWN)
+        .flat_map(char::escape_debug)
+        .collect();
+    if text.chars().nth(SHOWN).is_some() {
+        out.push_str(&format!("… ({} bytes)", text.len()));
+    }
+    out
+}
+
+/// Request bodies are JSON objects: serde's derive also accepts a struct as
+/// a positional array, which a strict v1 parser must not. The derived
+/// deserializer of a mirror type reads the fields; this one insists on a map.
+macro_rules! map_only {
+    ($ty:ident, $fields:ident) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct MapOnly;
+                impl<'de> serde::de::Visitor<'de> for MapOnly {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str(concat!("a JSON object (", stringify!($ty), ")"))
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        map: A,
+                    ) -> Result<$ty, A::Error> {
+                        $fields::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                            .map(Into::into)
+                    }
+                }
+                d.deserialize_map(MapOnly)
+            }
+        }
+    };
+}
 
 /// One (initiator, target) flow's cumulative counters.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Flow {
     /// The host (iSCSI initiator).
     pub initiator: IpAddr,
@@ -56,8 +112,7 @@ pub struct Flow {
 }
 
 /// Cumulative enforcement counters of an agent (for metrics).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct EnforceCounters {
     /// Addresses acquired.
     pub acquired: u64,
@@ -68,8 +123,7 @@ pub struct EnforceCounters {
 }
 
 /// What an agent sends every interval.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
     /// Gateway name: 1–64 characters of `[A-Za-z0-9._-]`.
     pub gateway: String,
@@ -80,23 +134,104 @@ pub struct Report {
     /// Milliseconds since this boot started (the agent's monotonic clock);
     /// the span between two reports is what turns deltas into rates.
     pub uptime_ms: u64,
-    /// Relative capacity of the gateway (> 0, finite).
-    #[serde(default = "default_capacity")]
+    /// Relative capacity of the gateway, in [[`MIN_CAPACITY`], [`MAX_CAPACITY`]].
     pub capacity: f64,
     /// Generation of the last share the agent applied completely (0: none).
     pub applied: u64,
     /// The storage addresses the agent holds now.
     pub owned: Vec<IpAddr>,
     /// Enforcement counters since the agent started.
-    #[serde(default)]
     pub enforce: EnforceCounters,
     /// Cumulative counters per (initiator, target).
     pub flows: Vec<Flow>,
 }
 
-fn default_capacity() -> f64 {
-    1.0
+/// The wire forms: the field names, defaults and strictness of the types
+/// above (see `map_only!`).
+mod wire {
+    use std::net::IpAddr;
+
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Flow {
+        pub initiator: IpAddr,
+        pub target: IpAddr,
+        pub to_target_bytes: u64,
+        pub to_initiator_bytes: u64,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct EnforceCounters {
+        pub acquired: u64,
+        pub released: u64,
+        pub failed: u64,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Report {
+        pub gateway: String,
+        pub boot_id: String,
+        pub seq: u64,
+        pub uptime_ms: u64,
+        #[serde(default = "default_capacity")]
+        pub capacity: f64,
+        pub applied: u64,
+        pub owned: Vec<IpAddr>,
+        #[serde(default)]
+        pub enforce: super::EnforceCounters,
+        pub flows: Vec<super::Flow>,
+    }
+
+    fn default_capacity() -> f64 {
+        1.0
+    }
 }
+
+impl From<wire::Flow> for Flow {
+    fn from(w: wire::Flow) -> Self {
+        Self {
+            initiator: w.initiator,
+            target: w.target,
+            to_target_bytes: w.to_target_bytes,
+            to_initiator_bytes: w.to_initiator_bytes,
+        }
+    }
+}
+
+impl From<wire::EnforceCounters> for EnforceCounters {
+    fn from(w: wire::EnforceCounters) -> Self {
+        Self {
+            acquired: w.acquired,
+            released: w.released,
+            failed: w.failed,
+        }
+    }
+}
+
+impl From<wire::Report> for Report {
+    fn from(w: wire::Report) -> Self {
+        Self {
+            gateway: w.gateway,
+            boot_id: w.boot_id,
+            seq: w.seq,
+            uptime_ms: w.uptime_ms,
+            capacity: w.capacity,
+            applied: w.applied,
+            owned: w.owned,
+            enforce: w.enforce,
+            flows: w.flows,
+        }
+    }
+}
+
+map_only!(Flow, wire_flow);
+map_only!(EnforceCounters, wire_enforce);
+map_only!(Report, wire_report);
+use wire::{EnforceCounters as wire_enforce, Flow as wire_flow, Report as wire_report};
 
 /// Why a report is refused before anything is counted: a field has a value
 /// the protocol does not allow.
@@ -107,6 +242,17 @@ pub struct ReportError {
     pub field: &'static str,
     /// What is wrong.
     pub message: String,
+}
+
+/// Checks a relative capacity: finite, in [[`MIN_CAPACITY`], [`MAX_CAPACITY`]].
+pub fn valid_capacity(c: f64) -> bool {
+    (MIN_CAPACITY..=MAX_CAPACITY).contains(&c)
+}
+
+/// Whether an address can be a storage address in a report or a state:
+/// not unspecified, multicast or loopback.
+pub fn valid_storage_address(a: &IpAddr) -> bool {
+    !(a.is_unspecified() || a.is_multicast() || a.is_loopback())
 }
 
 /// Checks a gateway name: 1–[`MAX_NAME_LEN`] characters of `[A-Za-z0-9._-]`.
@@ -127,8 +273,8 @@ impl Report {
             return invalid(
                 "gateway",
                 format!(
-                    "{:?}: 1–{MAX_NAME_LEN} characters of [A-Za-z0-9._-]",
-                    self.gateway
+                    "\"{}\": 1–{MAX_NAME_LEN} characters of [A-Za-z0-9._-]",
+                    shown(&self.gateway)
                 ),
             );
         }
@@ -141,10 +287,13 @@ impl Report {
                 format!("1–{MAX_BOOT_ID_LEN} printable ASCII characters"),
             );
         }
-        if !self.capacity.is_finite() || self.capacity <= 0.0 || self.capacity > MAX_CAPACITY {
+        if !valid_capacity(self.capacity) {
             return invalid(
                 "capacity",
-                format!("{} is not in (0, {MAX_CAPACITY:e}]", self.capacity),
+                format!(
+                    "{} is not in [{MIN_CAPACITY:e}, {MAX_CAPACITY:e}]",
+                    self.capacity
+                ),
             );
         }
         if self.applied > MAX_GENERATION {
@@ -165,11 +314,7 @@ impl Report {
                 ),
             );
         }
-        if let Some(a) = self
-            .owned
-            .iter()
-            .find(|a| a.is_unspecified() || a.is_multicast() || a.is_loopback())
-        {
+        if let Some(a) = self.owned.iter().find(|a| !valid_storage_address(a)) {
             return invalid("owned", format!("{a} cannot be a storage address"));
         }
         Ok(())
@@ -276,6 +421,24 @@ pub struct GatewayStatus {
     pub owned: Vec<IpAddr>,
     /// Its enforcement counters.
     pub enforce: EnforceCounters,
+    /// A second live agent reporting under this name, refused.
+    #[serde(default)]
+    pub conflict: Option<NameConflict>,
+    /// For a dead gateway that owns nothing: milliseconds until it is
+    /// forgotten.
+    #[serde(default)]
+    pub forget_in_ms: Option<u64>,
+}
+
+/// A second agent run under a gateway name (see `controller` docs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NameConflict {
+    /// The refused run's boot id.
+    pub boot_id: String,
+    /// Its reports refused.
+    pub refused: u64,
+    /// Milliseconds since its last refused report.
+    pub last_ms: u64,
 }
 
 /// Where a route is in the move protocol.

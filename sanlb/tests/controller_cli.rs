@@ -287,3 +287,29 @@ fn duration_flags_share_one_grammar() {
         "{err}"
     );
 }
+
+/// Issue 11, item 8: the agent accepted `--gateway 'bad name'`, which the
+/// controller then refused at every report.
+#[test]
+fn regression_11_8_the_agent_refuses_a_gateway_name_the_controller_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path());
+    for bad in ["bad name", "gw\n1", "", &"x".repeat(65)] {
+        let (code, _, err) = run(&[
+            "agent",
+            "--iface",
+            "lo",
+            "--controller",
+            "http://127.0.0.1:9",
+            "--gateway",
+            bad,
+            "--token-file",
+            &token,
+        ]);
+        assert_eq!(code, Some(2), "{bad:?}: {err}");
+        assert!(
+            err.contains("--gateway") && err.contains("[A-Za-z0-9._-]"),
+            "{err}"
+        );
+    }
+}

@@ -353,3 +353,71 @@ fn exact_proves_ten_routes_on_four_unequal_gateways() {
     let best = oracle(&p).unwrap();
     assert!(close(s.cost, best), "{} vs {best}", s.cost);
 }
+
+/// Magnitudes from the smallest subnormal to f64::MAX.
+fn extreme() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        Just(5e-324),
+        Just(1e-300),
+        Just(1e-160),
+        Just(1e-6),
+        Just(1.0),
+        Just(1e6),
+        Just(1e160),
+        Just(1e200),
+        Just(1e300),
+        Just(f64::MAX),
+        (1e-9f64..1e9),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Issue 11, item 7: extreme numbers broke the optimiser (capacity
+    /// 5e-324 indexed usize::MAX; capacities {1e200, 1} and rates 1e-160 or
+    /// ≥ 1e160 panicked or gave NaN costs reported as optimal). Every
+    /// accepted problem now has a finite cost, and a refused one is refused
+    /// with its reason; nothing panics.
+    #[test]
+    fn regression_11_7_extreme_magnitudes_give_finite_costs_or_a_clear_refusal(
+        caps in prop::collection::vec(prop_oneof![Just(0.0), extreme()], 1..5),
+        rates in prop::collection::vec(prop_oneof![Just(0.0), extreme()], 1..7),
+        current in prop::collection::vec(any::<Option<prop::sample::Index>>(), 7),
+        w_change in prop_oneof![Just(0.0), Just(0.01), extreme()],
+        solver in prop::sample::select(vec![Solver::Auto, Solver::Exact, Solver::Greedy, Solver::Tabu, Solver::Anneal, Solver::Genetic]),
+    ) {
+        let gws = gateways(&caps);
+        let names: Vec<String> = gws.iter().map(|g| g.name.clone()).collect();
+        let p = Problem {
+            routes: rates
+                .iter()
+                .enumerate()
+                .map(|(i, &r)| {
+                    let cur = current[i].map(|ix| names[ix.index(names.len())].as_str());
+                    route(i, r, cur, None)
+                })
+                .collect(),
+            gateways: gws,
+            w_var: 1.0,
+            w_change,
+        };
+        let o = Options { solver, time_limit: Duration::from_secs(5), seed: 1 };
+        match solve(&p, &o) {
+            Ok(s) => {
+                prop_assert!(s.cost.is_finite() && s.var_norm.is_finite(), "{s:?}");
+                prop_assert!(s.var_norm >= 0.0);
+                prop_assert!(s.loads.iter().all(|l| !l.is_nan()), "{s:?}");
+                let e = evaluate(&p, &s.assignment).unwrap();
+                prop_assert!(close(e.cost, s.cost), "{} vs {}", e.cost, s.cost);
+                let f = sanlb::optimize::in_force(&p);
+                prop_assert!(f.var_norm.is_finite() && f.cost.is_finite());
+            }
+            Err(e) => prop_assert!(
+                matches!(e, OptimizeError::CapacitySpan { .. } | OptimizeError::Infeasible(_))
+                    || matches!(e, OptimizeError::InvalidWeight { value, .. } if value > sanlb::optimize::MAX_WEIGHT),
+                "{e}"
+            ),
+        }
+    }
+}

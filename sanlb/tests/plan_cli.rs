@@ -290,3 +290,51 @@ fn usage_errors_exit_2_and_help_documents_the_formats() {
         assert!(help.contains(want), "{want:?} missing from\n{help}");
     }
 }
+
+/// Issue 11, item 7: `sanlb plan` exited 101 (a panic) for capacities
+/// {1e200, 1} or {1e308, 1}, or 5 routes at rate 1e-160, and rates ≥ 1e160
+/// gave NaN costs reported as "proven optimal". Now a span of capacities no
+/// float can carry is bad input (exit 2, naming the gateway), and extreme
+/// rates plan with finite figures.
+#[test]
+fn regression_11_7_extreme_numbers_are_planned_or_refused_never_a_panic() {
+    for big in ["1e200", "1e308"] {
+        let p = scratch(
+            &format!("span-{big}.json"),
+            &format!(
+                r#"{{"gateways":[{{"name":"big","capacity":{big}}},{{"name":"small","capacity":1}}],
+                   "routes":[{{"target":"198.18.1.1","rate":1}}]}}"#
+            ),
+        );
+        let o = sanlb(&["--problem", &p]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("\"small\": capacity 1 is more than"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    for rate in ["1e-160", "1e160", "1e300"] {
+        let routes: Vec<String> = (1..=5)
+            .map(|i| format!(r#"{{"target":"198.18.1.{i}","rate":{rate},"current":"a"}}"#))
+            .collect();
+        let p = scratch(
+            &format!("rates-{rate}.json"),
+            &format!(
+                r#"{{"gateways":[{{"name":"a"}},{{"name":"b"}}],"routes":[{}]}}"#,
+                routes.join(",")
+            ),
+        );
+        let o = sanlb(&["--problem", &p, "--json"]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let cost = v["cost"]
+            .as_f64()
+            .expect("a finite cost (NaN prints as null)");
+        let var = v["var_norm"].as_f64().expect("a finite var_norm");
+        // 5 equal routes on 2 gateways: 3 + 2 at best (var_norm 0.04), one
+        // or two moves of 0.01 each.
+        assert!((var - 0.04).abs() < 1e-9, "rate {rate}: var_norm {var}");
+        assert!(cost.is_finite() && cost > 0.04, "rate {rate}: cost {cost}");
+    }
+}

@@ -104,6 +104,7 @@ impl Client {
     pub async fn share(
         &self,
         gateway: &str,
+        boot_id: &str,
         after: u64,
         wait: Duration,
     ) -> Result<Share, ClientError> {
@@ -114,6 +115,7 @@ impl Client {
             .get(&url)
             .query(&[
                 ("gateway", gateway),
+                ("boot_id", boot_id),
                 ("after", &after.to_string()),
                 ("wait_ms", &wait_ms),
             ])

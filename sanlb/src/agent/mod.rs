@@ -287,6 +287,7 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
         let mut poll = std::pin::pin!(long_poll(
             self.client.clone(),
             self.cfg.gateway.clone(),
+            self.boot_id.clone(),
             self.seen,
             self.cfg.long_poll,
             Duration::ZERO
@@ -324,7 +325,7 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
                         // Back off: the report loop says what is wrong.
                         Err(_) => self.cfg.interval,
                     };
-                    poll.set(long_poll(self.client.clone(), self.cfg.gateway.clone(), self.seen, self.cfg.long_poll, delay));
+                    poll.set(long_poll(self.client.clone(), self.cfg.gateway.clone(), self.boot_id.clone(), self.seen, self.cfg.long_poll, delay));
                 }
             }
         }
@@ -334,10 +335,11 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
 async fn long_poll(
     client: Client,
     gateway: String,
+    boot_id: String,
     after: u64,
     wait: Duration,
     delay: Duration,
 ) -> Result<Share, ClientError> {
     tokio::time::sleep(delay).await;
-    client.share(&gateway, after, wait).await
+    client.share(&gateway, &boot_id, after, wait).await
 }

@@ -22,6 +22,8 @@ pub struct Config {
     /// Silence after which a gateway is dead; also the start-up grace and
     /// the time an alive owner has to release.
     pub lease: Duration,
+    /// Dead gateways that own nothing are forgotten after this long.
+    pub forget_after: Duration,
     /// Unit of assignment.
     pub mode: Mode,
     /// Address ranges of storage entities: targets seen inside are routes.
@@ -69,6 +71,9 @@ impl Config {
         if self.lease.is_zero() {
             return bad("lease", "must be > 0");
         }
+        if self.forget_after < self.lease {
+            return bad("forget_after", "must be at least the lease");
+        }
         if self.window == 0 {
             return bad("window", "must be ≥ 1");
         }
@@ -77,10 +82,10 @@ impl Config {
             ("w_change", self.w_change),
             ("min_gain", self.min_gain),
         ] {
-            if !v.is_finite() || v < 0.0 {
+            if !(0.0..=crate::optimize::MAX_WEIGHT).contains(&v) {
                 return Err(ConfigError::Invalid {
                     setting,
-                    message: format!("must be a finite number ≥ 0, not {v}"),
+                    message: format!("must be a number in [0, 1e12], not {v}"),
                 });
             }
         }

@@ -26,6 +26,34 @@ pub struct Gateway {
     pub owned: BTreeSet<IpAddr>,
     /// Its agent's enforcement counters.
     pub enforce: EnforceCounters,
+    /// Another agent reporting under this name while its own is live.
+    pub conflict: Option<Contender>,
+}
+
+/// A second live agent under one gateway name (a misconfiguration or an
+/// impostor): its reports are refused while the first one reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contender {
+    /// Its boot id.
+    pub boot_id: String,
+    /// Its reports refused so far.
+    pub refused: u64,
+    /// Its last refused report.
+    pub last: Instant,
+}
+
+/// Why a report was refused: another agent reports under its name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "gateway {gateway} is reported by another live agent (boot {owner}); boot {contender} is refused until that one has been silent for half a lease"
+)]
+pub struct BootConflict {
+    /// The gateway name (escaped for display).
+    pub gateway: String,
+    /// The boot id of the agent that owns the name.
+    pub owner: String,
+    /// The refused boot id.
+    pub contender: String,
 }
 
 impl Gateway {
@@ -39,6 +67,7 @@ impl Gateway {
             applied: 0,
             owned: BTreeSet::new(),
             enforce: EnforceCounters::default(),
+            conflict: None,
         }
     }
 }
@@ -80,6 +109,70 @@ impl Gateways {
         self.map.len()
     }
 
+    /// Whether a report of `boot_id` under `name` may be taken. A name
+    /// belongs to the boot that reports under it; another boot takes it over
+    /// only once that one has been silent for `takeover` (an agent that
+    /// restarted). Until then the newcomer is refused, and remembered for
+    /// status, so that two live agents never share a name — and a share.
+    pub fn admit(
+        &mut self,
+        name: &str,
+        boot_id: &str,
+        now: Instant,
+        takeover: Duration,
+    ) -> Result<(), BootConflict> {
+        let Some(g) = self.map.get_mut(name) else {
+            return Ok(());
+        };
+        if g.boot_id.is_empty()
+            || g.boot_id == boot_id
+            || now.saturating_duration_since(g.last_seen) >= takeover
+        {
+            return Ok(());
+        }
+        let c = g.conflict.get_or_insert_with(|| Contender {
+            boot_id: boot_id.to_owned(),
+            refused: 0,
+            last: now,
+        });
+        c.boot_id.clear();
+        c.boot_id.push_str(boot_id);
+        c.refused += 1;
+        c.last = now;
+        Err(BootConflict {
+            gateway: crate::proto::shown(name),
+            owner: g.boot_id.clone(),
+            contender: crate::proto::shown(boot_id),
+        })
+    }
+
+    /// Whether `boot_id` is the agent `name`'s shares go to.
+    pub fn is_owner(&self, name: &str, boot_id: &str) -> bool {
+        self.map.get(name).is_some_and(|g| g.boot_id == boot_id)
+    }
+
+    /// Forgets gateways silent for `after` for which `keep` is false;
+    /// returns them.
+    pub fn forget(
+        &mut self,
+        now: Instant,
+        after: Duration,
+        keep: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let gone: Vec<String> = self
+            .map
+            .iter()
+            .filter(|(n, g)| {
+                !g.alive && now.saturating_duration_since(g.last_seen) >= after && !keep(n)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in &gone {
+            self.map.remove(n);
+        }
+        gone
+    }
+
     /// Records a report at `now`: the gateway is alive again; when the
     /// report `counted` (not stale), what it says replaces what it said
     /// before. Returns whether it was dead or unknown (revived).
@@ -93,7 +186,13 @@ impl Gateways {
         g.alive = true;
         if counted {
             g.capacity = r.capacity;
-            g.boot_id.clone_from(&r.boot_id);
+            if g.boot_id != r.boot_id {
+                g.boot_id.clone_from(&r.boot_id);
+                // A takeover ends a conflict: the newcomer owns the name.
+                if g.conflict.as_ref().is_some_and(|c| c.boot_id == r.boot_id) {
+                    g.conflict = None;
+                }
+            }
             g.applied = r.applied;
             g.owned = r.owned.iter().copied().collect();
             g.enforce = r.enforce;
@@ -150,5 +249,46 @@ mod tests {
         assert!(!g.alive("gw1") && !g.any_alive());
         assert!(g.record(&report("gw1", "b1", 6), true, t0 + lease * 3));
         assert!(g.alive("gw1"));
+    }
+
+    #[test]
+    fn two_live_boots_under_one_name() {
+        let t0 = Instant::now();
+        let half = Duration::from_millis(1500);
+        let mut g = Gateways::default();
+        assert!(g.admit("gw1", "b1", t0, half).is_ok(), "unknown: admitted");
+        g.record(&report("gw1", "b1", 1), true, t0);
+        assert!(g.admit("gw1", "b1", t0, half).is_ok());
+        // A second boot while the first reports: refused and remembered.
+        let e = g.admit("gw1", "b2", t0 + half / 2, half).unwrap_err();
+        assert_eq!((e.owner.as_str(), e.contender.as_str()), ("b1", "b2"));
+        let c = g.get("gw1").unwrap().conflict.clone().unwrap();
+        assert_eq!((c.boot_id.as_str(), c.refused), ("b2", 1));
+        assert!(g.is_owner("gw1", "b1") && !g.is_owner("gw1", "b2"));
+        // The first keeps reporting: the second stays refused.
+        g.record(&report("gw1", "b1", 1), true, t0 + half);
+        assert!(
+            g.admit("gw1", "b2", t0 + half * 2 - Duration::from_millis(1), half)
+                .is_err()
+        );
+        // The first falls silent for half a lease (a restart): taken over.
+        assert!(g.admit("gw1", "b2", t0 + half * 2, half).is_ok());
+        g.record(&report("gw1", "b2", 0), true, t0 + half * 2);
+        assert!(g.is_owner("gw1", "b2"));
+        assert_eq!(g.get("gw1").unwrap().conflict, None);
+    }
+
+    #[test]
+    fn forgetting() {
+        let t0 = Instant::now();
+        let lease = Duration::from_secs(3);
+        let mut g = Gateways::default();
+        g.record(&report("gw1", "b1", 1), true, t0);
+        g.record(&report("gw2", "b1", 1), true, t0);
+        g.expire(t0 + lease, lease);
+        let hour = Duration::from_secs(3600);
+        assert!(g.forget(t0 + hour / 2, hour, |_| false).is_empty());
+        assert_eq!(g.forget(t0 + hour, hour, |n| n == "gw2"), vec!["gw1"]);
+        assert_eq!(g.len(), 1);
     }
 }

@@ -16,9 +16,9 @@ use axum::{
 };
 use serde::Deserialize;
 
-use super::{Controller, metrics};
+use super::{Controller, IngestError, metrics};
 use crate::proto::{
-    ApiError, MAX_BODY_BYTES, MAX_NAME_LEN, MAX_WAIT_MS, Report, ReportReply, Share, Status,
+    ApiError, MAX_BODY_BYTES, MAX_NAME_LEN, MAX_WAIT_MS, Report, ReportReply, Share, Status, shown,
 };
 
 /// What the handlers share.
@@ -144,9 +144,13 @@ async fn report(
     match c.ingest(&r, Instant::now()) {
         Ok(reply) => Json::<ReportReply>(reply).into_response(),
         Err(e) => {
-            tracing::warn!(gateway = %r.gateway, reason = e.reason(), "report refused: {e}");
+            tracing::warn!(gateway = %shown(&r.gateway), reason = e.reason(), "report refused: {e}");
             c.count_error(e.reason());
-            error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+            let status = match e {
+                IngestError::Conflict(_) => StatusCode::CONFLICT,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            error(status, e.to_string())
         }
     }
 }
@@ -155,6 +159,9 @@ async fn report(
 #[serde(deny_unknown_fields)]
 struct ShareQuery {
     gateway: String,
+    /// The asking agent's run: a share goes only to the run that owns the
+    /// gateway name.
+    boot_id: String,
     #[serde(default)]
     after: u64,
     #[serde(default)]
@@ -176,14 +183,36 @@ async fn share(
         state.lock().count_error("share_query");
         return error(StatusCode::BAD_REQUEST, "gateway: 1–64 characters");
     }
-    let mut rx = state.lock().subscribe();
+    let mut rx = {
+        let mut c = state.lock();
+        if !c.may_share(&q.gateway, &q.boot_id) {
+            c.count_error("boot_conflict");
+            return error(
+                StatusCode::CONFLICT,
+                format!(
+                    "gateway {} is reported by another live agent: no share for boot {}",
+                    shown(&q.gateway),
+                    shown(&q.boot_id)
+                ),
+            );
+        }
+        c.subscribe()
+    };
     let wait = Duration::from_millis(q.wait_ms.min(MAX_WAIT_MS));
     // Bounded: returns at the deadline (or shutdown) whatever the generation.
     tokio::select! {
         _ = tokio::time::timeout(wait, rx.wait_for(|g| *g > q.after)) => {}
         () = state.closed() => {}
     }
-    Json::<Share>(state.lock().share(&q.gateway)).into_response()
+    let c = state.lock();
+    if !c.may_share(&q.gateway, &q.boot_id) {
+        // Taken over while this poll waited.
+        return error(
+            StatusCode::CONFLICT,
+            "gateway reported by another agent run",
+        );
+    }
+    Json::<Share>(c.share(&q.gateway)).into_response()
 }
 
 async fn status(State(state): State<Arc<AppState>>) -> Json<Status> {

@@ -272,6 +272,42 @@ pub fn render(c: &Controller, now: Instant) -> String {
             *n as f64,
         );
     }
+    o.head(
+        "sanlb_gateway_name_conflict",
+        "gauge",
+        "1 while a second live agent reports under the gateway's name (its reports are refused).",
+    );
+    for g in &st.gateways {
+        o.sample(
+            "sanlb_gateway_name_conflict",
+            &[("gateway", &g.name)],
+            f64::from(u8::from(g.conflict.is_some())),
+        );
+    }
+    o.one(
+        "sanlb_boot_conflicts_total",
+        "counter",
+        "Reports refused because another agent run owns the gateway name.",
+        k.boot_conflicts as f64,
+    );
+    o.one(
+        "sanlb_gateways_forgotten_total",
+        "counter",
+        "Dead gateways forgotten after --forget-after.",
+        k.forgotten as f64,
+    );
+    o.one(
+        "sanlb_routes_refused_total",
+        "counter",
+        "Routes not created because the controller keeps its maximum.",
+        k.routes_refused as f64,
+    );
+    o.one(
+        "sanlb_generation_catch_ups_total",
+        "counter",
+        "Times the generation caught up with a gateway that had applied a later one.",
+        k.catch_ups as f64,
+    );
     o.one(
         "sanlb_state_persist_failures_total",
         "counter",

@@ -42,6 +42,7 @@ use std::{
     time::Instant,
 };
 
+pub use self::gateways::BootConflict;
 pub use self::{
     config::{Config, ConfigError},
     ownership::RouteKey,
@@ -53,7 +54,10 @@ use self::{
     rates::{FlowKey, Ingest, Rates, RatesError},
 };
 pub use crate::proto::Ownership;
-use crate::proto::{Mode, RebalanceRecord, Report, ReportError, ReportReply, Share};
+use crate::proto::{
+    CATCH_UP_LIMIT, MAX_GATEWAYS, MAX_GENERATION, MAX_ROUTES, Mode, RebalanceRecord, Report,
+    ReportError, ReportReply, Share,
+};
 use store::{Saved, SavedGateway, SavedRoute, Store, StoreError};
 
 /// Errors of the controller.
@@ -95,6 +99,9 @@ pub enum IngestError {
     /// The counters are inconsistent.
     #[error(transparent)]
     Rates(#[from] RatesError),
+    /// Another live agent reports under the same gateway name.
+    #[error(transparent)]
+    Conflict(#[from] BootConflict),
 }
 
 impl IngestError {
@@ -105,6 +112,7 @@ impl IngestError {
             Self::Rates(RatesError::Absurd { .. }) => "absurd_count",
             Self::Rates(RatesError::UptimeBackwards { .. }) => "uptime_backwards",
             Self::Rates(RatesError::DuplicateFlow { .. }) => "duplicate_flow",
+            Self::Conflict(_) => "boot_conflict",
         }
     }
 }
@@ -132,6 +140,14 @@ pub struct Events {
     pub last_solve_s: f64,
     /// Failed writes of the state file.
     pub persist_failures: u64,
+    /// Reports refused because another agent owns the gateway name.
+    pub boot_conflicts: u64,
+    /// Gateways forgotten after a long silence.
+    pub forgotten: u64,
+    /// Routes not created because the controller holds [`MAX_ROUTES`].
+    pub routes_refused: u64,
+    /// Generations caught up to from a gateway that had seen more.
+    pub catch_ups: u64,
 }
 
 /// The controller's state machine.
@@ -160,6 +176,8 @@ pub struct Controller {
     store: Option<Store>,
     /// Generation changed and not yet persisted.
     dirty: bool,
+    /// The generation reached [`MAX_GENERATION`]: no more changes.
+    exhausted: bool,
     persist_failed: bool,
     notify: tokio::sync::watch::Sender<u64>,
 }
@@ -193,6 +211,7 @@ impl Controller {
             events: Events::default(),
             store: None,
             dirty: false,
+            exhausted: false,
             persist_failed: false,
             notify: tokio::sync::watch::channel(0).0,
             cfg,
@@ -259,10 +278,10 @@ impl Controller {
                 },
             );
         }
+        // Validated on load (`Saved::validate`): finite, in range.
         let rates: HashMap<FlowKey, f64> = saved
             .rates
             .into_iter()
-            .filter(|(_, _, r)| r.is_finite() && *r >= 0.0)
             .map(|(h, t, r)| ((h, t), r))
             .collect();
         if !rates.is_empty() {
@@ -345,13 +364,30 @@ impl Controller {
                 None => return,
             },
         };
+        if self.routes.len() >= MAX_ROUTES && !self.routes.contains(&key) {
+            self.events.routes_refused += 1;
+            return;
+        }
         if self.routes.discover(key, self.generation, now) {
             self.epoch += 1;
         }
     }
 
+    /// A new generation for a change of the hand-out. It never wraps: at
+    /// [`MAX_GENERATION`] (2⁵² changes past anything loadable) the
+    /// controller stops steering rather than reuse a generation.
     fn bump(&mut self) -> u64 {
-        self.generation += 1;
+        if self.generation >= MAX_GENERATION {
+            if !self.exhausted {
+                tracing::error!(
+                    generation = self.generation,
+                    "generations exhausted: handing out no more changes"
+                );
+            }
+            self.exhausted = true;
+        } else {
+            self.generation += 1;
+        }
         self.epoch += 1;
         self.dirty = true;
         self.generation
@@ -393,9 +429,46 @@ impl Controller {
         }
     }
 
-    /// Takes a report; on error nothing changes.
+    /// Takes a report; on error nothing changes (but a refused contender
+    /// for a gateway name is remembered, for status).
     pub fn ingest(&mut self, r: &Report, now: Instant) -> Result<ReportReply, IngestError> {
         r.validate()?;
+        if self.rates.is_retired(&r.gateway, &r.boot_id) {
+            // A late report of an agent run already replaced: it changes
+            // nothing, renews nothing and is handed nothing.
+            self.events.stale_reports += 1;
+            return Ok(ReportReply {
+                counted: false,
+                share: Share {
+                    gateway: r.gateway.clone(),
+                    generation: self.generation,
+                    addresses: None,
+                },
+            });
+        }
+        self.gateways
+            .admit(&r.gateway, &r.boot_id, now, self.takeover())
+            .inspect_err(|_| self.events.boot_conflicts += 1)?;
+        if self.gateways.get(&r.gateway).is_none() && self.gateways.len() >= MAX_GATEWAYS {
+            return Err(ReportError {
+                field: "gateway",
+                message: format!(
+                    "the controller already keeps {MAX_GATEWAYS} gateways (dead ones are forgotten after {})",
+                    humanize(self.cfg.forget_after)
+                ),
+            }
+            .into());
+        }
+        if r.applied > self.generation && r.applied > CATCH_UP_LIMIT {
+            return Err(ReportError {
+                field: "applied",
+                message: format!(
+                    "{} is ahead of this controller's generation {} and beyond the {CATCH_UP_LIMIT} it catches up to",
+                    r.applied, self.generation
+                ),
+            }
+            .into());
+        }
         let outcome = self.rates.ingest(r)?;
         let counted = outcome != Ingest::Stale;
         if counted {
@@ -414,6 +487,7 @@ impl Controller {
                 tracing::warn!(gateway = %r.gateway, applied = r.applied, generation = self.generation, "gateway applied a later generation than ours: catching up");
                 self.generation = r.applied;
                 self.bump();
+                self.events.catch_ups += 1;
             }
             for f in &r.flows {
                 if self.managed(f.target) {
@@ -460,12 +534,24 @@ impl Controller {
         }
     }
 
+    /// Whether the agent run `boot_id` may be handed `gateway`'s share: the
+    /// name is unknown, or that run owns it.
+    pub fn may_share(&self, gateway: &str, boot_id: &str) -> bool {
+        self.gateways.get(gateway).is_none() || self.gateways.is_owner(gateway, boot_id)
+    }
+
+    /// Silence after which another agent run takes a gateway name over.
+    fn takeover(&self) -> std::time::Duration {
+        self.cfg.lease / 2
+    }
+
     /// What `gateway` should own now.
     pub fn share(&self, gateway: &str) -> Share {
         let steering = self.ready
             && self.cfg.mode == Mode::Target
             && !self.persist_failed
             && !self.dirty
+            && !self.exhausted
             && self.gateways.alive(gateway);
         Share {
             gateway: gateway.to_owned(),
@@ -490,6 +576,18 @@ impl Controller {
         for name in self.gateways.expire(now, lease) {
             tracing::warn!(gateway = %name, lease_ms = lease.as_millis() as u64, "gateway silent for a lease: dead");
             self.events.deaths += 1;
+            self.epoch += 1;
+        }
+        // Long gone and carrying nothing: forgotten, so that the state and
+        // every solve stay bounded by the gateways that matter.
+        let routes = &self.routes;
+        for name in self
+            .gateways
+            .forget(now, self.cfg.forget_after, |n| routes.involves(n))
+        {
+            tracing::info!(gateway = %name, after = %humanize(self.cfg.forget_after), "dead gateway forgotten");
+            self.rates.forget(&name);
+            self.events.forgotten += 1;
             self.epoch += 1;
         }
         let next = self.generation + 1;
@@ -568,5 +666,17 @@ impl Controller {
             *out.entry(key).or_default() += r;
         }
         out
+    }
+}
+
+/// `1h`, `90s`, `250ms` for messages.
+fn humanize(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(3_600_000) && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
     }
 }

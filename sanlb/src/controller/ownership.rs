@@ -99,6 +99,20 @@ impl Routes {
         true
     }
 
+    /// Whether `key` is a route.
+    pub fn contains(&self, key: &RouteKey) -> bool {
+        self.map.contains_key(key)
+    }
+
+    /// Whether `gateway` owns a route or is either end of a move.
+    pub fn involves(&self, gateway: &str) -> bool {
+        self.map.values().any(|r| match &r.ownership {
+            Ownership::Unowned => false,
+            Ownership::Owned { gateway: g } => g == gateway,
+            Ownership::Moving { from, to, .. } => from == gateway || to == gateway,
+        })
+    }
+
     /// Number of routes.
     pub fn len(&self) -> usize {
         self.map.len()

@@ -147,10 +147,11 @@ impl Rates {
 
     /// Turns a report into deltas. On error nothing changes.
     pub fn ingest(&mut self, r: &Report) -> Result<Ingest, RatesError> {
-        let src = self.sources.entry(r.gateway.clone()).or_default();
-        if src.retired.contains(&r.boot_id) {
+        if self.is_retired(&r.gateway, &r.boot_id) {
             return Ok(Ingest::Stale);
         }
+        // Everything that can refuse the report comes before any state is
+        // made for its gateway, so a refused name leaves nothing behind.
         let mut cum = FxHashMap::with_capacity_and_hasher(r.flows.len(), Default::default());
         for f in &r.flows {
             let key = (f.initiator, f.target);
@@ -164,6 +165,7 @@ impl Rates {
                 });
             }
         }
+        let src = self.sources.entry(r.gateway.clone()).or_default();
         if src.boot_id != r.boot_id {
             if !src.boot_id.is_empty() {
                 let old = std::mem::take(&mut src.boot_id);
@@ -223,6 +225,24 @@ impl Rates {
             *acc = acc.saturating_add(d);
         }
         Ok(Ingest::Counted)
+    }
+
+    /// A boot of `gateway` this replaced by a newer one (its late reports
+    /// are stale).
+    pub fn is_retired(&self, gateway: &str, boot_id: &str) -> bool {
+        self.sources
+            .get(gateway)
+            .is_some_and(|s| s.retired.iter().any(|b| b == boot_id))
+    }
+
+    /// Forgets a gateway (gone for long).
+    pub fn forget(&mut self, gateway: &str) {
+        self.sources.remove(gateway);
+    }
+
+    /// Gateways with state here.
+    pub fn sources(&self) -> usize {
+        self.sources.len()
     }
 
     /// Ends an interval: one sample of the matrix from the gateways for which
@@ -440,5 +460,22 @@ mod tests {
         // A dead gateway contributes nothing.
         s.close_interval(|_| false);
         assert_eq!(rate(&s), 300.0); // (900 + 0 + 0) / 3
+    }
+
+    /// Issue 11, item 8: a refused report (here, a flow listed twice) made
+    /// per-gateway state before refusing, about 300 B per unique name.
+    #[test]
+    fn regression_11_8_a_refused_report_leaves_no_state_behind() {
+        let mut s = Rates::new(2);
+        for i in 0..100 {
+            let mut r = report("boot", 0, 0, 1, 1);
+            r.gateway = format!("gw{i}");
+            r.flows.push(r.flows[0].clone());
+            assert!(matches!(
+                s.ingest(&r),
+                Err(RatesError::DuplicateFlow { .. })
+            ));
+        }
+        assert_eq!(s.sources(), 0);
     }
 }

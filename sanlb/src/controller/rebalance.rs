@@ -67,12 +67,15 @@ impl Controller {
     /// The map in force as an optimisation problem: every route with its
     /// rate and the gateway it is assigned to, dead gateways drained (not
     /// removed, so that moving off them counts and `current` still names
-    /// them). Route `i` is `keys[i]`.
-    pub(super) fn problem(&self) -> (Problem, Vec<RouteKey>) {
+    /// them). Dead gateways that carry nothing are left out unless
+    /// `all_gateways` (status shows them; a solve need not see them). Route
+    /// `i` is `keys[i]`.
+    pub(super) fn problem(&self, all_gateways: bool) -> (Problem, Vec<RouteKey>) {
         let rates = self.rates();
         let gateways = self
             .gateways
             .iter()
+            .filter(|(n, g)| all_gateways || g.alive || self.routes.involves(n))
             .map(|(n, g)| Gateway {
                 name: n.clone(),
                 capacity: if g.alive { g.capacity } else { 0.0 },
@@ -112,7 +115,7 @@ impl Controller {
         {
             return None;
         }
-        let (problem, keys) = self.problem();
+        let (problem, keys) = self.problem(false);
         Some(Rebalance {
             problem,
             options: self.cfg.solver.clone(),

@@ -15,7 +15,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::proto::{Mode, Ownership, RebalanceRecord};
+use crate::proto::{
+    CATCH_UP_LIMIT, MAX_GATEWAYS, MAX_ROUTES, Mode, Ownership, RebalanceRecord, shown,
+    valid_capacity, valid_gateway_name, valid_storage_address,
+};
 
 /// Version of the file format.
 pub const VERSION: u32 = 1;
@@ -42,6 +45,14 @@ pub enum StoreError {
         /// The cause.
         #[source]
         source: serde_json::Error,
+    },
+    /// The file parses but holds a value live input could never have made.
+    #[error("{path}: {reason} (refusing to start from it; fix or move the file away)")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the entry.
+        reason: String,
     },
     /// A newer format.
     #[error("{path}: format version {version}, this controller reads {VERSION}")]
@@ -100,6 +111,114 @@ pub struct Saved {
     pub history: Vec<RebalanceRecord>,
 }
 
+impl Saved {
+    /// Checks the state with the rules live input obeys: a state file is
+    /// input too (edited, restored from a backup, corrupted), and one that
+    /// breaks them is refused whole, never half-applied.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.generation > CATCH_UP_LIMIT {
+            return Err(format!(
+                "generation {} is beyond {CATCH_UP_LIMIT}, the most a controller resumes from",
+                self.generation
+            ));
+        }
+        if self.gateways.len() > MAX_GATEWAYS {
+            return Err(format!(
+                "{} gateways, at most {MAX_GATEWAYS}",
+                self.gateways.len()
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for g in &self.gateways {
+            if !valid_gateway_name(&g.name) {
+                return Err(format!(
+                    "gateway \"{}\": not a gateway name (1–64 characters of [A-Za-z0-9._-])",
+                    shown(&g.name)
+                ));
+            }
+            if !valid_capacity(g.capacity) {
+                return Err(format!(
+                    "gateway {}: capacity {:?} out of range [1e-6, 1e6]",
+                    g.name, g.capacity
+                ));
+            }
+            if !names.insert(g.name.as_str()) {
+                return Err(format!("gateway {} listed twice", g.name));
+            }
+        }
+        if self.routes.len() > MAX_ROUTES {
+            return Err(format!(
+                "{} routes, at most {MAX_ROUTES}",
+                self.routes.len()
+            ));
+        }
+        let known = |n: &str| names.contains(n);
+        let mut keys = std::collections::HashSet::new();
+        for r in &self.routes {
+            let label = match r.host {
+                Some(h) => format!("route {h}→{}", r.target),
+                None => format!("route {}", r.target),
+            };
+            if !valid_storage_address(&r.target)
+                || r.host.is_some_and(|h| !valid_storage_address(&h))
+            {
+                return Err(format!("{label}: not a usable address"));
+            }
+            if r.host.is_some() != (self.mode == Mode::Pair) {
+                return Err(format!("{label}: does not fit a {}-mode map", self.mode));
+            }
+            if !keys.insert((r.host, r.target)) {
+                return Err(format!("{label} listed twice"));
+            }
+            if r.changed > self.generation {
+                return Err(format!(
+                    "{label}: changed in generation {}, after the state's {}",
+                    r.changed, self.generation
+                ));
+            }
+            match &r.ownership {
+                Ownership::Unowned => {}
+                Ownership::Owned { gateway } if known(gateway) => {}
+                Ownership::Moving { from, to, release }
+                    if known(from) && known(to) && from != to && *release <= self.generation => {}
+                other => {
+                    return Err(format!(
+                        "{label}: {other:?} names an unknown gateway or an impossible move"
+                    ));
+                }
+            }
+        }
+        if self.rates.len() > MAX_ROUTES {
+            return Err(format!("{} rates, at most {MAX_ROUTES}", self.rates.len()));
+        }
+        for (h, t, rate) in &self.rates {
+            if !(0.0..=super::rates::MAX_RATE).contains(rate) {
+                return Err(format!(
+                    "rate {h}→{t}: {rate:?} is not a rate in [0, 1e12] bytes/s"
+                ));
+            }
+        }
+        if self.history.len() > super::rebalance::HISTORY {
+            return Err(format!(
+                "{} rebalance records, at most {}",
+                self.history.len(),
+                super::rebalance::HISTORY
+            ));
+        }
+        if let Some(h) = self
+            .history
+            .iter()
+            .find(|h| h.reason.len() > 1024 || h.trigger.len() > 16)
+        {
+            return Err(format!(
+                "rebalance record at {} ms: oversized text",
+                h.at_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The state file.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -145,7 +264,12 @@ impl Store {
                 version: probe.version,
             });
         }
-        serde_json::from_slice(&text).map(Some).map_err(parse)
+        let saved: Saved = serde_json::from_slice(&text).map_err(parse)?;
+        saved.validate().map_err(|reason| StoreError::Invalid {
+            path: self.path.clone(),
+            reason,
+        })?;
+        Ok(Some(saved))
     }
 
     /// Replaces the saved state atomically and durably.

@@ -6,13 +6,13 @@ use std::time::Instant;
 use super::Controller;
 use crate::{
     optimize,
-    proto::{FlowRate, GatewayStatus, MapEntry, Status},
+    proto::{FlowRate, GatewayStatus, MapEntry, NameConflict, Status},
 };
 
 impl Controller {
     /// `GET /v1/status`.
     pub fn status(&self, now: Instant) -> Status {
-        let (problem, _) = self.problem();
+        let (problem, _) = self.problem(true);
         let in_force = optimize::in_force(&problem);
         Status {
             generation: self.generation,
@@ -37,6 +37,17 @@ impl Controller {
                     applied: g.applied,
                     owned: g.owned.iter().copied().collect(),
                     enforce: g.enforce,
+                    conflict: g.conflict.as_ref().map(|c| NameConflict {
+                        boot_id: c.boot_id.clone(),
+                        refused: c.refused,
+                        last_ms: now.saturating_duration_since(c.last).as_millis() as u64,
+                    }),
+                    forget_in_ms: (!g.alive && !self.routes.involves(n)).then(|| {
+                        self.cfg
+                            .forget_after
+                            .saturating_sub(now.saturating_duration_since(g.last_seen))
+                            .as_millis() as u64
+                    }),
                 })
                 .collect(),
             map: self

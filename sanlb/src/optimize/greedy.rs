@@ -115,8 +115,15 @@ pub(crate) fn lpt(m: &Model, preset: Option<Vec<Option<usize>>>) -> Vec<usize> {
                 best = (cost, g);
             }
         }
-        assign[r] = best.1;
-        util[best.1] += x * m.inv[best.1];
+        // Costs are finite (see `Compiled`); should one not be, the route
+        // still gets a gateway it may use.
+        let g = if best.1 == usize::MAX {
+            c.allowed[r][0]
+        } else {
+            best.1
+        };
+        assign[r] = g;
+        util[g] += x * m.inv[g];
     }
     assign
 }

@@ -238,8 +238,20 @@ pub enum OptimizeError {
     /// No live (capacity > 0) allowed gateway for a route.
     #[error("route {0}: no allowed gateway with capacity > 0")]
     Infeasible(String),
-    /// A weight is negative, NaN or infinite.
-    #[error("invalid weight {name} = {value} (must be a finite number ≥ 0)")]
+    /// Capacities so far apart that utilisations would overflow.
+    #[error(
+        "gateway {gateway:?}: capacity {capacity} is more than {MAX_CAPACITY_SPAN:e} times below the largest ({largest})"
+    )]
+    CapacitySpan {
+        /// The gateway.
+        gateway: String,
+        /// Its capacity.
+        capacity: f64,
+        /// The largest capacity.
+        largest: f64,
+    },
+    /// A weight is negative, NaN, infinite or above [`MAX_WEIGHT`].
+    #[error("invalid weight {name} = {value} (must be a number in [0, {MAX_WEIGHT:e}])")]
     InvalidWeight {
         /// `w_var` or `w_change`.
         name: &'static str,
@@ -251,13 +263,27 @@ pub enum OptimizeError {
     InvalidAssignment(String),
 }
 
-/// The problem with names resolved to indices, validated.
+/// Largest weight: with at most 2⁶⁴ moves and a var_norm of at most the
+/// number of gateways, every cost stays finite.
+pub const MAX_WEIGHT: f64 = 1e12;
+
+/// Largest ratio between two positive capacities: with rates scaled to at
+/// most 1 and capacities to at most 1, every utilisation then stays below
+/// 1e12 and every sum of squares finite.
+pub const MAX_CAPACITY_SPAN: f64 = 1e12;
+
+/// The problem with names resolved to indices, validated, and scaled:
+/// capacities divided by the largest, rates by the largest, so that any
+/// accepted magnitudes (1e-300 or 1e300) give finite costs. var_norm and
+/// the cost do not change under either scaling; loads are scaled back.
 #[derive(Clone, Debug)]
 pub struct Compiled {
-    /// Capacity per gateway.
+    /// Capacity per gateway, the largest 1 (0 = drained).
     pub capacity: Vec<f64>,
-    /// Rate per route.
+    /// Rate per route, the largest 1.
     pub rate: Vec<f64>,
+    /// What the rates were divided by.
+    pub rate_scale: f64,
     /// Current gateway per route.
     pub current: Vec<Option<usize>>,
     /// Allowed live gateways per route, ascending (never empty).
@@ -272,7 +298,7 @@ impl Compiled {
     /// Validates `p` and resolves names.
     pub fn new(p: &Problem) -> Result<Self, OptimizeError> {
         for (name, value) in [("w_var", p.w_var), ("w_change", p.w_change)] {
-            if !value.is_finite() || value < 0.0 {
+            if !(0.0..=MAX_WEIGHT).contains(&value) {
                 return Err(OptimizeError::InvalidWeight { name, value });
             }
         }
@@ -300,10 +326,33 @@ impl Compiled {
                     gateway: name.to_owned(),
                 })
         };
+        let max_cap = p.gateways.iter().map(|g| g.capacity).fold(0.0, f64::max);
+        if let Some(g) = p
+            .gateways
+            .iter()
+            .find(|g| g.capacity > 0.0 && g.capacity * MAX_CAPACITY_SPAN < max_cap)
+        {
+            return Err(OptimizeError::CapacitySpan {
+                gateway: g.name.clone(),
+                capacity: g.capacity,
+                largest: max_cap,
+            });
+        }
         let mut seen = std::collections::HashSet::new();
         let mut c = Self {
-            capacity: p.gateways.iter().map(|g| g.capacity).collect(),
+            capacity: p
+                .gateways
+                .iter()
+                .map(|g| {
+                    if g.capacity > 0.0 {
+                        g.capacity / max_cap
+                    } else {
+                        0.0
+                    }
+                })
+                .collect(),
             rate: Vec::with_capacity(p.routes.len()),
+            rate_scale: 1.0,
             current: Vec::with_capacity(p.routes.len()),
             allowed: Vec::with_capacity(p.routes.len()),
             w_var: p.w_var,
@@ -337,6 +386,13 @@ impl Compiled {
             c.current.push(current);
             c.allowed.push(allowed);
         }
+        let max_rate = c.rate.iter().copied().fold(0.0, f64::max);
+        if max_rate > 0.0 {
+            c.rate_scale = max_rate;
+            for r in &mut c.rate {
+                *r /= max_rate;
+            }
+        }
         Ok(c)
     }
 
@@ -351,6 +407,9 @@ impl Compiled {
             }
         }
         let var_norm = var_norm(&loads, &self.capacity);
+        for l in &mut loads {
+            *l *= self.rate_scale;
+        }
         Evaluation {
             cost: self.w_var * var_norm + self.w_change * moves as f64,
             var_norm,
@@ -389,14 +448,23 @@ impl Compiled {
 /// Population variance of `load/capacity` over gateways with capacity > 0,
 /// divided by the squared mean (0 when the mean is 0). Two-pass, so that it
 /// stays accurate when the variance is tiny against the mean.
+///
+/// Utilisations are divided by the largest first, so that extreme
+/// magnitudes neither overflow nor underflow the squares; an infinite load
+/// (a sum past f64) gives 0 rather than NaN.
 pub fn var_norm(loads: &[f64], capacity: &[f64]) -> f64 {
-    let utils = || {
+    let raw = || {
         loads
             .iter()
             .zip(capacity)
             .filter(|(_, c)| **c > 0.0)
             .map(|(l, c)| l / c)
     };
+    let top = raw().fold(0.0, f64::max);
+    if !top.is_finite() || top <= 0.0 {
+        return 0.0;
+    }
+    let utils = || raw().map(|u| u / top);
     let n = utils().count() as f64;
     let sum: f64 = utils().sum();
     if n == 0.0 || sum <= 0.0 {
@@ -444,10 +512,18 @@ pub fn in_force(p: &Problem) -> InForce {
     let index = p.gateway_index();
     let mut loads = vec![0.0; p.gateways.len()];
     let (mut unplaced, mut stranded) = (0, 0);
+    // Summed in units of the largest rate, so that no sum overflows.
+    let scale = p
+        .routes
+        .iter()
+        .map(|r| r.rate)
+        .filter(|r| r.is_finite())
+        .fold(0.0, f64::max);
+    let scale = if scale > 0.0 { scale } else { 1.0 };
     for r in &p.routes {
         match r.current.as_deref().and_then(|c| index.get(c)) {
             Some(&g) => {
-                loads[g] += r.rate;
+                loads[g] += r.rate / scale;
                 if p.gateways[g].capacity <= 0.0 {
                     stranded += 1;
                 }
@@ -457,6 +533,9 @@ pub fn in_force(p: &Problem) -> InForce {
     }
     let capacity: Vec<f64> = p.gateways.iter().map(|g| g.capacity).collect();
     let v = var_norm(&loads, &capacity);
+    for l in &mut loads {
+        *l *= scale;
+    }
     InForce {
         loads,
         var_norm: v,

@@ -187,6 +187,7 @@ pub fn config(targets: &[IpAddr]) -> Config {
         w_change: 0.0002,
         min_gain: 0.001,
         lease: Duration::from_millis(900),
+        forget_after: Duration::from_secs(3600),
         mode: Mode::Target,
         storage: vec![],
         targets: targets.to_vec(),

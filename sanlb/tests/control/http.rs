@@ -244,7 +244,11 @@ async fn bad_requests_are_refused_and_change_nothing() {
         .unwrap();
     assert_eq!(api.call(req).await.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     // Reads need the token too.
-    for uri in ["/v1/status", "/metrics", "/v1/share?gateway=gw1"] {
+    for uri in [
+        "/v1/status",
+        "/metrics",
+        "/v1/share?gateway=gw1&boot_id=boot-a",
+    ] {
         let (s, _) = api
             .call(Request::get(uri).body(Body::empty()).unwrap())
             .await;
@@ -292,9 +296,11 @@ async fn long_poll_returns_on_a_new_generation_or_at_its_deadline() {
     // no address set during the start-up grace.
     let t = Instant::now();
     let share: Share = serde_json::from_slice(
-        &api.get(&format!("/v1/share?gateway=gw1&after={g}&wait_ms=300"))
-            .await
-            .1,
+        &api.get(&format!(
+            "/v1/share?gateway=gw1&boot_id=boot-a&after={g}&wait_ms=300"
+        ))
+        .await
+        .1,
     )
     .unwrap();
     assert!(t.elapsed() >= Duration::from_millis(300));
@@ -310,9 +316,11 @@ async fn long_poll_returns_on_a_new_generation_or_at_its_deadline() {
     });
     let t = Instant::now();
     let share: Share = serde_json::from_slice(
-        &api.get(&format!("/v1/share?gateway=gw1&after={g}&wait_ms=20000"))
-            .await
-            .1,
+        &api.get(&format!(
+            "/v1/share?gateway=gw1&boot_id=boot-a&after={g}&wait_ms=20000"
+        ))
+        .await
+        .1,
     )
     .unwrap();
     assert!(t.elapsed() < Duration::from_secs(5));
@@ -321,9 +329,12 @@ async fn long_poll_returns_on_a_new_generation_or_at_its_deadline() {
     assert_eq!(share.addresses, Some(vec![target(1)]));
     bump.await.unwrap();
     // A gateway the controller has not heard from is told to keep what it holds.
-    let other: Share = serde_json::from_slice(&api.get("/v1/share?gateway=gw9").await.1).unwrap();
+    let other: Share =
+        serde_json::from_slice(&api.get("/v1/share?gateway=gw9&boot_id=any").await.1).unwrap();
     assert_eq!(other.addresses, None);
-    let (s, _) = api.get("/v1/share?gateway=gw1&after=x").await;
+    let (s, _) = api
+        .get("/v1/share?gateway=gw1&boot_id=boot-a&after=x")
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
 
@@ -372,4 +383,33 @@ async fn metrics_are_prometheus_text() {
     }
     assert!(text.contains("sanlb_gateway_up{gateway=\"gw1\"} 1\n"));
     assert!(text.contains("sanlb_route_rate_bytes_per_second{target=\"198.18.1.1\"} 0\n"));
+}
+
+/// Issue 11, item 8: bodies are "parsed strictly", yet serde took a JSON
+/// array of the fields in order as a report (and as its flows).
+#[tokio::test]
+async fn regression_11_8_positional_arrays_are_not_reports() {
+    let api = Api::new();
+    let before = api.snapshot(Instant::now());
+    let positional =
+        serde_json::json!(["gw1", "boot-a", 0, 0, 1.0, 0, ["198.18.1.1"], [0, 0, 0], []]);
+    let (s, body) = api
+        .post(Some(TOKEN), serde_json::to_vec(&positional).unwrap())
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let e: ApiError = serde_json::from_slice(&body).unwrap();
+    assert!(e.error.contains("a JSON object (Report)"), "{}", e.error);
+    let mut nested = serde_json::to_value(report(0, 0, 0)).unwrap();
+    nested["flows"] = serde_json::json!([["198.18.0.10", "198.18.1.1", 1, 2]]);
+    let (s, _) = api
+        .post(Some(TOKEN), serde_json::to_vec(&nested).unwrap())
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    nested["flows"] = serde_json::json!([]);
+    nested["enforce"] = serde_json::json!([1, 2, 3]);
+    let (s, _) = api
+        .post(Some(TOKEN), serde_json::to_vec(&nested).unwrap())
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(api.snapshot(Instant::now()).2, before.2, "nothing changed");
 }

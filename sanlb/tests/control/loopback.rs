@@ -163,7 +163,12 @@ async fn agent_restart_causes_no_spike_and_no_move() {
         assert!(st.gateways.iter().all(|g| g.alive));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(lab.moves(), moves, "the restart moved routes");
+    assert_eq!(
+        lab.moves(),
+        moves,
+        "the restart moved routes: {:#?}",
+        status(&lab.server).rebalances
+    );
     assert!(
         lab.world.violations().is_empty(),
         "{:?}",
@@ -311,4 +316,78 @@ async fn churn_never_puts_an_address_on_two_gateways() {
         lab.world.violations()
     );
     lab.stop().await;
+}
+
+/// Issue 11, item 4: the timer task awaited each solve, so lease checks
+/// stopped while the optimiser ran (a failover waited behind a 2 s
+/// rebalance). Here every solve runs the exact search to its 4 s limit; a
+/// gateway that falls silent meanwhile is declared dead a lease later, while
+/// that solve is still running, and its routes move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_11_4_lease_checks_stay_on_time_while_the_solver_runs() {
+    let world = World::default();
+    // 36 routes of distinct, incommensurable rates over 3 gateways: no
+    // perfect split, and the exact search cannot finish, so each solve
+    // takes its whole time limit.
+    let demand: Vec<(IpAddr, f64)> = (1..=36)
+        .map(|i| {
+            (
+                target(i),
+                1000.0 + f64::from(i).sqrt() * 377.7 + f64::from(i).ln() * 91.3,
+            )
+        })
+        .collect();
+    world.set_demand(&demand);
+    let targets: Vec<IpAddr> = demand.iter().map(|d| d.0).collect();
+    let mut cfg = config(&targets);
+    // Rates known from the start (an a-priori matrix), so that the first
+    // solve already has a hard problem.
+    cfg.traffic = Some(sanlb::traffic::TrafficMatrix {
+        targets: targets.clone(),
+        hosts: vec![HOST],
+        cells: vec![demand.iter().map(|d| d.1 * 0.3).collect()],
+    });
+    cfg.traffic_replace = true;
+    cfg.solver.solver = sanlb::optimize::Solver::Exact;
+    cfg.solver.time_limit = Duration::from_secs(4);
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(cfg, &dir.path().join("state.json"), 0).await;
+    let port = server.addr().port();
+    let mut agents: Vec<RunningAgent> = ["gw1", "gw2", "gw3"]
+        .iter()
+        .map(|g| spawn_agent(&world, g, port))
+        .collect();
+    // The grace ends at 900 ms and every route is unplaced: a failover
+    // solve starts then and runs for 4 s.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let rebalances = |s: &Server| s.state().lock().events().rebalances.values().sum::<u64>();
+    assert_eq!(rebalances(&server), 0, "the first solve is still running");
+    let killed = std::time::Instant::now();
+    agents.pop().unwrap().kill().await;
+    eventually(Duration::from_secs(3), "gw3 declared dead", || {
+        !status(&server)
+            .gateways
+            .iter()
+            .any(|g| g.name == "gw3" && g.alive)
+    })
+    .await;
+    let detected = killed.elapsed();
+    assert_eq!(
+        rebalances(&server),
+        0,
+        "gw3 was declared dead while the solve ran, after {detected:?}"
+    );
+    eprintln!("lease 900 ms: silent gateway declared dead after {detected:?} with a solve running");
+    // Its death is noticed; the failover solve for it follows the running one.
+    eventually(Duration::from_secs(15), "a map without gw3", || {
+        let st = status(&server);
+        st.map
+            .iter()
+            .all(|m| matches!(&m.ownership, Ownership::Owned { gateway } if gateway != "gw3"))
+    })
+    .await;
+    for a in agents {
+        a.kill().await;
+    }
+    server.stop().await;
 }

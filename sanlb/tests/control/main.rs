@@ -6,6 +6,7 @@
 
 mod agent_loop;
 mod fakes;
+mod hardening;
 mod http;
 mod loopback;
 mod moves;

@@ -35,6 +35,19 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     sanlb_common::duration::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// A gateway name the controller accepts (refused here, not at the first
+/// report).
+fn gateway_name(s: &str) -> Result<String, String> {
+    if sanlb::proto::valid_gateway_name(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "\"{}\": 1–64 characters of [A-Za-z0-9._-]",
+            sanlb::proto::shown(s)
+        ))
+    }
+}
+
 // The library's enums know nothing of clap: these mirror them for the
 // command line and convert at this one contact point.
 
@@ -138,8 +151,8 @@ pub struct AgentArgs {
     /// without it the agent only counts.
     #[arg(long, value_name = "URL", requires_all = ["gateway", "token_file"])]
     pub controller: Option<String>,
-    /// This gateway's name in reports.
-    #[arg(long, value_name = "NAME")]
+    /// This gateway's name in reports: 1–64 characters of [A-Za-z0-9._-].
+    #[arg(long, value_name = "NAME", value_parser = gateway_name)]
     pub gateway: Option<String>,
     /// File holding the controller's bearer token.
     #[arg(long, value_name = "FILE")]
@@ -187,6 +200,10 @@ pub struct ControllerArgs {
     /// Silence after which a gateway is dead and its routes move.
     #[arg(long, value_parser = duration, default_value = "3s")]
     pub lease: Duration,
+    /// Dead gateways that own nothing are forgotten after this long (they
+    /// stay in status until then).
+    #[arg(long, value_parser = duration, default_value = "1h")]
+    pub forget_after: Duration,
     /// Unit of assignment.
     #[arg(long, value_enum, default_value_t = ModeArg::Target)]
     pub mode: ModeArg,

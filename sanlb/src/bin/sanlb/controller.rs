@@ -51,6 +51,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         w_change: args.w_change,
         min_gain: args.min_gain,
         lease: args.lease,
+        forget_after: args.forget_after,
         mode: args.mode.into(),
         storage: args.storage,
         targets: args.targets,

@@ -26,8 +26,8 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         _ => anyhow::bail!("give --problem, or --traffic with --gateways"),
     };
     for (flag, value) in [("--w-var", args.w_var), ("--w-change", args.w_change)] {
-        if let Some(v) = value.filter(|v| !v.is_finite() || *v < 0.0) {
-            eprintln!("sanlb plan: {flag} {v}: must be a finite number ≥ 0");
+        if let Some(v) = value.filter(|v| !(0.0..=optimize::MAX_WEIGHT).contains(v)) {
+            eprintln!("sanlb plan: {flag} {v}: must be a number in [0, 1e12]");
             return Ok(ExitCode::from(BAD_INPUT));
         }
     }
