@@ -7,12 +7,12 @@
 //! frame, and a frame of a new flow each time (the insert path). Prints a
 //! table and writes it as JSON to target/bench/dataplane.json.
 
-#[path = "../tests/support/frames.rs"]
-mod frames;
-
 use std::time::Duration;
 
-use sanlb::dataplane::testrun::{Baseline, Detached};
+use sanlb_test::{
+    frames,
+    testrun::{Baseline, Detached},
+};
 
 const REPEAT: u32 = 2_000_000;
 const ROUNDS: usize = 7;

@@ -1,16 +1,15 @@
 //! Property test: random frames through both programs (BPF_PROG_TEST_RUN) are
 //! passed unchanged and counted exactly as the user-space model in
-//! `support/model.rs` says. Privileged (loads BPF).
-
-mod support;
+//! `sanlb_test::model` says. Privileged (loads BPF).
 
 use std::cell::RefCell;
 
 use proptest::{prelude::*, test_runner::TestCaseError};
-use sanlb::dataplane::{Stats, testrun::Detached};
-use support::{
+use sanlb::dataplane::Stats;
+use sanlb_test::{
     frames::{self, Ext, Frame, L3, L4, TPID_8021AD, TPID_8021Q, Tcp, V4, V6},
     model,
+    testrun::Detached,
 };
 
 const PORTS: [u16; 2] = [3260, 860];

@@ -2,10 +2,11 @@
 //! asserts the verdict, that the frame is unchanged, and the exact map contents.
 //! Privileged (loading BPF needs root); no NIC is involved.
 
-mod support;
-
-use sanlb::dataplane::{Counters, FlowRecord, Snapshot, Stats, testrun::Detached};
-use support::frames::{self, Ext, Frame, L3, L4, TPID_8021AD, TPID_8021Q, V4, V6, tcp4, tcp6};
+use sanlb::dataplane::{Counters, FlowRecord, Snapshot, Stats};
+use sanlb_test::{
+    frames::{self, Ext, Frame, L3, L4, TPID_8021AD, TPID_8021Q, V4, V6, tcp4, tcp6},
+    testrun::Detached,
+};
 
 const XDP_PASS: i32 = 2;
 /// TC_ACT_UNSPEC: under TCX this is TCX_NEXT, "pass and let the next program run".

@@ -98,9 +98,8 @@ fn run(release: bool, args: &[String]) -> Result<()> {
 
 fn test(unprivileged: bool, args: &[String]) -> Result<()> {
     setup::run()?;
-    // Every test that needs no root, across the workspace but for the eBPF
-    // crate (its no_main binaries do not link for the host).
-    let mut cmd = util::cargo(&["test", "--workspace", "--exclude", "sanlb-ebpf"]);
+    // Every test that needs no root, across the workspace.
+    let mut cmd = workspace_cargo("test");
     cmd.arg("--").args(args);
     util::status(&mut cmd)?;
     if unprivileged {
@@ -115,14 +114,27 @@ fn test(unprivileged: bool, args: &[String]) -> Result<()> {
     }
     // The privileged ones are #[ignore = "privileged: ..."]; one at a time, as
     // they create namespaces and attach programs.
-    let mut cmd = util::cargo(&["test", "--workspace", "--exclude", "sanlb-ebpf"]);
+    let mut cmd = workspace_cargo("test");
     cmd.args(["--", "--ignored", "--test-threads=1"]).args(args);
     util::status(&mut cmd)
 }
 
+/// The eBPF crates: their no_main binaries do not link for the host (their
+/// users' build scripts build them with aya-build).
+const EBPF_CRATES: &[&str] = &["sanlb-ebpf", "sanlb-test-ebpf"];
+
+/// `cargo <subcommand>` over the workspace but for the eBPF crates.
+fn workspace_cargo(subcommand: &str) -> std::process::Command {
+    let mut cmd = util::cargo(&[subcommand, "--workspace"]);
+    for krate in EBPF_CRATES {
+        cmd.args(["--exclude", krate]);
+    }
+    cmd
+}
+
 fn bench(args: &[String]) -> Result<()> {
     setup::run()?;
-    let mut cmd = util::cargo(&["bench", "--workspace", "--exclude", "sanlb-ebpf"]);
+    let mut cmd = workspace_cargo("bench");
     cmd.args(args);
     util::status(&mut cmd)
 }

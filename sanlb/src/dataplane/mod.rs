@@ -4,6 +4,8 @@
 //! embedded object, writes the iSCSI port bitmap, attaches XDP on ingress
 //! (driver mode, else generic) and TC on egress (TCX on kernels ≥ 6.6), and
 //! pins the maps under `<pin dir>` (default `/sys/fs/bpf/sanlb/<iface>/`).
+//! [`Programs`] is the same object loaded but attached nowhere, which the
+//! test harness of the `sanlb-test` crate runs with `BPF_PROG_TEST_RUN`.
 //! [`PinnedMaps`] reads those pins from any process, which is how
 //! `sanlb counters` and `bpftool` see the same numbers the agent reports.
 
@@ -27,13 +29,8 @@ use sanlb_common::{
 };
 use serde::Serialize;
 
-pub mod testrun;
-
 /// The counting programs, built by `build.rs` from `sanlb-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sanlb"));
-/// An XDP program that only passes: the baseline of `cargo xtask bench`.
-pub static BASELINE_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sanlb-baseline"));
 
 /// Where pins live unless the operator says otherwise.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/sanlb";
@@ -131,7 +128,7 @@ pub enum DataplaneError {
 type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 
 /// How to attach XDP.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpAttachMode {
     /// Driver (native) mode where the NIC supports it, else generic.
@@ -194,6 +191,57 @@ pub fn default_pin_dir(iface: &str) -> PathBuf {
 /// Upper bound of `--max-flows` (each entry holds 88 bytes per CPU).
 pub const MAX_FLOWS_LIMIT: u32 = 1 << 24;
 
+/// The counting programs loaded into the kernel, configured (iSCSI ports,
+/// flow-table size) and verified, attached to no NIC.
+///
+/// [`Dataplane::attach`] starts from one; test harnesses run one with
+/// `BPF_PROG_TEST_RUN` through [`Programs::ebpf_mut`] (see the `sanlb-test`
+/// crate).
+pub struct Programs {
+    ebpf: Ebpf,
+}
+
+impl Programs {
+    /// Loads the embedded object with `ports` as the iSCSI ports and a flow
+    /// table of `max_flows` entries, and verifies its programs.
+    pub fn load(ports: &[u16], max_flows: u32) -> Result<Self> {
+        validate(ports, max_flows)?;
+        if EBPF_OBJECT.is_empty() {
+            return Err(DataplaneError::NoObject);
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(FLOWS_MAP, max_flows)
+            .load(EBPF_OBJECT)
+            .map_err(DataplaneError::Load)?;
+        write_ports(&mut ebpf, ports)?;
+        let verifier = |name: &str| {
+            let what = format!("loading {name} (verifier)");
+            move |source| DataplaneError::Program { what, source }
+        };
+        let xdp: &mut Xdp = prog(&mut ebpf, XDP_PROG)?;
+        xdp.load().map_err(verifier(XDP_PROG))?;
+        let tc: &mut SchedClassifier = prog(&mut ebpf, TC_PROG)?;
+        tc.load().map_err(verifier(TC_PROG))?;
+        Ok(Self { ebpf })
+    }
+
+    /// Reads the counters.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let map = |name| self.ebpf.map(name).ok_or_else(|| missing_map(name));
+        read_snapshot(map(FLOWS_MAP)?, map(STATS_MAP)?, map(PORTS_MAP)?)
+    }
+
+    /// The loaded object: its programs (named in `sanlb_common`) and maps.
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    /// The loaded object, mutably (to run or attach its programs).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}
+
 /// The attached programs. Dropping it detaches both programs; call
 /// [`Dataplane::detach`] to also decide about the pins.
 pub struct Dataplane {
@@ -208,7 +256,7 @@ impl Dataplane {
     /// Loads, configures, attaches and pins. Fails without side effects left
     /// behind (what was attached is detached, what was pinned is removed).
     pub fn attach(cfg: &DataplaneConfig) -> Result<Self> {
-        validate(cfg)?;
+        validate(&cfg.ports, cfg.max_flows)?;
         if EBPF_OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
@@ -225,11 +273,7 @@ impl Dataplane {
             source,
         })?;
 
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(FLOWS_MAP, cfg.max_flows)
-            .load(EBPF_OBJECT)
-            .map_err(DataplaneError::Load)?;
-        write_ports(&mut ebpf, &cfg.ports)?;
+        let Programs { ebpf } = Programs::load(&cfg.ports, cfg.max_flows)?;
 
         let mut dp = Self {
             ebpf,
@@ -251,10 +295,6 @@ impl Dataplane {
     fn attach_programs(&mut self, mode: XdpAttachMode) -> Result<()> {
         let iface = self.iface.clone();
         let xdp: &mut Xdp = prog(&mut self.ebpf, XDP_PROG)?;
-        xdp.load().map_err(|source| DataplaneError::Program {
-            what: format!("loading {XDP_PROG} (verifier)"),
-            source,
-        })?;
         self.xdp_mode = match mode {
             XdpAttachMode::Driver => {
                 attach_xdp(xdp, &iface, XdpMode::Driver)?;
@@ -274,10 +314,6 @@ impl Dataplane {
             },
         };
         let tc: &mut SchedClassifier = prog(&mut self.ebpf, TC_PROG)?;
-        tc.load().map_err(|source| DataplaneError::Program {
-            what: format!("loading {TC_PROG} (verifier)"),
-            source,
-        })?;
         if let Err(first) = tc.attach(&iface, TcAttachType::Egress) {
             // Kernels before 6.6 (no TCX) need a clsact qdisc; EEXIST is fine.
             let _ = aya::programs::tc::qdisc_add_clsact(&iface);
@@ -518,16 +554,16 @@ fn write_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<()> {
     Ok(())
 }
 
-fn validate(cfg: &DataplaneConfig) -> Result<()> {
-    if cfg.ports.is_empty() {
+fn validate(ports: &[u16], max_flows: u32) -> Result<()> {
+    if ports.is_empty() {
         return Err(DataplaneError::NoPorts);
     }
-    if cfg.ports.contains(&0) {
+    if ports.contains(&0) {
         return Err(DataplaneError::PortZero);
     }
-    if cfg.max_flows == 0 || cfg.max_flows > MAX_FLOWS_LIMIT {
+    if max_flows == 0 || max_flows > MAX_FLOWS_LIMIT {
         return Err(DataplaneError::MaxFlows {
-            got: cfg.max_flows,
+            got: max_flows,
             max: MAX_FLOWS_LIMIT,
         });
     }
@@ -689,26 +725,13 @@ mod tests {
 
     #[test]
     fn config_is_validated() {
-        let cfg = |ports: Vec<u16>, max_flows| DataplaneConfig {
-            iface: "lo".into(),
-            ports,
-            max_flows,
-            pin_dir: None,
-            xdp_mode: XdpAttachMode::Auto,
-        };
+        assert!(matches!(validate(&[], 10), Err(DataplaneError::NoPorts)));
+        assert!(matches!(validate(&[0], 10), Err(DataplaneError::PortZero)));
         assert!(matches!(
-            validate(&cfg(vec![], 10)),
-            Err(DataplaneError::NoPorts)
-        ));
-        assert!(matches!(
-            validate(&cfg(vec![0], 10)),
-            Err(DataplaneError::PortZero)
-        ));
-        assert!(matches!(
-            validate(&cfg(vec![3260], 0)),
+            validate(&[3260], 0),
             Err(DataplaneError::MaxFlows { .. })
         ));
-        assert!(validate(&cfg(vec![3260, 860], 10)).is_ok());
+        assert!(validate(&[3260, 860], 10).is_ok());
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         ports: args.ports.clone(),
         max_flows: args.max_flows,
         pin_dir: args.dp.pin_dir.clone(),
-        xdp_mode: args.xdp_mode,
+        xdp_mode: args.xdp_mode.into(),
     };
     let dp = Dataplane::attach(&cfg).with_context(|| format!("starting on {}", cfg.iface))?;
     tracing::info!(

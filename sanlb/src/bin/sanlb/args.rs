@@ -55,8 +55,8 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = DEFAULT_MAX_FLOWS)]
     pub max_flows: u32,
     /// XDP attach mode.
-    #[arg(long, value_enum, default_value_t = XdpAttachMode::Auto)]
-    pub xdp_mode: XdpAttachMode,
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    pub xdp_mode: XdpModeArg,
     /// Leave the maps pinned on exit (the programs are detached either way).
     #[arg(long)]
     pub keep_pins: bool,
@@ -82,6 +82,27 @@ pub struct AgentArgs {
     /// Time between those messages.
     #[arg(long, value_parser = duration, default_value = "200ms")]
     pub garp_interval: Duration,
+}
+
+/// `--xdp-mode` values: [`XdpAttachMode`] for the command line.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum XdpModeArg {
+    /// Driver (native) mode where the NIC supports it, else generic.
+    Auto,
+    /// Driver mode only.
+    Driver,
+    /// Generic (skb) mode only.
+    Generic,
+}
+
+impl From<XdpModeArg> for XdpAttachMode {
+    fn from(mode: XdpModeArg) -> Self {
+        match mode {
+            XdpModeArg::Auto => Self::Auto,
+            XdpModeArg::Driver => Self::Driver,
+            XdpModeArg::Generic => Self::Generic,
+        }
+    }
 }
 
 #[derive(Args, Debug)]

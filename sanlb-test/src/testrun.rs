@@ -1,23 +1,28 @@
 //! The counting programs loaded but not attached, run on crafted frames with
-//! `BPF_PROG_TEST_RUN`: what the unit tests, the property test and
-//! `cargo xtask bench` use. Needs root (CAP_BPF + CAP_NET_ADMIN), no NIC.
+//! `BPF_PROG_TEST_RUN`: what the data-plane tests, the property test and the
+//! data-plane benchmark use. Needs root (CAP_BPF + CAP_NET_ADMIN), no NIC.
+//!
+//! The counting programs come from the product ([`sanlb::dataplane::Programs`]);
+//! the empty XDP_PASS baseline is built from `sanlb-test-ebpf` by this crate's
+//! build script and ships nowhere else.
 
 use std::time::Duration;
 
+use anyhow::{Context as _, Result, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
 };
+use sanlb::dataplane::{Programs, Snapshot};
 use sanlb_common::{
     FLOWS_MAP, FlowCounters, FlowKey, HOOKS, HookStats, STATS_MAP, TC_PROG, XDP_PROG,
 };
 
-use super::{
-    BASELINE_OBJECT, DataplaneError, EBPF_OBJECT, Result, Snapshot, missing_map, prog,
-    read_snapshot, write_ports,
-};
-use sanlb_common::PORTS_MAP;
+/// The empty XDP program, built by `build.rs` from `sanlb-test-ebpf`.
+static BASELINE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sanlb-baseline"));
+const BASELINE_PROG: &str = "baseline_xdp";
 
 /// Size of `struct __sk_buff` (uapi/linux/bpf.h) and the offset of its
 /// `gso_segs`, the one context field the TC program reads.
@@ -37,41 +42,26 @@ pub struct RunResult {
 
 /// The programs of the sanlb object, loaded and configured, not attached.
 pub struct Detached {
-    ebpf: Ebpf,
+    programs: Programs,
 }
 
 impl Detached {
     /// Loads the object with `ports` as iSCSI ports and a flow table of `max_flows`.
     pub fn load(ports: &[u16], max_flows: u32) -> Result<Self> {
-        if EBPF_OBJECT.is_empty() {
-            return Err(DataplaneError::NoObject);
-        }
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(FLOWS_MAP, max_flows)
-            .load(EBPF_OBJECT)
-            .map_err(DataplaneError::Load)?;
-        write_ports(&mut ebpf, ports)?;
-        let verifier = |name: &str| {
-            let what = format!("loading {name} (verifier)");
-            move |source| DataplaneError::Program { what, source }
-        };
-        let xdp: &mut Xdp = prog(&mut ebpf, XDP_PROG)?;
-        xdp.load().map_err(verifier(XDP_PROG))?;
-        let tc: &mut SchedClassifier = prog(&mut ebpf, TC_PROG)?;
-        tc.load().map_err(verifier(TC_PROG))?;
-        Ok(Self { ebpf })
+        let programs = Programs::load(ports, max_flows).context("loading the counting programs")?;
+        Ok(Self { programs })
     }
 
     /// Runs the XDP program `repeat` times on `frame`.
     pub fn run_xdp(&mut self, frame: &[u8], repeat: u32) -> Result<RunResult> {
-        let xdp: &mut Xdp = prog(&mut self.ebpf, XDP_PROG)?;
+        let xdp: &mut Xdp = prog(self.programs.ebpf_mut(), XDP_PROG)?;
         run_xdp_prog(xdp, frame, repeat)
     }
 
     /// Runs the TC program `repeat` times on `frame`, as a GSO packet of
     /// `gso_segs` segments when that is above 1.
     pub fn run_tc(&mut self, frame: &[u8], gso_segs: u16, repeat: u32) -> Result<RunResult> {
-        let tc: &mut SchedClassifier = prog(&mut self.ebpf, TC_PROG)?;
+        let tc: &mut SchedClassifier = prog(self.programs.ebpf_mut(), TC_PROG)?;
         let mut ctx = [0u8; SKB_CTX_LEN];
         ctx[SKB_GSO_SEGS..SKB_GSO_SEGS + 4].copy_from_slice(&u32::from(gso_segs).to_ne_bytes());
         run(TC_PROG, frame, Some(&ctx), repeat, |o| tc.test_run(o))
@@ -79,58 +69,36 @@ impl Detached {
 
     /// The maps' contents, as `sanlb counters` would show them.
     pub fn snapshot(&self) -> Result<Snapshot> {
-        let map = |n| self.ebpf.map(n).ok_or_else(|| missing_map(n));
-        read_snapshot(map(FLOWS_MAP)?, map(STATS_MAP)?, map(PORTS_MAP)?)
+        self.programs.snapshot().context("reading the maps")
     }
 
     /// Per-CPU values of one flow, unsummed (`None` if absent).
     pub fn flow_per_cpu(&self, key: &FlowKey) -> Result<Option<Vec<FlowCounters>>> {
-        let m = self
-            .ebpf
-            .map(FLOWS_MAP)
-            .ok_or_else(|| missing_map(FLOWS_MAP))?;
-        let flows: PerCpuHashMap<&MapData, FlowKey, FlowCounters> =
-            PerCpuHashMap::try_from(m).map_err(map_err("opening the flow map"))?;
+        let m = map(self.programs.ebpf(), FLOWS_MAP)?;
+        let flows: PerCpuHashMap<&MapData, FlowKey, FlowCounters> = PerCpuHashMap::try_from(m)?;
         match flows.get(key, 0) {
             Ok(v) => Ok(Some(v.iter().copied().collect())),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err("reading a flow")(e)),
+            Err(e) => Err(e).context("reading a flow"),
         }
     }
 
     /// Empties the flow table and zeroes the statistics.
     pub fn reset(&mut self) -> Result<()> {
-        let m = self
-            .ebpf
-            .map_mut(FLOWS_MAP)
-            .ok_or_else(|| missing_map(FLOWS_MAP))?;
+        let ebpf = self.programs.ebpf_mut();
+        let m = ebpf.map_mut(FLOWS_MAP).context(FLOWS_MAP)?;
         let mut flows: PerCpuHashMap<&mut MapData, FlowKey, FlowCounters> =
-            PerCpuHashMap::try_from(m).map_err(map_err("opening the flow map"))?;
+            PerCpuHashMap::try_from(m)?;
         let keys: Vec<FlowKey> = flows.keys().filter_map(|k| k.ok()).collect();
         for k in keys {
-            flows.remove(&k).map_err(map_err("removing a flow"))?;
+            flows.remove(&k).context("removing a flow")?;
         }
-        let m = self
-            .ebpf
-            .map_mut(STATS_MAP)
-            .ok_or_else(|| missing_map(STATS_MAP))?;
-        let mut stats: PerCpuArray<&mut MapData, HookStats> =
-            PerCpuArray::try_from(m).map_err(map_err("opening the stats map"))?;
-        let cpus = aya::util::nr_cpus().map_err(|(what, source)| DataplaneError::Io {
-            what: "counting CPUs in",
-            path: what.into(),
-            source,
-        })?;
+        let m = ebpf.map_mut(STATS_MAP).context(STATS_MAP)?;
+        let mut stats: PerCpuArray<&mut MapData, HookStats> = PerCpuArray::try_from(m)?;
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
         for hook in 0..HOOKS {
-            let zero =
-                PerCpuValues::try_from(vec![HookStats::default(); cpus]).map_err(|source| {
-                    DataplaneError::Io {
-                        what: "building per-CPU zeros for",
-                        path: STATS_MAP.into(),
-                        source,
-                    }
-                })?;
-            stats.set(hook, zero, 0).map_err(map_err("zeroing stats"))?;
+            let zero = PerCpuValues::try_from(vec![HookStats::default(); cpus])?;
+            stats.set(hook, zero, 0).context("zeroing stats")?;
         }
         Ok(())
     }
@@ -145,22 +113,35 @@ impl Baseline {
     /// Loads it.
     pub fn load() -> Result<Self> {
         if BASELINE_OBJECT.is_empty() {
-            return Err(DataplaneError::NoObject);
+            bail!("this build has no baseline object (AYA_BUILD_SKIP was set)");
         }
-        let mut ebpf = Ebpf::load(BASELINE_OBJECT).map_err(DataplaneError::Load)?;
-        let xdp: &mut Xdp = prog(&mut ebpf, "baseline_xdp")?;
-        xdp.load().map_err(|source| DataplaneError::Program {
-            what: "loading baseline_xdp".into(),
-            source,
-        })?;
+        let mut ebpf = Ebpf::load(BASELINE_OBJECT).context("loading the baseline object")?;
+        let xdp: &mut Xdp = prog(&mut ebpf, BASELINE_PROG)?;
+        xdp.load().context("loading baseline_xdp (verifier)")?;
         Ok(Self { ebpf })
     }
 
     /// Runs it `repeat` times on `frame`.
     pub fn run_xdp(&mut self, frame: &[u8], repeat: u32) -> Result<RunResult> {
-        let xdp: &mut Xdp = prog(&mut self.ebpf, "baseline_xdp")?;
+        let xdp: &mut Xdp = prog(&mut self.ebpf, BASELINE_PROG)?;
         run_xdp_prog(xdp, frame, repeat)
     }
+}
+
+fn prog<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let p = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?;
+    p.try_into()
+        .with_context(|| format!("program {name} has an unexpected type"))
+}
+
+fn map<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a aya::maps::Map> {
+    ebpf.map(name)
+        .with_context(|| format!("map {name} missing from the object"))
 }
 
 fn run_xdp_prog(xdp: &mut Xdp, frame: &[u8], repeat: u32) -> Result<RunResult> {
@@ -183,21 +164,11 @@ fn run(
         repeat,
         ..Default::default()
     })
-    .map_err(|source| DataplaneError::Program {
-        what: format!("test run of {what} on a {}-byte frame", frame.len()),
-        source,
-    })?;
+    .with_context(|| format!("test run of {what} on a {}-byte frame", frame.len()))?;
     out.truncate(r.data_size_out as usize);
     Ok(RunResult {
         verdict: r.return_value as i32,
         data_out: out,
         per_run: r.duration,
     })
-}
-
-fn map_err(what: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
-    move |source| DataplaneError::Map {
-        what: what.into(),
-        source,
-    }
 }

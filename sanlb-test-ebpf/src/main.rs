@@ -1,4 +1,4 @@
-//! The baseline of `cargo xtask bench`: an XDP program that only passes.
+//! The baseline of the data-plane benchmark: an XDP program that only passes.
 #![no_std]
 #![no_main]
 
