@@ -16,7 +16,8 @@ use aya::{
 };
 use sanlb::dataplane::{Programs, Snapshot};
 use sanlb_common::{
-    FLOWS_MAP, FlowCounters, FlowKey, HOOKS, HookStats, STATS_MAP, TC_PROG, XDP_PROG,
+    FLOWS4_MAP, FLOWS6_MAP, FlowCounters, FlowKey4, FlowKey6, HOOKS, HookStats, STATS_MAP,
+    TC_INGRESS_PROG, TC_PROG, XDP_PROG,
 };
 
 /// The empty XDP program, built by `build.rs` from `sanlb-test-ebpf`.
@@ -52,19 +53,43 @@ impl Detached {
         Ok(Self { programs })
     }
 
-    /// Runs the XDP program `repeat` times on `frame`.
+    /// Runs the XDP program `repeat` times on `frame`. A frame longer than
+    /// a page less the XDP headroom becomes a multi-buffer frame (the
+    /// program declares `xdp.frags`): the first buffer holds what fits, the
+    /// rest goes into page fragments.
     pub fn run_xdp(&mut self, frame: &[u8], repeat: u32) -> Result<RunResult> {
         let xdp: &mut Xdp = prog(self.programs.ebpf_mut(), XDP_PROG)?;
         run_xdp_prog(xdp, frame, repeat)
     }
 
-    /// Runs the TC program `repeat` times on `frame`, as a GSO packet of
-    /// `gso_segs` segments when that is above 1.
+    /// Runs the TC egress program `repeat` times on `frame`, as a GSO packet
+    /// of `gso_segs` segments when that is above 1.
     pub fn run_tc(&mut self, frame: &[u8], gso_segs: u16, repeat: u32) -> Result<RunResult> {
-        let tc: &mut SchedClassifier = prog(self.programs.ebpf_mut(), TC_PROG)?;
+        self.run_classifier(TC_PROG, frame, gso_segs, repeat)
+    }
+
+    /// Runs the TC ingress program as [`Detached::run_tc`] runs the egress one
+    /// (a GRO packet of `gso_segs` segments).
+    pub fn run_tc_ingress(
+        &mut self,
+        frame: &[u8],
+        gso_segs: u16,
+        repeat: u32,
+    ) -> Result<RunResult> {
+        self.run_classifier(TC_INGRESS_PROG, frame, gso_segs, repeat)
+    }
+
+    fn run_classifier(
+        &mut self,
+        name: &str,
+        frame: &[u8],
+        gso_segs: u16,
+        repeat: u32,
+    ) -> Result<RunResult> {
+        let tc: &mut SchedClassifier = prog(self.programs.ebpf_mut(), name)?;
         let mut ctx = [0u8; SKB_CTX_LEN];
         ctx[SKB_GSO_SEGS..SKB_GSO_SEGS + 4].copy_from_slice(&u32::from(gso_segs).to_ne_bytes());
-        run(TC_PROG, frame, Some(&ctx), repeat, |o| tc.test_run(o))
+        run(name, frame, Some(&ctx), repeat, |o| tc.test_run(o))
     }
 
     /// The maps' contents, as `sanlb counters` would show them.
@@ -72,27 +97,11 @@ impl Detached {
         self.programs.snapshot().context("reading the maps")
     }
 
-    /// Per-CPU values of one flow, unsummed (`None` if absent).
-    pub fn flow_per_cpu(&self, key: &FlowKey) -> Result<Option<Vec<FlowCounters>>> {
-        let m = map(self.programs.ebpf(), FLOWS_MAP)?;
-        let flows: PerCpuHashMap<&MapData, FlowKey, FlowCounters> = PerCpuHashMap::try_from(m)?;
-        match flows.get(key, 0) {
-            Ok(v) => Ok(Some(v.iter().copied().collect())),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e).context("reading a flow"),
-        }
-    }
-
-    /// Empties the flow table and zeroes the statistics.
+    /// Empties the flow tables and zeroes the statistics.
     pub fn reset(&mut self) -> Result<()> {
         let ebpf = self.programs.ebpf_mut();
-        let m = ebpf.map_mut(FLOWS_MAP).context(FLOWS_MAP)?;
-        let mut flows: PerCpuHashMap<&mut MapData, FlowKey, FlowCounters> =
-            PerCpuHashMap::try_from(m)?;
-        let keys: Vec<FlowKey> = flows.keys().filter_map(|k| k.ok()).collect();
-        for k in keys {
-            flows.remove(&k).context("removing a flow")?;
-        }
+        clear::<FlowKey4>(ebpf, FLOWS4_MAP)?;
+        clear::<FlowKey6>(ebpf, FLOWS6_MAP)?;
         let m = ebpf.map_mut(STATS_MAP).context(STATS_MAP)?;
         let mut stats: PerCpuArray<&mut MapData, HookStats> = PerCpuArray::try_from(m)?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
@@ -139,9 +148,17 @@ where
         .with_context(|| format!("program {name} has an unexpected type"))
 }
 
-fn map<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a aya::maps::Map> {
-    ebpf.map(name)
-        .with_context(|| format!("map {name} missing from the object"))
+/// Removes every entry of the flow table `name`.
+fn clear<K: aya::Pod>(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    let m = ebpf
+        .map_mut(name)
+        .with_context(|| format!("map {name} missing from the object"))?;
+    let mut flows: PerCpuHashMap<&mut MapData, K, FlowCounters> = PerCpuHashMap::try_from(m)?;
+    let keys: Vec<K> = flows.keys().filter_map(|k| k.ok()).collect();
+    for k in keys {
+        flows.remove(&k).context("removing a flow")?;
+    }
+    Ok(())
 }
 
 fn run_xdp_prog(xdp: &mut Xdp, frame: &[u8], repeat: u32) -> Result<RunResult> {

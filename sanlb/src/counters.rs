@@ -76,6 +76,14 @@ pub fn render_table(iface: &str, snap: &Snapshot) -> String {
         );
     }
     let _ = writeln!(out);
+    match &snap.attachment {
+        Some(a) => {
+            let _ = writeln!(out, "ingress counted by {} ({})", a.ingress, a.reason);
+        }
+        None => {
+            let _ = writeln!(out, "ingress hook not recorded");
+        }
+    }
     let _ = writeln!(out, "{:<9} {}", "ingress", stats_line(&snap.ingress));
     let _ = writeln!(out, "{:<9} {}", "egress", stats_line(&snap.egress));
     out

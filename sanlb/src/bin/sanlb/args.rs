@@ -54,7 +54,7 @@ pub struct AgentArgs {
     /// Size of the LRU (initiator, target) table.
     #[arg(long, default_value_t = DEFAULT_MAX_FLOWS)]
     pub max_flows: u32,
-    /// XDP attach mode.
+    /// Where to count ingress traffic.
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
     /// Leave the maps pinned on exit (the programs are detached either way).
@@ -87,12 +87,15 @@ pub struct AgentArgs {
 /// `--xdp-mode` values: [`XdpAttachMode`] for the command line.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum XdpModeArg {
-    /// Driver (native) mode where the NIC supports it, else generic.
+    /// Per NIC: driver XDP on a physical NIC, TC ingress on a virtual one (veth)
+    /// or where the driver refuses XDP.
     Auto,
-    /// Driver mode only.
+    /// Driver (native) XDP only.
     Driver,
-    /// Generic (skb) mode only.
+    /// Generic (skb) XDP only.
     Generic,
+    /// TC ingress, no XDP.
+    Tc,
 }
 
 impl From<XdpModeArg> for XdpAttachMode {
@@ -101,6 +104,7 @@ impl From<XdpModeArg> for XdpAttachMode {
             XdpModeArg::Auto => Self::Auto,
             XdpModeArg::Driver => Self::Driver,
             XdpModeArg::Generic => Self::Generic,
+            XdpModeArg::Tc => Self::Tc,
         }
     }
 }
