@@ -167,6 +167,23 @@ mod tests {
     }
 
     #[test]
+    fn table_says_which_hook_counts_ingress_and_why() {
+        use crate::dataplane::{AttachReason, Attachment, IngressHook};
+        let mut snap = Snapshot::default();
+        assert!(render_table("eth0", &snap).contains("ingress hook not recorded"));
+        snap.attachment = Some(Attachment {
+            ingress: IngressHook::Tc,
+            reason: AttachReason::VirtualNic,
+        });
+        let table = render_table("eth0", &snap);
+        assert!(
+            table
+                .contains("ingress counted by tc (a virtual NIC: native XDP would cost throughput"),
+            "{table}"
+        );
+    }
+
+    #[test]
     fn human_bytes_units() {
         assert_eq!(human_bytes(0), "0 B");
         assert_eq!(human_bytes(1023), "1023 B");
