@@ -12,7 +12,7 @@
 mod parse;
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action},
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action},
     btf_maps::{Array, LruPerCpuHashMap, PerCpuArray},
     helpers::generated::bpf_xdp_get_buff_len,
     macros::{btf_map, classifier, xdp},
@@ -29,14 +29,24 @@ use sanlb_common::{
 /// Counters per IPv4 (initiator, target). LRU bounds memory; the agent sets
 /// the size at load time (`--max-flows`). An 8-byte key: the kernel hashes
 /// and compares a fifth of what one key for both families would take.
+/// `BPF_F_NO_COMMON_LRU`: each CPU keeps its own LRU list (no shared list
+/// and lock on lookups and inserts); each holds max_flows / CPUs entries.
 #[btf_map]
-static FLOWS4: LruPerCpuHashMap<FlowKey4, FlowCounters, { DEFAULT_MAX_FLOWS as usize }> =
-    LruPerCpuHashMap::new();
+static FLOWS4: LruPerCpuHashMap<
+    FlowKey4,
+    FlowCounters,
+    { DEFAULT_MAX_FLOWS as usize },
+    { BPF_F_NO_COMMON_LRU as usize },
+> = LruPerCpuHashMap::new();
 
 /// Counters per IPv6 (initiator, target), as FLOWS4.
 #[btf_map]
-static FLOWS6: LruPerCpuHashMap<FlowKey6, FlowCounters, { DEFAULT_MAX_FLOWS as usize }> =
-    LruPerCpuHashMap::new();
+static FLOWS6: LruPerCpuHashMap<
+    FlowKey6,
+    FlowCounters,
+    { DEFAULT_MAX_FLOWS as usize },
+    { BPF_F_NO_COMMON_LRU as usize },
+> = LruPerCpuHashMap::new();
 
 /// Where the agent attached the ingress counter and why (written by the
 /// agent; no program reads it, but `sanlb counters` and bpftool do).
@@ -95,6 +105,11 @@ impl Frame for Xdp<'_> {
     }
 
     #[inline(always)]
+    fn linear_len(&self) -> usize {
+        self.0.data_end() - self.0.data()
+    }
+
+    #[inline(always)]
     fn load<T: Copy>(&self, off: usize) -> Option<T> {
         let start = self.0.data();
         // A fresh, opaque read of data_end for every check: otherwise LLVM
@@ -116,6 +131,11 @@ impl Frame for Tc<'_> {
     #[inline(always)]
     fn len(&self) -> usize {
         self.0.len() as usize
+    }
+
+    #[inline(always)]
+    fn linear_len(&self) -> usize {
+        self.len()
     }
 
     #[inline(always)]
@@ -231,8 +251,8 @@ fn zero_counters(v: &mut MaybeUninit<FlowCounters>) -> &mut FlowCounters {
 /// Adds the frame to its flow, creating the entry on first sight. Returns
 /// false when the entry could not be created.
 #[inline(always)]
-fn add<K, const N: usize, F: Frame>(
-    flows: &LruPerCpuHashMap<K, FlowCounters, N>,
+fn add<K, const N: usize, const FLAGS: usize, F: Frame>(
+    flows: &LruPerCpuHashMap<K, FlowCounters, N, FLAGS>,
     f: &F,
     key: &K,
     p: &Parsed,

@@ -9,8 +9,12 @@ use sanlb_common::MAX_IPV6_EXT_HEADERS;
 
 /// Read access to a frame: direct packet access in XDP, `bpf_skb_load_bytes` in TC.
 pub trait Frame {
-    /// Bytes of the frame the program can see, from the Ethernet header on.
+    /// Bytes of the frame from the Ethernet header on, every buffer of a
+    /// multi-buffer XDP frame included.
     fn len(&self) -> usize;
+    /// A lower bound of [`Frame::len`] that costs nothing to read: the first
+    /// buffer of an XDP frame (in TC, the length itself).
+    fn linear_len(&self) -> usize;
     /// Reads a `T` at `off`, or `None` when it extends past the end.
     fn load<T: Copy>(&self, off: usize) -> Option<T>;
 }
@@ -73,7 +77,9 @@ fn be16(b: [u8; 2]) -> u16 {
 /// configured as an iSCSI port.
 #[inline(always)]
 pub fn parse<F: Frame>(f: &F, is_iscsi_port: impl Fn(u16) -> bool) -> Result<Parsed, Skip> {
-    let frame_len = f.len();
+    // The whole length costs a helper call in XDP: only asked for when the
+    // first buffer does not hold the IP packet.
+    let fits = |end: usize| end <= f.linear_len() || end <= f.len();
     let mut proto = be16(f.load::<[u8; 2]>(12).ok_or(Skip::Truncated)?);
     let mut l3 = ETH_HLEN;
     // Up to two tags: 802.1Q, or 802.1ad outer + 802.1Q inner.
@@ -107,7 +113,7 @@ pub fn parse<F: Frame>(f: &F, is_iscsi_port: impl Fn(u16) -> bool) -> Result<Par
             if tot_len < ihl {
                 return Err(Skip::Malformed);
             }
-            if l3 + tot_len > frame_len {
+            if !fits(l3 + tot_len) {
                 return Err(Skip::Truncated);
             }
             // MF flag or a non-zero fragment offset.
@@ -134,7 +140,7 @@ pub fn parse<F: Frame>(f: &F, is_iscsi_port: impl Fn(u16) -> bool) -> Result<Par
             }
             let payload_len = be16([hdr[4], hdr[5]]) as usize;
             ip_end = l3 + IPV6_HLEN + payload_len;
-            if ip_end > frame_len {
+            if !fits(ip_end) {
                 return Err(Skip::Truncated);
             }
             let mut nh = hdr[6];

@@ -4,7 +4,9 @@
 //! the test-run loop, the same loop for both programs.
 //!
 //! Cases: an iSCSI frame of a known flow (the steady state), a non-iSCSI TCP
-//! frame, and a frame of a new flow each time (the insert path). Prints a
+//! frame, a frame of a new flow each time (the insert path), an IPv6 frame of
+//! a known flow, and a jumbo frame (MTU 9000) that the test run hands over
+//! as a multi-buffer frame. Prints a
 //! table and writes it as JSON to target/bench/dataplane.json.
 
 use std::time::Duration;
@@ -57,8 +59,12 @@ fn main() {
         }
         (median(p), median(b))
     };
+    let iscsi6 = frames::tcp6(40000, 3260, vec![0x5a; 1428]).build();
+    let jumbo = frames::tcp4(40000, 3260, vec![0x5a; 8960]).build();
     let (iscsi_ns, iscsi_base) = steady(&mut dp, &mut base, &iscsi);
     let (other_ns, other_base) = steady(&mut dp, &mut base, &other);
+    let (iscsi6_ns, iscsi6_base) = steady(&mut dp, &mut base, &iscsi6);
+    let (jumbo_ns, jumbo_base) = steady(&mut dp, &mut base, &jumbo);
 
     // New flows: one run per distinct source address; the kernel's per-run
     // time (repeat = 1) for both programs, averaged.
@@ -89,6 +95,8 @@ fn main() {
         ("iscsi frame, known flow", iscsi_ns, iscsi_base),
         ("non-iscsi tcp frame", other_ns, other_base),
         ("iscsi frame, new flow", new_ns, new_base),
+        ("ipv6 iscsi, known flow", iscsi6_ns, iscsi6_base),
+        ("9014-byte multi-buffer", jumbo_ns, jumbo_base),
     ];
     let mut json = Vec::new();
     for (name, v, b) in rows {
