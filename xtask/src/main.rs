@@ -3,6 +3,7 @@
 //! xtask never depends on the `sanlb` crate: `setup` must build and run on a
 //! machine that cannot compile sanlb yet (no bpf-linker, no nightly rust-src).
 
+mod bench_throughput;
 mod demo;
 mod setup;
 mod util;
@@ -50,9 +51,11 @@ enum Cmd {
     /// The SAN lab: a skewed IP SAN in network namespaces rebalances itself
     /// live (root).
     Demo(demo::DemoArgs),
-    /// Set up, then run the benchmarks (the data-plane one needs root).
+    /// Set up, then run the benchmarks: `cargo bench`, then (as root) the
+    /// throughput one (`cargo xtask bench throughput` runs only that).
     Bench {
-        /// Arguments for `cargo bench` (a bench name filter, say).
+        /// Arguments for `cargo bench` (a bench name filter, say); `throughput`
+        /// alone: only the throughput benchmark.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -134,7 +137,21 @@ fn workspace_cargo(subcommand: &str) -> std::process::Command {
 
 fn bench(args: &[String]) -> Result<()> {
     setup::run()?;
-    let mut cmd = workspace_cargo("bench");
-    cmd.args(args);
-    util::status(&mut cmd)
+    let only_throughput = args == ["throughput"];
+    if !only_throughput {
+        let mut cmd = workspace_cargo("bench");
+        cmd.args(args);
+        util::status(&mut cmd)?;
+    }
+    if !(args.is_empty() || only_throughput) {
+        return Ok(());
+    }
+    if !util::is_root() {
+        eprintln!(
+            "xtask: skipping the throughput benchmark (namespaces, BPF): it needs root; \
+             run `sudo -E cargo xtask bench throughput`"
+        );
+        return Ok(());
+    }
+    bench_throughput::run(bench_throughput::Options::default())
 }
