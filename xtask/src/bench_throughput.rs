@@ -14,6 +14,11 @@
 //!
 //! Results go to stdout and `target/bench/throughput.json`. Nothing here
 //! asserts: a benchmark measures, the report says what it measured.
+//!
+//! `SANLB_BENCH_SECONDS` (default 3), `SANLB_BENCH_ROUNDS` (3) and
+//! `SANLB_BENCH_MODES` (`auto,driver,generic,tc`; `none` skips the TCP part,
+//! `SANLB_BENCH_ISCSI=0` the iSCSI part) trim or lengthen a run: on a busy
+//! machine more rounds narrow the median.
 
 use std::{
     fmt::Write as _,
@@ -38,12 +43,16 @@ const HOST_ADDR: &str = "198.18.3.10";
 const GW_ADDR: &str = "198.18.3.1";
 
 /// How long and how often.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Options {
     /// Seconds of one iperf3 or iscsi-perf measurement.
     pub seconds: u32,
     /// Pairs of measurements (without, with the agent) per configuration.
     pub rounds: usize,
+    /// The `--xdp-mode` values to measure TCP with.
+    pub modes: Vec<String>,
+    /// Whether to measure iSCSI through the lab.
+    pub iscsi: bool,
 }
 
 impl Default for Options {
@@ -51,7 +60,44 @@ impl Default for Options {
         Self {
             seconds: 3,
             rounds: 3,
+            modes: MODES.iter().map(|m| (*m).to_owned()).collect(),
+            iscsi: true,
         }
+    }
+}
+
+impl Options {
+    /// The defaults, changed by the `SANLB_BENCH_*` variables.
+    pub fn from_env() -> Result<Self> {
+        let mut o = Options::default();
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        if let Some(v) = var("SANLB_BENCH_SECONDS") {
+            o.seconds = v
+                .parse()
+                .with_context(|| format!("SANLB_BENCH_SECONDS={v}"))?;
+        }
+        if let Some(v) = var("SANLB_BENCH_ROUNDS") {
+            o.rounds = v
+                .parse()
+                .with_context(|| format!("SANLB_BENCH_ROUNDS={v}"))?;
+        }
+        if let Some(v) = var("SANLB_BENCH_MODES") {
+            o.modes = v
+                .split(',')
+                .filter(|m| *m != "none")
+                .map(str::to_owned)
+                .collect();
+            if let Some(bad) = o.modes.iter().find(|m| !MODES.contains(&m.as_str())) {
+                bail!("SANLB_BENCH_MODES: unknown mode {bad:?} (one of {MODES:?} or none)");
+            }
+        }
+        if let Some(v) = var("SANLB_BENCH_ISCSI") {
+            o.iscsi = v != "0";
+        }
+        if o.seconds == 0 || o.rounds == 0 {
+            bail!("SANLB_BENCH_SECONDS and SANLB_BENCH_ROUNDS must be at least 1");
+        }
+        Ok(o)
     }
 }
 
@@ -98,13 +144,15 @@ pub fn run(opts: Options) -> Result<()> {
     let mut rows = Vec::new();
     let result = (|| -> Result<()> {
         for mtu in MTUS {
-            for mode in MODES {
+            for mode in &opts.modes {
                 eprintln!("bench throughput: tcp, MTU {mtu}, --xdp-mode {mode}");
-                rows.extend(tcp(&sanlb, &logs, &pins, mtu, mode, opts)?);
+                rows.extend(tcp(&sanlb, &logs, &pins, mtu, mode, &opts)?);
             }
         }
-        eprintln!("bench throughput: iscsi through the lab gateway");
-        rows.push(iscsi(&sanlb, opts)?);
+        if opts.iscsi {
+            eprintln!("bench throughput: iscsi through the lab gateway");
+            rows.push(iscsi(&sanlb, &opts)?);
+        }
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&pins);
@@ -271,7 +319,7 @@ fn tcp(
     pins: &Path,
     mtu: u32,
     mode: &str,
-    opts: Options,
+    opts: &Options,
 ) -> Result<Vec<Row>> {
     let pair = Pair::new(mtu, logs)?;
     let pin_dir = pins.join(format!("{mode}-{mtu}"));
@@ -326,7 +374,7 @@ pub fn iscsi_perf_mbps(text: &str) -> Option<f64> {
         .ok()
 }
 
-fn iscsi(sanlb: &Path, opts: Options) -> Result<Row> {
+fn iscsi(sanlb: &Path, opts: &Options) -> Result<Row> {
     let lab = Lab::builder().hosts(1).gateways(1).targets(1).build()?;
     let gw = &lab.gateways()[0];
     let host = &lab.hosts()[0];

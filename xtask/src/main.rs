@@ -153,5 +153,5 @@ fn bench(args: &[String]) -> Result<()> {
         );
         return Ok(());
     }
-    bench_throughput::run(bench_throughput::Options::default())
+    bench_throughput::run(bench_throughput::Options::from_env()?)
 }
