@@ -198,7 +198,7 @@ pub const INGRESS_XDP_GENERIC: u32 = 2;
 /// [`AttachInfo::ingress`]: the TC ingress hook (TCX, or clsact before 6.6).
 pub const INGRESS_TC: u32 = 3;
 
-/// [`AttachInfo::reason`]: the operator forced it (`--xdp-mode`).
+/// [`AttachInfo::reason`]: the operator forced it.
 pub const REASON_FORCED: u32 = 1;
 /// [`AttachInfo::reason`]: a NIC whose driver runs XDP natively at no cost.
 pub const REASON_NATIVE_NIC: u32 = 2;

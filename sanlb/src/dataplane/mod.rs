@@ -11,8 +11,8 @@
 //! built; TC ingress on a virtual NIC (veth and the like), where native XDP
 //! costs most of the throughput (veth copies every packet into an XDP buffer
 //! and its peer loses GSO/TSO) and generic XDP would count GRO-merged packets;
-//! TC ingress also where the driver refuses native XDP. `--xdp-mode` forces a
-//! hook. The choice is recorded in a pinned map that `sanlb counters` shows.
+//! TC ingress also where the driver refuses native XDP. [`XdpAttachMode`]
+//! forces a hook. The choice is recorded in a pinned map that `sanlb counters` shows.
 //! [`Programs`] is the same object loaded but attached nowhere, which the
 //! test harness of the `sanlb-test` crate runs with `BPF_PROG_TEST_RUN`.
 //! [`PinnedMaps`] reads those pins from any process, which is how
@@ -150,7 +150,7 @@ pub enum DataplaneError {
 
 type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 
-/// How to count ingress traffic (`--xdp-mode`).
+/// How to count ingress traffic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpAttachMode {
@@ -193,7 +193,7 @@ impl fmt::Display for IngressHook {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AttachReason {
-    /// `--xdp-mode` said so.
+    /// The operator chose the hook ([`XdpAttachMode`] other than auto).
     Forced,
     /// A NIC with a bus device: its driver runs XDP before an skb is built.
     NativeNic,
@@ -208,7 +208,7 @@ pub enum AttachReason {
 impl fmt::Display for AttachReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Self::Forced => "forced by --xdp-mode",
+            Self::Forced => "forced by the operator",
             Self::NativeNic => "a NIC whose driver runs XDP natively",
             Self::VirtualNic => {
                 "a virtual NIC: native XDP would cost throughput, generic XDP would count merged packets"
