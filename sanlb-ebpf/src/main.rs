@@ -140,7 +140,16 @@ impl Frame for Tc<'_> {
 
     #[inline(always)]
     fn load<T: Copy>(&self, off: usize) -> Option<T> {
-        // bpf_skb_load_bytes also reads headers outside the linear area.
+        // Direct access to the linear area, where the headers almost always
+        // are; bpf_skb_load_bytes (a helper call) for what lies beyond it.
+        let start = self.0.data();
+        // SAFETY: `skb` is the program's __sk_buff for the whole run; a fresh
+        // read for the verifier, as in `Xdp::load`.
+        let end = unsafe { core::ptr::read_volatile(&(*self.0.skb.skb).data_end) } as usize;
+        if start + off + size_of::<T>() <= end {
+            // SAFETY: bounds checked against data_end just above.
+            return Some(unsafe { ((start + off) as *const T).read_unaligned() });
+        }
         self.0.load::<T>(off).ok()
     }
 }

@@ -20,10 +20,11 @@ use sanlb_common::{
     TC_INGRESS_PROG, TC_PROG, XDP_PROG,
 };
 
-/// The empty XDP program, built by `build.rs` from `sanlb-test-ebpf`.
+/// The empty XDP and TC programs, built by `build.rs` from `sanlb-test-ebpf`.
 static BASELINE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sanlb-baseline"));
-const BASELINE_PROG: &str = "baseline_xdp";
+const BASELINE_XDP: &str = "baseline_xdp";
+const BASELINE_TC: &str = "baseline_tc";
 
 /// Size of `struct __sk_buff` (uapi/linux/bpf.h) and the offset of its
 /// `gso_segs`, the one context field the TC program reads.
@@ -87,9 +88,9 @@ impl Detached {
         repeat: u32,
     ) -> Result<RunResult> {
         let tc: &mut SchedClassifier = prog(self.programs.ebpf_mut(), name)?;
-        let mut ctx = [0u8; SKB_CTX_LEN];
-        ctx[SKB_GSO_SEGS..SKB_GSO_SEGS + 4].copy_from_slice(&u32::from(gso_segs).to_ne_bytes());
-        run(name, frame, Some(&ctx), repeat, |o| tc.test_run(o))
+        run(name, frame, Some(&skb_ctx(gso_segs)), repeat, |o| {
+            tc.test_run(o)
+        })
     }
 
     /// The maps' contents, as `sanlb counters` would show them.
@@ -113,7 +114,7 @@ impl Detached {
     }
 }
 
-/// The empty XDP_PASS program that benchmarks compare against.
+/// The empty programs (XDP_PASS, TC_ACT_UNSPEC) that benchmarks compare against.
 pub struct Baseline {
     ebpf: Ebpf,
 }
@@ -125,15 +126,25 @@ impl Baseline {
             bail!("this build has no baseline object (AYA_BUILD_SKIP was set)");
         }
         let mut ebpf = Ebpf::load(BASELINE_OBJECT).context("loading the baseline object")?;
-        let xdp: &mut Xdp = prog(&mut ebpf, BASELINE_PROG)?;
+        let xdp: &mut Xdp = prog(&mut ebpf, BASELINE_XDP)?;
         xdp.load().context("loading baseline_xdp (verifier)")?;
+        let tc: &mut SchedClassifier = prog(&mut ebpf, BASELINE_TC)?;
+        tc.load().context("loading baseline_tc (verifier)")?;
         Ok(Self { ebpf })
     }
 
-    /// Runs it `repeat` times on `frame`.
+    /// Runs the XDP one `repeat` times on `frame`.
     pub fn run_xdp(&mut self, frame: &[u8], repeat: u32) -> Result<RunResult> {
-        let xdp: &mut Xdp = prog(&mut self.ebpf, BASELINE_PROG)?;
+        let xdp: &mut Xdp = prog(&mut self.ebpf, BASELINE_XDP)?;
         run_xdp_prog(xdp, frame, repeat)
+    }
+
+    /// Runs the TC one `repeat` times on `frame` (as `gso_segs` segments).
+    pub fn run_tc(&mut self, frame: &[u8], gso_segs: u16, repeat: u32) -> Result<RunResult> {
+        let tc: &mut SchedClassifier = prog(&mut self.ebpf, BASELINE_TC)?;
+        run(BASELINE_TC, frame, Some(&skb_ctx(gso_segs)), repeat, |o| {
+            tc.test_run(o)
+        })
     }
 }
 
@@ -159,6 +170,13 @@ fn clear<K: aya::Pod>(ebpf: &mut Ebpf, name: &str) -> Result<()> {
         flows.remove(&k).context("removing a flow")?;
     }
     Ok(())
+}
+
+/// A `struct __sk_buff` context with `gso_segs` set.
+fn skb_ctx(gso_segs: u16) -> [u8; SKB_CTX_LEN] {
+    let mut ctx = [0u8; SKB_CTX_LEN];
+    ctx[SKB_GSO_SEGS..SKB_GSO_SEGS + 4].copy_from_slice(&u32::from(gso_segs).to_ne_bytes());
+    ctx
 }
 
 fn run_xdp_prog(xdp: &mut Xdp, frame: &[u8], repeat: u32) -> Result<RunResult> {
