@@ -30,7 +30,8 @@ use sanlb_common::{
 /// the size at load time (`--max-flows`). An 8-byte key: the kernel hashes
 /// and compares a fifth of what one key for both families would take.
 /// `BPF_F_NO_COMMON_LRU`: each CPU keeps its own LRU list (no shared list
-/// and lock on lookups and inserts); each holds max_flows / CPUs entries.
+/// and lock when entries are created or recycled); each holds max_flows /
+/// CPUs entries.
 #[btf_map]
 static FLOWS4: LruPerCpuHashMap<
     FlowKey4,
