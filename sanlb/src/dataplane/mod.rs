@@ -385,7 +385,7 @@ impl Programs {
     }
 }
 
-/// The attached programs. Dropping it detaches both programs; call
+/// The attached programs. Dropping it detaches them; call
 /// [`Dataplane::detach`] to also decide about the pins.
 pub struct Dataplane {
     programs: Programs,
@@ -503,7 +503,7 @@ impl Dataplane {
         self.programs.snapshot()
     }
 
-    /// Detaches both programs; removes the pins unless `keep_pins`.
+    /// Detaches the programs; removes the pins unless `keep_pins`.
     pub fn detach(self, keep_pins: bool) {
         if !keep_pins {
             remove_pins(&self.pin_dir);
