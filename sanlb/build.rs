@@ -38,11 +38,9 @@ fn main() -> anyhow::Result<()> {
     )?;
     if skip {
         // Keep include_bytes! compiling; loading an empty object fails clearly.
-        for obj in ["sanlb", "sanlb-baseline"] {
-            let path = out_dir.join(obj);
-            if !path.exists() {
-                std::fs::write(&path, b"")?;
-            }
+        let path = out_dir.join("sanlb");
+        if !path.exists() {
+            std::fs::write(&path, b"")?;
         }
     }
     Ok(())

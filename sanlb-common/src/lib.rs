@@ -8,62 +8,71 @@
 
 pub mod duration;
 
-/// Name of the per-(initiator, target) counter map in the eBPF object.
-pub const FLOWS_MAP: &str = "FLOWS";
+/// Name of the IPv4 per-(initiator, target) counter map in the eBPF object.
+pub const FLOWS4_MAP: &str = "FLOWS4";
+/// Name of the IPv6 per-(initiator, target) counter map in the eBPF object.
+pub const FLOWS6_MAP: &str = "FLOWS6";
 /// Name of the per-hook statistics map (skip reasons, new flows, failures).
 pub const STATS_MAP: &str = "STATS";
 /// Name of the iSCSI port bitmap (configuration written by the agent).
 pub const PORTS_MAP: &str = "ISCSI_PORTS";
+/// Name of the map recording where the agent attached the ingress counter
+/// (written by the agent, read by `sanlb counters` and bpftool).
+pub const ATTACH_MAP: &str = "ATTACH";
 /// Name of the XDP (ingress) program.
 pub const XDP_PROG: &str = "sanlb_xdp";
-/// Name of the TC (egress) program.
+/// Name of the TC egress program.
 pub const TC_PROG: &str = "sanlb_tc";
+/// Name of the TC ingress program (instead of XDP where XDP costs throughput).
+pub const TC_INGRESS_PROG: &str = "sanlb_tc_ingress";
 
 /// The IANA port for iSCSI, used when the operator gives none.
 pub const DEFAULT_ISCSI_PORT: u16 = 3260;
-/// Default number of (initiator, target) entries of [`FLOWS_MAP`].
+/// Default number of (initiator, target) entries of [`FLOWS4_MAP`] and of
+/// [`FLOWS6_MAP`] each.
 pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
 /// Words of the port bitmap: one bit per TCP port.
 pub const PORT_BITMAP_WORDS: u32 = 1024;
 /// Bounded walk of IPv6 extension headers: a chain longer than this is not counted.
 pub const MAX_IPV6_EXT_HEADERS: usize = 6;
 
-/// `family` of a [`FlowKey`] holding IPv4 addresses (the Linux `AF_INET`).
-pub const FAMILY_IPV4: u8 = 2;
-/// `family` of a [`FlowKey`] holding IPv6 addresses (the Linux `AF_INET6`).
-pub const FAMILY_IPV6: u8 = 10;
-
-/// Index of the ingress (XDP) entry of [`STATS_MAP`].
+/// Index of the ingress (XDP, or TC ingress) entry of [`STATS_MAP`].
 pub const HOOK_INGRESS: u32 = 0;
 /// Index of the egress (TC) entry of [`STATS_MAP`].
 pub const HOOK_EGRESS: u32 = 1;
 /// Number of entries of [`STATS_MAP`].
 pub const HOOKS: u32 = 2;
 
-/// Key of [`FLOWS_MAP`]: one (initiator, target) pair.
+/// Key of [`FLOWS4_MAP`]: one IPv4 (initiator, target) pair.
 ///
-/// The initiator is the side whose TCP port is not an iSCSI port. IPv4 addresses
-/// occupy the first four bytes and the rest is zero. Aligned to 8 so that the
-/// programs write it as five 64-bit words.
+/// The initiator is the side whose TCP port is not an iSCSI port. Eight bytes
+/// (aligned to 8, so the programs write it as one 64-bit word): the kernel
+/// hashes and compares a fifth of the bytes of a key that held IPv6 too.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FlowKey {
+pub struct FlowKey4 {
+    /// Initiator (host) address, network byte order.
+    pub initiator: [u8; 4],
+    /// Target (storage entity) address, network byte order.
+    pub target: [u8; 4],
+}
+
+/// Key of [`FLOWS6_MAP`]: one IPv6 (initiator, target) pair, as [`FlowKey4`].
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey6 {
     /// Initiator (host) address, network byte order.
     pub initiator: [u8; 16],
     /// Target (storage entity) address, network byte order.
     pub target: [u8; 16],
-    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
-    pub family: u8,
-    /// Always zero (explicit so the key hashes the same everywhere).
-    pub pad: [u8; 7],
 }
 
-/// Value of [`FLOWS_MAP`], one per CPU; user space sums the CPUs.
+/// Value of [`FLOWS4_MAP`] and [`FLOWS6_MAP`], one per CPU; user space sums the CPUs.
 ///
 /// "to_target" is initiator→target, "to_initiator" is target→initiator. Payload
 /// bytes are TCP payload, which is the iSCSI byte stream. Frame bytes are the
-/// layer-2 frames as the hook sees them (no FCS); a TSO/GSO packet counts as the
-/// segments it leaves as.
+/// layer-2 frames as the hook sees them (no FCS); a TSO/GSO or GRO packet counts
+/// as the segments it is made of, a multi-buffer XDP frame as one frame.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
@@ -134,7 +143,7 @@ impl FlowCounters {
 pub struct HookStats {
     /// Frames the program ran on.
     pub frames: u64,
-    /// Frames counted into [`FLOWS_MAP`].
+    /// Frames counted into [`FLOWS4_MAP`] or [`FLOWS6_MAP`].
     pub counted: u64,
     /// Not IPv4/IPv6 (ARP, LLDP, ...), also behind VLAN tags.
     pub not_ip: u64,
@@ -173,14 +182,48 @@ impl HookStats {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+/// Value of [`ATTACH_MAP`] (one entry): which hook counts ingress traffic and
+/// why the agent chose it. Plain `u32` codes so that bpftool prints them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttachInfo {
+    /// One of the `INGRESS_*` codes (0: not recorded).
+    pub ingress: u32,
+    /// One of the `REASON_*` codes (0: not recorded).
+    pub reason: u32,
+}
+
+/// [`AttachInfo::ingress`]: XDP in the driver (native).
+pub const INGRESS_XDP_DRIVER: u32 = 1;
+/// [`AttachInfo::ingress`]: generic (skb) XDP.
+pub const INGRESS_XDP_GENERIC: u32 = 2;
+/// [`AttachInfo::ingress`]: the TC ingress hook (TCX, or clsact before 6.6).
+pub const INGRESS_TC: u32 = 3;
+
+/// [`AttachInfo::reason`]: the operator forced it.
+pub const REASON_FORCED: u32 = 1;
+/// [`AttachInfo::reason`]: a NIC whose driver runs XDP natively at no cost.
+pub const REASON_NATIVE_NIC: u32 = 2;
+/// [`AttachInfo::reason`]: a virtual NIC (veth) where native XDP costs
+/// throughput (the peer loses GSO/TSO) and generic XDP sees merged packets.
+pub const REASON_VIRTUAL_NIC: u32 = 3;
+/// [`AttachInfo::reason`]: the driver refused native XDP.
+pub const REASON_DRIVER_REFUSED: u32 = 4;
+
+const _: () = assert!(core::mem::size_of::<FlowKey4>() == 8);
+const _: () = assert!(core::mem::size_of::<FlowKey6>() == 32);
+const _: () = assert!(core::mem::size_of::<AttachInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<FlowCounters>() == 11 * 8);
 const _: () = assert!(core::mem::size_of::<HookStats>() == 11 * 8);
 
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: repr(C), only integer fields and explicit padding, valid for every bit pattern.
-    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowKey4 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowKey6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AttachInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowCounters {}
     // SAFETY: as above.

@@ -1,17 +1,20 @@
 //! sanlb's data plane: count iSCSI traffic per (initiator, target).
 //!
-//! `sanlb_xdp` runs on ingress of the gateway's host-facing NIC, `sanlb_tc` on
-//! its egress. Both only read the frame and always let it through: XDP_PASS,
-//! and TC_ACT_UNSPEC, which under TCX is TCX_NEXT ("pass, and let the next
-//! program run") so a counting program never short-cuts another one's verdict.
+//! On ingress of the gateway's host-facing NIC the agent attaches `sanlb_xdp`
+//! (XDP, with multi-buffer support for jumbo frames) or, where XDP would cost
+//! throughput, `sanlb_tc_ingress`; on its egress `sanlb_tc`. All only read the
+//! frame and always let it through: XDP_PASS, and TC_ACT_UNSPEC, which under
+//! TCX is TCX_NEXT ("pass, and let the next program run") so a counting
+//! program never short-cuts another one's verdict.
 #![no_std]
 #![no_main]
 
 mod parse;
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action},
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action},
     btf_maps::{Array, LruPerCpuHashMap, PerCpuArray},
+    helpers::generated::bpf_xdp_get_buff_len,
     macros::{btf_map, classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -19,15 +22,37 @@ use core::mem::MaybeUninit;
 
 use parse::{Frame, Parsed, Skip};
 use sanlb_common::{
-    DEFAULT_MAX_FLOWS, FlowCounters, FlowKey, HOOK_EGRESS, HOOK_INGRESS, HOOKS, HookStats,
-    PORT_BITMAP_WORDS,
+    AttachInfo, DEFAULT_MAX_FLOWS, FlowCounters, FlowKey4, FlowKey6, HOOK_EGRESS, HOOK_INGRESS,
+    HOOKS, HookStats, PORT_BITMAP_WORDS,
 };
 
-/// Counters per (initiator, target). LRU bounds memory; the agent sets the
-/// size at load time (`--max-flows`).
+/// Counters per IPv4 (initiator, target). LRU bounds memory; the agent sets
+/// the size at load time (`--max-flows`). An 8-byte key: the kernel hashes
+/// and compares a fifth of what one key for both families would take.
+/// `BPF_F_NO_COMMON_LRU`: each CPU keeps its own LRU list (no shared list
+/// and lock when entries are created or recycled); each holds max_flows /
+/// CPUs entries.
 #[btf_map]
-static FLOWS: LruPerCpuHashMap<FlowKey, FlowCounters, { DEFAULT_MAX_FLOWS as usize }> =
-    LruPerCpuHashMap::new();
+static FLOWS4: LruPerCpuHashMap<
+    FlowKey4,
+    FlowCounters,
+    { DEFAULT_MAX_FLOWS as usize },
+    { BPF_F_NO_COMMON_LRU as usize },
+> = LruPerCpuHashMap::new();
+
+/// Counters per IPv6 (initiator, target), as FLOWS4.
+#[btf_map]
+static FLOWS6: LruPerCpuHashMap<
+    FlowKey6,
+    FlowCounters,
+    { DEFAULT_MAX_FLOWS as usize },
+    { BPF_F_NO_COMMON_LRU as usize },
+> = LruPerCpuHashMap::new();
+
+/// Where the agent attached the ingress counter and why (written by the
+/// agent; no program reads it, but `sanlb counters` and bpftool do).
+#[btf_map]
+static ATTACH: Array<AttachInfo, 1> = Array::new();
 
 /// What each hook saw and why it skipped frames; index HOOK_INGRESS / HOOK_EGRESS.
 #[btf_map]
@@ -39,25 +64,49 @@ static ISCSI_PORTS: Array<u64, { PORT_BITMAP_WORDS as usize }> = Array::new();
 
 const EEXIST: i32 = 17;
 
-#[xdp]
+/// Ingress, XDP. `frags`: the program takes multi-buffer frames, so driver
+/// mode works at MTUs above a page (jumbo frames) on drivers with
+/// multi-buffer XDP; headers are read from the first buffer, lengths from the
+/// whole frame.
+#[xdp(frags)]
 pub fn sanlb_xdp(ctx: XdpContext) -> u32 {
     count(&Xdp(&ctx), HOOK_INGRESS, 1);
     xdp_action::XDP_PASS
 }
 
+/// Ingress, TC: where XDP would cost throughput (veth). Counts a GRO packet
+/// as the segments it was made of.
+#[classifier]
+pub fn sanlb_tc_ingress(ctx: TcContext) -> i32 {
+    count(&Tc(&ctx), HOOK_INGRESS, gso_segs(&ctx));
+    TC_ACT_UNSPEC
+}
+
+/// Egress, TC. Counts a GSO packet as the segments it leaves as.
 #[classifier]
 pub fn sanlb_tc(ctx: TcContext) -> i32 {
-    // SAFETY: `skb` points at the program's __sk_buff context for the whole run.
-    let segs = unsafe { (*ctx.skb.skb).gso_segs };
-    count(&Tc(&ctx), HOOK_EGRESS, segs.max(1));
+    count(&Tc(&ctx), HOOK_EGRESS, gso_segs(&ctx));
     TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn gso_segs(ctx: &TcContext) -> u32 {
+    // SAFETY: `skb` points at the program's __sk_buff context for the whole run.
+    unsafe { (*ctx.skb.skb).gso_segs }.max(1)
 }
 
 struct Xdp<'a>(&'a XdpContext);
 
 impl Frame for Xdp<'_> {
+    /// The whole frame, every buffer of a multi-buffer one.
     #[inline(always)]
     fn len(&self) -> usize {
+        // SAFETY: `ctx` is the program's xdp_md for the whole run.
+        unsafe { bpf_xdp_get_buff_len(self.0.ctx) as usize }
+    }
+
+    #[inline(always)]
+    fn linear_len(&self) -> usize {
         self.0.data_end() - self.0.data()
     }
 
@@ -86,8 +135,22 @@ impl Frame for Tc<'_> {
     }
 
     #[inline(always)]
+    fn linear_len(&self) -> usize {
+        self.len()
+    }
+
+    #[inline(always)]
     fn load<T: Copy>(&self, off: usize) -> Option<T> {
-        // bpf_skb_load_bytes also reads headers outside the linear area.
+        // Direct access to the linear area, where the headers almost always
+        // are; bpf_skb_load_bytes (a helper call) for what lies beyond it.
+        let start = self.0.data();
+        // SAFETY: `skb` is the program's __sk_buff for the whole run; a fresh
+        // read for the verifier, as in `Xdp::load`.
+        let end = unsafe { core::ptr::read_volatile(&(*self.0.skb.skb).data_end) } as usize;
+        if start + off + size_of::<T>() <= end {
+            // SAFETY: bounds checked against data_end just above.
+            return Some(unsafe { ((start + off) as *const T).read_unaligned() });
+        }
         self.0.load::<T>(off).ok()
     }
 }
@@ -105,15 +168,20 @@ fn count<F: Frame>(f: &F, hook: u32, segs: u32) {
     let Some(stats) = STATS.get_ptr_mut(hook) else {
         return;
     };
-    // SAFETY: per-CPU slot of this CPU. XDP runs in softirq and TC egress with
-    // bottom halves disabled, so on a non-RT kernel neither interrupts the
-    // other on one CPU and a plain read-modify-write is exact.
+    // SAFETY: per-CPU slot of this CPU. XDP and TC ingress run in softirq (or
+    // with bottom halves disabled) and TC egress with bottom halves disabled,
+    // so on a non-RT kernel none interrupts another on one CPU and a plain
+    // read-modify-write is exact.
     let stats = unsafe { &mut *stats };
     stats.frames += 1;
     match parse::parse(f, is_iscsi_port) {
         Ok(p) => {
-            let key = flow_key(&p);
-            if add(f, &key, &p, segs, stats) {
+            let added = if p.ipv6 {
+                add(&FLOWS6, f, &key6(&p), &p, segs, stats)
+            } else {
+                add(&FLOWS4, f, &key4(&p), &p, segs, stats)
+            };
+            if added {
                 stats.counted += 1;
             }
         }
@@ -132,27 +200,45 @@ fn count<F: Frame>(f: &F, hook: u32, segs: u32) {
     }
 }
 
-/// The key of a parsed frame: initiator first.
-///
-/// Written as five volatile word stores on purpose: plain stores get merged by
-/// LLVM into memset/memcpy, which this target lowers to out-of-line byte loops.
 #[inline(always)]
-fn flow_key(p: &Parsed) -> FlowKey {
-    let (initiator, target) = if p.to_target {
+fn ends(p: &Parsed) -> ([u64; 2], [u64; 2]) {
+    if p.to_target {
         (p.src, p.dst)
     } else {
         (p.dst, p.src)
-    };
-    let mut key = MaybeUninit::<FlowKey>::uninit();
+    }
+}
+
+/// The IPv4 key of a parsed frame: initiator first, one 64-bit word.
+#[inline(always)]
+fn key4(p: &Parsed) -> FlowKey4 {
+    let (initiator, target) = ends(p);
+    let mut key = MaybeUninit::<FlowKey4>::uninit();
+    // SAFETY: FlowKey4 is 8 bytes with alignment 8; in memory order the
+    // initiator's 4 bytes, then the target's (little endian: low half first).
+    unsafe {
+        key.as_mut_ptr()
+            .cast::<u64>()
+            .write_volatile(initiator[0] | target[0] << 32);
+        key.assume_init()
+    }
+}
+
+/// The IPv6 key of a parsed frame: initiator first.
+///
+/// Written as four volatile word stores on purpose: plain stores get merged by
+/// LLVM into memset/memcpy, which this target lowers to out-of-line byte loops.
+#[inline(always)]
+fn key6(p: &Parsed) -> FlowKey6 {
+    let (initiator, target) = ends(p);
+    let mut key = MaybeUninit::<FlowKey6>::uninit();
     let w = key.as_mut_ptr().cast::<u64>();
-    // SAFETY: FlowKey is 40 bytes with alignment 8: five u64 words, the last
-    // holding `family` in its first byte (little endian) and zero padding.
+    // SAFETY: FlowKey6 is 32 bytes with alignment 8: four u64 words.
     unsafe {
         w.write_volatile(initiator[0]);
         w.add(1).write_volatile(initiator[1]);
         w.add(2).write_volatile(target[0]);
         w.add(3).write_volatile(target[1]);
-        w.add(4).write_volatile(u64::from(p.family));
         key.assume_init()
     }
 }
@@ -175,8 +261,15 @@ fn zero_counters(v: &mut MaybeUninit<FlowCounters>) -> &mut FlowCounters {
 /// Adds the frame to its flow, creating the entry on first sight. Returns
 /// false when the entry could not be created.
 #[inline(always)]
-fn add<F: Frame>(f: &F, key: &FlowKey, p: &Parsed, segs: u32, stats: &mut HookStats) -> bool {
-    if let Some(v) = FLOWS.get_ptr_mut(key) {
+fn add<K, const N: usize, const FLAGS: usize, F: Frame>(
+    flows: &LruPerCpuHashMap<K, FlowCounters, N, FLAGS>,
+    f: &F,
+    key: &K,
+    p: &Parsed,
+    segs: u32,
+    stats: &mut HookStats,
+) -> bool {
+    if let Some(v) = flows.get_ptr_mut(key) {
         // SAFETY: this CPU's slot of a per-CPU value.
         apply(f, p, segs, unsafe { &mut *v });
         return true;
@@ -184,13 +277,13 @@ fn add<F: Frame>(f: &F, key: &FlowKey, p: &Parsed, segs: u32, stats: &mut HookSt
     let mut slot = MaybeUninit::uninit();
     let v = zero_counters(&mut slot);
     apply(f, p, segs, v);
-    match FLOWS.insert(key, &*v, u64::from(BPF_NOEXIST)) {
+    match flows.insert(key, &*v, u64::from(BPF_NOEXIST)) {
         Ok(()) => {
             stats.new_flows += 1;
             true
         }
         // Another CPU created it between our lookup and insert.
-        Err(e) if e == -EEXIST => match FLOWS.get_ptr_mut(key) {
+        Err(e) if e == -EEXIST => match flows.get_ptr_mut(key) {
             Some(v) => {
                 // SAFETY: as above.
                 apply(f, p, segs, unsafe { &mut *v });

@@ -5,12 +5,16 @@
 //! Ethernet, up to two VLAN tags, IPv4 or IPv6 (bounded extension-header walk),
 //! TCP, iSCSI port, then best-effort iSCSI Basic Header Segment.
 
-use sanlb_common::{FAMILY_IPV4, FAMILY_IPV6, MAX_IPV6_EXT_HEADERS};
+use sanlb_common::MAX_IPV6_EXT_HEADERS;
 
 /// Read access to a frame: direct packet access in XDP, `bpf_skb_load_bytes` in TC.
 pub trait Frame {
-    /// Bytes of the frame the program can see, from the Ethernet header on.
+    /// Bytes of the frame from the Ethernet header on, every buffer of a
+    /// multi-buffer XDP frame included.
     fn len(&self) -> usize;
+    /// A lower bound of [`Frame::len`] that costs nothing to read: the first
+    /// buffer of an XDP frame (in TC, the length itself).
+    fn linear_len(&self) -> usize;
     /// Reads a `T` at `off`, or `None` when it extends past the end.
     fn load<T: Copy>(&self, off: usize) -> Option<T>;
 }
@@ -28,15 +32,15 @@ pub enum Skip {
 }
 
 /// What the walk found in a countable frame. Addresses are kept as 64-bit
-/// words in memory order (IPv4: the first word's low 4 bytes), so building the
-/// key is five word stores rather than byte copies.
+/// words in memory order (IPv4: the first word's low 4 bytes), so building a
+/// key is word stores rather than byte copies.
 pub struct Parsed {
     /// Source address.
     pub src: [u64; 2],
     /// Destination address.
     pub dst: [u64; 2],
-    /// FAMILY_IPV4 or FAMILY_IPV6.
-    pub family: u8,
+    /// IPv6 (else IPv4).
+    pub ipv6: bool,
     /// Initiator to target (the destination port is an iSCSI port).
     pub to_target: bool,
     /// Offset of the TCP payload, which is also the length of all headers.
@@ -73,7 +77,9 @@ fn be16(b: [u8; 2]) -> u16 {
 /// configured as an iSCSI port.
 #[inline(always)]
 pub fn parse<F: Frame>(f: &F, is_iscsi_port: impl Fn(u16) -> bool) -> Result<Parsed, Skip> {
-    let frame_len = f.len();
+    // The whole length costs a helper call in XDP: only asked for when the
+    // first buffer does not hold the IP packet.
+    let fits = |end: usize| end <= f.linear_len() || end <= f.len();
     let mut proto = be16(f.load::<[u8; 2]>(12).ok_or(Skip::Truncated)?);
     let mut l3 = ETH_HLEN;
     // Up to two tags: 802.1Q, or 802.1ad outer + 802.1Q inner.
@@ -88,7 +94,7 @@ pub fn parse<F: Frame>(f: &F, is_iscsi_port: impl Fn(u16) -> bool) -> Result<Par
 
     let src: [u64; 2];
     let dst: [u64; 2];
-    let family: u8;
+    let ipv6: bool;
     let l4: usize;
     let ip_end: usize;
     match proto {
@@ -107,7 +113,7 @@ pub fn parse<F: Frame>(f: &F, is_iscsi_port: impl Fn(u16) -> bool) -> Result<Par
             if tot_len < ihl {
                 return Err(Skip::Malformed);
             }
-            if l3 + tot_len > frame_len {
+            if !fits(l3 + tot_len) {
                 return Err(Skip::Truncated);
             }
             // MF flag or a non-zero fragment offset.
@@ -119,7 +125,7 @@ pub fn parse<F: Frame>(f: &F, is_iscsi_port: impl Fn(u16) -> bool) -> Result<Par
             }
             src = [u64::from(f.load::<u32>(l3 + 12).ok_or(Skip::Truncated)?), 0];
             dst = [u64::from(f.load::<u32>(l3 + 16).ok_or(Skip::Truncated)?), 0];
-            family = FAMILY_IPV4;
+            ipv6 = false;
             l4 = l3 + ihl;
             ip_end = l3 + tot_len;
         }
@@ -134,7 +140,7 @@ pub fn parse<F: Frame>(f: &F, is_iscsi_port: impl Fn(u16) -> bool) -> Result<Par
             }
             let payload_len = be16([hdr[4], hdr[5]]) as usize;
             ip_end = l3 + IPV6_HLEN + payload_len;
-            if ip_end > frame_len {
+            if !fits(ip_end) {
                 return Err(Skip::Truncated);
             }
             let mut nh = hdr[6];
@@ -179,7 +185,7 @@ pub fn parse<F: Frame>(f: &F, is_iscsi_port: impl Fn(u16) -> bool) -> Result<Par
             let word = |at: usize| f.load::<u64>(at).ok_or(Skip::Truncated);
             src = [word(l3 + 8)?, word(l3 + 16)?];
             dst = [word(l3 + 24)?, word(l3 + 32)?];
-            family = FAMILY_IPV6;
+            ipv6 = true;
             l4 = off;
         }
         _ => return Err(Skip::NotIp),
@@ -206,7 +212,7 @@ pub fn parse<F: Frame>(f: &F, is_iscsi_port: impl Fn(u16) -> bool) -> Result<Par
     Ok(Parsed {
         src,
         dst,
-        family,
+        ipv6,
         to_target,
         payload_off: payload_off as u32,
         payload_len: (ip_end - payload_off) as u32,

@@ -1,10 +1,19 @@
 //! Test support shared by sanlb's tests and benchmarks (aya keeps its test
 //! programs and harness in a test crate the same way). Nothing here ships in
-//! the `sanlb` library or binary: it is a dev-dependency only, and it never
-//! depends on `sanlb` itself (the tests would see two copies of its types).
+//! the `sanlb` library or binary: it is a dev-dependency only. It depends on
+//! `sanlb` (cargo allows the cycle through a dev-dependency; integration
+//! tests and benchmarks see one `sanlb`), so `sanlb`'s own unit tests do not
+//! use it.
+//!
+//! - [`testrun`]: the counting programs on crafted frames with
+//!   `BPF_PROG_TEST_RUN`, and the empty XDP program benchmarks compare against;
+//! - [`frames`]: Ethernet frames built field by field, malformed ones included;
+//! - [`model`]: what the programs must count for one frame, written from the
+//!   rules of docs/dataplane.md.
 //!
 //! Each module is used by several test binaries, so unlike helper folders
-//! under `tests/` it needs no `#[allow(dead_code)]`.
+//! under `tests/` it needs no `#[allow(dead_code)]`. Calling aya directly is
+//! fine here: "only `dataplane` calls aya" holds for the product.
 //!
 //! - [`segment`]: the lab ([`xtask::lab`], the one lab of every namespace
 //!   test) as a host and two gateways, each with a runtime in its namespace
@@ -14,12 +23,13 @@
 //!   answers;
 //! - [`capture`]: a raw capture with ARP and Neighbor Advertisement parsers.
 
-#![deny(missing_docs)]
-
 pub mod capture;
+pub mod frames;
+pub mod model;
 pub mod ns_runtime;
 pub mod probe;
 pub mod segment;
+pub mod testrun;
 
 /// An Ethernet address.
 pub type Mac = [u8; 6];

@@ -1,18 +1,21 @@
 //! `cargo xtask bench` (as root): the XDP program on BPF_PROG_TEST_RUN beside
-//! an empty XDP_PASS program measured in the same run. The kernel times the
+//! an empty XDP_PASS program measured in the same run, and the TC ingress
+//! program beside an empty TC program. The kernel times the
 //! runs itself, so the figures are ns per packet of program execution plus
 //! the test-run loop, the same loop for both programs.
 //!
 //! Cases: an iSCSI frame of a known flow (the steady state), a non-iSCSI TCP
-//! frame, and a frame of a new flow each time (the insert path). Prints a
+//! frame, a frame of a new flow each time (the insert path), an IPv6 frame of
+//! a known flow, and a jumbo frame (MTU 9000) that the test run hands over
+//! as a multi-buffer frame. Prints a
 //! table and writes it as JSON to target/bench/dataplane.json.
-
-#[path = "../tests/support/frames.rs"]
-mod frames;
 
 use std::time::Duration;
 
-use sanlb::dataplane::testrun::{Baseline, Detached};
+use sanlb_test::{
+    frames,
+    testrun::{Baseline, Detached},
+};
 
 const REPEAT: u32 = 2_000_000;
 const ROUNDS: usize = 7;
@@ -57,8 +60,33 @@ fn main() {
         }
         (median(p), median(b))
     };
+    let iscsi6 = frames::tcp6(40000, 3260, vec![0x5a; 1428]).build();
+    let jumbo = frames::tcp4(40000, 3260, vec![0x5a; 8960]).build();
     let (iscsi_ns, iscsi_base) = steady(&mut dp, &mut base, &iscsi);
     let (other_ns, other_base) = steady(&mut dp, &mut base, &other);
+    let (iscsi6_ns, iscsi6_base) = steady(&mut dp, &mut base, &iscsi6);
+    let (jumbo_ns, jumbo_base) = steady(&mut dp, &mut base, &jumbo);
+    // TC ingress (the hook on veth) against an empty TC program, on a GRO
+    // packet of 3 segments (a test run takes at most a page).
+    let gro = frames::tcp4(40000, 3260, vec![0x5a; 3 * 1000]).build();
+    let tc_steady = |dp: &mut Detached, base: &mut Baseline, frame: &[u8]| {
+        let mut p = Vec::new();
+        let mut b = Vec::new();
+        for _ in 0..ROUNDS {
+            p.push(ns(dp
+                .run_tc_ingress(frame, 3, REPEAT)
+                .expect("test run")
+                .per_run));
+            b.push(ns(base.run_tc(frame, 3, REPEAT).expect("test run").per_run));
+        }
+        (median(p), median(b))
+    };
+    let (tc_ns, tc_base) = tc_steady(&mut dp, &mut base, &gro);
+    let (tc_other_ns, tc_other_base) = tc_steady(
+        &mut dp,
+        &mut base,
+        &frames::tcp4(40000, 22, vec![0x5a; 3 * 1000]).build(),
+    );
 
     // New flows: one run per distinct source address; the kernel's per-run
     // time (repeat = 1) for both programs, averaged.
@@ -80,7 +108,7 @@ fn main() {
         base_sum / f64::from(NEW_FLOWS),
     );
 
-    println!("dataplane: XDP program vs empty XDP_PASS, BPF_PROG_TEST_RUN, ns/packet");
+    println!("dataplane: the programs vs empty ones (XDP, TC), BPF_PROG_TEST_RUN, ns/packet");
     println!(
         "{:<28} {:>10} {:>10} {:>7}",
         "case", "sanlb", "empty", "ratio"
@@ -89,6 +117,10 @@ fn main() {
         ("iscsi frame, known flow", iscsi_ns, iscsi_base),
         ("non-iscsi tcp frame", other_ns, other_base),
         ("iscsi frame, new flow", new_ns, new_base),
+        ("ipv6 iscsi, known flow", iscsi6_ns, iscsi6_base),
+        ("9014-byte multi-buffer", jumbo_ns, jumbo_base),
+        ("tc ingress, known flow", tc_ns, tc_base),
+        ("tc ingress, non-iscsi", tc_other_ns, tc_other_base),
     ];
     let mut json = Vec::new();
     for (name, v, b) in rows {

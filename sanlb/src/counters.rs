@@ -76,6 +76,14 @@ pub fn render_table(iface: &str, snap: &Snapshot) -> String {
         );
     }
     let _ = writeln!(out);
+    match &snap.attachment {
+        Some(a) => {
+            let _ = writeln!(out, "ingress counted by {} ({})", a.ingress, a.reason);
+        }
+        None => {
+            let _ = writeln!(out, "ingress hook not recorded");
+        }
+    }
     let _ = writeln!(out, "{:<9} {}", "ingress", stats_line(&snap.ingress));
     let _ = writeln!(out, "{:<9} {}", "egress", stats_line(&snap.egress));
     out
@@ -156,6 +164,23 @@ mod tests {
         ] {
             assert!(o.get(k).is_some(), "missing {k}");
         }
+    }
+
+    #[test]
+    fn table_says_which_hook_counts_ingress_and_why() {
+        use crate::dataplane::{AttachReason, Attachment, IngressHook};
+        let mut snap = Snapshot::default();
+        assert!(render_table("eth0", &snap).contains("ingress hook not recorded"));
+        snap.attachment = Some(Attachment {
+            ingress: IngressHook::Tc,
+            reason: AttachReason::VirtualNic,
+        });
+        let table = render_table("eth0", &snap);
+        assert!(
+            table
+                .contains("ingress counted by tc (a virtual NIC: native XDP would cost throughput"),
+            "{table}"
+        );
     }
 
     #[test]

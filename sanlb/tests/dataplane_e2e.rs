@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sanlb::dataplane::{FlowRecord, PinnedMaps};
+use sanlb::dataplane::{FlowRecord, PIN_FLOWS4, PinnedMaps};
 use xtask::lab::{Lab, Netns, Process, netns::veth};
 
 const SANLB: &str = env!("CARGO_BIN_EXE_sanlb");
@@ -103,7 +103,7 @@ fn agent(ns: &Netns, pin_dir: &Path, log_dir: &Path, extra: &[&str]) -> Process 
     let mut p = Process::spawn("agent", cmd, log_dir).expect("starting the agent");
     wait_log(&mut p, "counting iSCSI traffic");
     assert!(
-        pin_dir.join("flows").exists(),
+        pin_dir.join(PIN_FLOWS4).exists(),
         "no pins in {}",
         pin_dir.display()
     );
@@ -124,13 +124,84 @@ fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
-#[test]
-#[ignore = "privileged: needs root, run by cargo xtask test"]
-fn tcp_stream_counts_equal_the_senders_bytes() {
-    const UP: usize = 24 << 20;
-    const DOWN: usize = 9 << 20;
-    let host = Netns::unique("sanlb-e2e-h").unwrap();
-    let gw = Netns::unique("sanlb-e2e-g").unwrap();
+/// What one side of a stream sent: payload bytes and segments (TCP_INFO
+/// `tcpi_bytes_sent` and `tcpi_segs_out`, retransmissions and pure ACKs
+/// included, a TSO packet as the segments it leaves as), and the socket,
+/// still open so that no FIN is on the wire yet.
+struct Sent {
+    bytes: u64,
+    segs: u64,
+    _socket: TcpStream,
+}
+
+/// `tcpi_segs_out` (offset 136): segments sent, every kind.
+fn segs_out(s: &TcpStream) -> u64 {
+    u64::from(u32::from_ne_bytes(
+        tcp_info(s)[136..140].try_into().unwrap(),
+    ))
+}
+
+/// A TCP stream from `host` to `gw`'s `addr`:3260: `up` bytes to the target,
+/// then `down` back; returns (client, server) once both are quiet (all data
+/// acknowledged, both sockets still open).
+fn stream(host: &Netns, gw: &Netns, addr: &str, up: usize, down: usize) -> (Sent, Sent) {
+    let addr: SocketAddr = format!("{addr}:3260").parse().unwrap();
+    let listener = in_netns(gw, move || TcpListener::bind(addr).unwrap())
+        .join()
+        .unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = 0;
+        let mut buf = vec![0u8; 1 << 16];
+        while got < up {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "client closed early");
+            got += n;
+        }
+        s.write_all(&vec![0x77; down]).unwrap();
+        drained(&s);
+        s
+    });
+    let client = in_netns(host, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        s.write_all(&vec![0x55; up]).unwrap();
+        let mut got = 0;
+        let mut buf = vec![0u8; 1 << 16];
+        while got < down {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "server closed early");
+            got += n;
+        }
+        drained(&s);
+        s
+    });
+    let client = client.join().unwrap();
+    let server = server.join().unwrap();
+    // The last ACKs (delayed up to 40 ms) reach the wire and the hooks.
+    let mut last = (0, 0);
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = (segs_out(&client), segs_out(&server));
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let sent = |s: TcpStream, extra: u64| Sent {
+        bytes: bytes_sent(&s),
+        segs: segs_out(&s) + extra,
+        _socket: s,
+    };
+    // The SYN-ACK left from the listener's request socket: the accepted
+    // socket's tcpi_segs_out starts after it.
+    (sent(client, 0), sent(server, 1))
+}
+
+/// A host and a gateway namespace joined by a veth (eth0 on both sides) of
+/// `mtu`: 198.18.2.10 and 198.18.2.1.
+fn pair(tag: &str, mtu: u32) -> (Netns, Netns) {
+    let host = Netns::unique(&format!("sanlb-e2e-h{tag}")).unwrap();
+    let gw = Netns::unique(&format!("sanlb-e2e-g{tag}")).unwrap();
     veth(
         &host,
         "eth0",
@@ -144,74 +215,142 @@ fn tcp_stream_counts_equal_the_senders_bytes() {
         .unwrap();
     gw.ip(&["addr", "add", "198.18.2.1/24", "dev", "eth0"])
         .unwrap();
-    for ns in [&host, &gw] {
-        ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    set_mtu(&host, &gw, mtu);
+    (host, gw)
+}
+
+fn set_mtu(host: &Netns, gw: &Netns, mtu: u32) {
+    for ns in [host, gw] {
+        ns.ip(&["link", "set", "eth0", "mtu", &mtu.to_string()])
+            .unwrap();
     }
-    let logs = temp_dir("tcp");
-    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sanlb-test-{}/gw", std::process::id()));
-    let mut agent = agent(&gw, &pin_dir, &logs, &[]);
+}
 
-    let server = in_netns(&gw, || {
-        let l = TcpListener::bind("198.18.2.1:3260").unwrap();
-        let (mut s, _) = l.accept().unwrap();
-        let mut got = 0;
-        let mut buf = vec![0u8; 1 << 16];
-        while got < UP {
-            let n = s.read(&mut buf).unwrap();
-            assert!(n > 0, "client closed early");
-            got += n;
+/// The XDP mode the kernel reports for `gw`'s eth0 (`ip link`: the `xdp`
+/// or `xdpgeneric` flag), if any. (This bpftool predates TCX links, so a TC
+/// hook is seen through the ingress statistics instead.)
+fn kernel_xdp(gw: &Netns) -> Option<&'static str> {
+    let link = gw.ip(&["link", "show", "dev", "eth0"]).unwrap();
+    let flags = link.split_whitespace().collect::<Vec<_>>();
+    if flags.contains(&"xdpgeneric") {
+        Some("xdp-generic")
+    } else if flags.contains(&"xdp") {
+        Some("xdp-driver")
+    } else {
+        None
+    }
+}
+
+/// The agent with each `--xdp-mode` on a veth, at MTU 1500 and then 9000
+/// (changed while attached): the counted payload bytes equal what each
+/// sender's TCP stack sent, and the packets its segments (generic XDP sees
+/// the stack's merged packets: fewer); nothing is dropped on the NIC. Also
+/// checks the hook the agent chose and reports against the kernel's view.
+#[test]
+#[ignore = "privileged: needs root, run by cargo xtask test"]
+fn tcp_stream_counts_equal_the_senders_bytes() {
+    const UP: usize = 24 << 20;
+    const DOWN: usize = 9 << 20;
+    for (mode, hook, reason) in [
+        ("auto", "tc", "virtual-nic"),
+        ("driver", "xdp-driver", "forced"),
+        ("generic", "xdp-generic", "forced"),
+        ("tc", "tc", "forced"),
+    ] {
+        let (host, gw) = pair(mode, 1500);
+        let logs = temp_dir(&format!("tcp-{mode}"));
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/sanlb-test-{}/{mode}",
+            std::process::id()
+        ));
+        let mut agent = agent(&gw, &pin_dir, &logs, &["--xdp-mode", mode]);
+        assert!(
+            agent.stderr().contains(&format!("ingress: {hook}")),
+            "{mode}: {}",
+            agent.stderr()
+        );
+        let xdp = kernel_xdp(&gw);
+        assert_eq!(xdp, Some(hook).filter(|h| *h != "tc"), "{mode}");
+        let snap = PinnedMaps::open(&pin_dir).unwrap().snapshot().unwrap();
+        let json = serde_json::to_value(snap.attachment).unwrap();
+        assert_eq!(json["ingress"], hook, "{mode}");
+        assert_eq!(json["reason"], reason, "{mode}");
+        let dropped_before = gw.link_stats("eth0").unwrap();
+
+        for mtu in [1500, 9000] {
+            // The MTU changes under the attached programs.
+            set_mtu(&host, &gw, mtu);
+            // Counted so far (the previous stream's FIN exchange included).
+            std::thread::sleep(Duration::from_millis(300));
+            let before = flows(&pin_dir)
+                .first()
+                .map(|f| f.counters)
+                .unwrap_or_default();
+            let (client, server) = stream(&host, &gw, "198.18.2.1", UP, DOWN);
+            assert!(client.bytes >= UP as u64 && server.bytes >= DOWN as u64);
+            let f = flows(&pin_dir);
+            assert_eq!(f.len(), 1, "{mode} mtu {mtu}: {f:?}");
+            assert_eq!(f[0].initiator.to_string(), "198.18.2.10");
+            assert_eq!(f[0].target.to_string(), "198.18.2.1");
+            let c = &f[0].counters;
+            let up = (
+                c.to_target_bytes - before.to_target_bytes,
+                c.to_target_packets - before.to_target_packets,
+            );
+            let down = (
+                c.to_initiator_bytes - before.to_initiator_bytes,
+                c.to_initiator_packets - before.to_initiator_packets,
+            );
+            assert_eq!(up.0, client.bytes, "{mode} mtu {mtu}: bytes to target");
+            assert_eq!(down.0, server.bytes, "{mode} mtu {mtu}: bytes to initiator");
+            if hook == "xdp-generic" {
+                assert!(up.1 <= client.segs, "{mode} mtu {mtu}");
+            } else {
+                assert_eq!(up.1, client.segs, "{mode} mtu {mtu}: packets to target");
+            }
+            assert_eq!(
+                down.1, server.segs,
+                "{mode} mtu {mtu}: packets to initiator"
+            );
+            eprintln!(
+                "{mode} mtu {mtu}: counted {} / {} bytes, {} / {} packets; senders sent {} / {} bytes, {} / {} segments",
+                up.0, down.0, up.1, down.1, client.bytes, server.bytes, client.segs, server.segs
+            );
+            drop((client, server));
         }
-        s.write_all(&vec![0x77; DOWN]).unwrap();
-        drained(&s);
-        let sent = bytes_sent(&s);
-        let mut one = [0u8; 1];
-        let _ = s.read(&mut one); // wait for the client to finish reading
-        sent
-    });
-    std::thread::sleep(Duration::from_millis(200));
-    let client = in_netns(&host, || {
-        let addr: SocketAddr = "198.18.2.1:3260".parse().unwrap();
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-        s.write_all(&vec![0x55; UP]).unwrap();
-        let mut got = 0;
-        let mut buf = vec![0u8; 1 << 16];
-        while got < DOWN {
-            let n = s.read(&mut buf).unwrap();
-            assert!(n > 0, "server closed early");
-            got += n;
+        let snap = PinnedMaps::open(&pin_dir).unwrap().snapshot().unwrap();
+        assert!(
+            snap.ingress.counted > 0,
+            "{mode}: nothing counted on ingress"
+        );
+        let after = gw.link_stats("eth0").unwrap();
+        assert!(after.rx_packets > dropped_before.rx_packets);
+        let dropped = gw.ip(&["-s", "-j", "link", "show", "dev", "eth0"]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&dropped).unwrap();
+        assert_eq!(v[0]["stats64"]["rx"]["dropped"], 0, "{mode}: {dropped}");
+        assert_eq!(v[0]["stats64"]["tx"]["dropped"], 0, "{mode}: {dropped}");
+
+        // bpftool prints named fields from the BTF of the pinned maps.
+        let dump = Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(pin_dir.join(PIN_FLOWS4))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&dump.stdout);
+        for field in ["\"initiator\"", "\"target\"", "\"to_target_bytes\""] {
+            assert!(text.contains(field), "bpftool output lacks {field}: {text}");
         }
-        drained(&s);
-        bytes_sent(&s)
-    });
-    let client_sent = client.join().unwrap();
-    let server_sent = server.join().unwrap();
-    assert!(client_sent >= UP as u64 && server_sent >= DOWN as u64);
 
-    let f = flows(&pin_dir);
-    assert_eq!(f.len(), 1, "{f:?}");
-    assert_eq!(f[0].initiator.to_string(), "198.18.2.10");
-    assert_eq!(f[0].target.to_string(), "198.18.2.1");
-    assert_eq!(
-        f[0].counters.to_target_bytes, client_sent,
-        "initiator → target"
-    );
-    assert_eq!(
-        f[0].counters.to_initiator_bytes, server_sent,
-        "target → initiator"
-    );
-    eprintln!(
-        "tcp stream: counted {} / {} bytes, senders sent {client_sent} / {server_sent} (retransmitted {} / {})",
-        f[0].counters.to_target_bytes,
-        f[0].counters.to_initiator_bytes,
-        client_sent - UP as u64,
-        server_sent - DOWN as u64
-    );
-
-    // SIGTERM detaches and removes the pins.
-    agent.stop(Duration::from_secs(5)).unwrap();
-    assert!(!pin_dir.join("flows").exists(), "pins left after SIGTERM");
-    let _ = std::fs::remove_dir(pin_dir.parent().unwrap());
-    let _ = std::fs::remove_dir_all(&logs);
+        // SIGTERM detaches and removes the pins.
+        agent.stop(Duration::from_secs(5)).unwrap();
+        assert!(
+            !pin_dir.join(PIN_FLOWS4).exists(),
+            "pins left after SIGTERM"
+        );
+        assert_eq!(kernel_xdp(&gw), None, "{mode}: still attached");
+        let _ = std::fs::remove_dir(pin_dir.parent().unwrap());
+        let _ = std::fs::remove_dir_all(&logs);
+    }
 }
 
 /// Sums the TCP payload of every frame in a pcap file (link type Ethernet,
@@ -368,7 +507,7 @@ fn iscsi_exchange_counts_equal_the_capture() {
         c.to_target_bytes, c.to_initiator_bytes, c.scsi_read_cmds, c.read_requested_bytes
     );
     agent.stop(Duration::from_secs(5)).unwrap();
-    assert!(!gw.pin_dir.join("flows").exists());
+    assert!(!gw.pin_dir.join(PIN_FLOWS4).exists());
 }
 
 #[test]
@@ -403,7 +542,7 @@ fn second_agent_on_a_nic_is_refused_and_keep_pins_keeps_them() {
         err.contains("another sanlb agent already counts on eth0"),
         "{err}"
     );
-    assert!(!root.join("two").join("flows").exists());
+    assert!(!root.join("two").join(PIN_FLOWS4).exists());
 
     // bpftool prints named fields from the BTF of the pinned maps.
     let dump = Command::new("bpftool")
@@ -413,6 +552,15 @@ fn second_agent_on_a_nic_is_refused_and_keep_pins_keeps_them() {
         .unwrap();
     let text = String::from_utf8_lossy(&dump.stdout);
     for field in ["\"frames\"", "\"not_iscsi\"", "\"insert_failed\""] {
+        assert!(text.contains(field), "bpftool output lacks {field}: {text}");
+    }
+    let dump = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(root.join("one/attach"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&dump.stdout);
+    for field in ["\"ingress\"", "\"reason\""] {
         assert!(text.contains(field), "bpftool output lacks {field}: {text}");
     }
     drop(first); // SIGTERM

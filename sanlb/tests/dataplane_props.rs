@@ -1,16 +1,15 @@
 //! Property test: random frames through both programs (BPF_PROG_TEST_RUN) are
 //! passed unchanged and counted exactly as the user-space model in
-//! `support/model.rs` says. Privileged (loads BPF).
-
-mod support;
+//! `sanlb_test::model` says. Privileged (loads BPF).
 
 use std::cell::RefCell;
 
 use proptest::{prelude::*, test_runner::TestCaseError};
-use sanlb::dataplane::{Stats, testrun::Detached};
-use support::{
+use sanlb::dataplane::Stats;
+use sanlb_test::{
     frames::{self, Ext, Frame, L3, L4, TPID_8021AD, TPID_8021Q, Tcp, V4, V6},
     model,
+    testrun::Detached,
 };
 
 const PORTS: [u16; 2] = [3260, 860];
@@ -195,6 +194,10 @@ fn skb_runnable(b: &[u8]) -> bool {
     }
 }
 
+/// Longer than a page less the XDP headroom: a multi-buffer frame in an
+/// XDP test run.
+const MULTI_BUFFER_LEN: usize = 5000;
+
 thread_local! {
     static DP: RefCell<Option<Detached>> = const { RefCell::new(None) };
 }
@@ -215,14 +218,54 @@ fn check(b: &[u8], segs: u16) -> Result<(), TestCaseError> {
         prop_assert_eq!(s.ingress, want_stats, "ingress stats for {:?}", want);
         prop_assert_eq!(s.egress, Stats::default());
 
+        // The same frame with a tail of zeros that makes it a multi-buffer
+        // frame (longer than a page): the tail is padding or payload as the
+        // IP length says, never read for headers.
+        let mut long = b.to_vec();
+        long.resize(MULTI_BUFFER_LEN, 0);
+        let want_long = model::classify(&long, &PORTS);
+        dp.reset().unwrap();
+        let r = dp.run_xdp(&long, 1).unwrap();
+        prop_assert_eq!(r.verdict, 2, "XDP_PASS");
+        prop_assert!(
+            r.data_out == long,
+            "XDP left the multi-buffer frame unchanged"
+        );
+        let s = dp.snapshot().unwrap();
+        compare(&s.flows, &want_long, long.len(), 1)?;
+        prop_assert_eq!(
+            s.ingress,
+            model::stats(&want_long),
+            "multi-buffer stats for {:?}",
+            want_long
+        );
+
         if skb_runnable(b) {
-            dp.reset().unwrap();
-            let r = dp.run_tc(b, segs, 1).unwrap();
-            prop_assert_eq!(r.verdict, -1, "TC_ACT_UNSPEC");
-            prop_assert_eq!(&r.data_out, b, "TC left the frame unchanged");
-            let s = dp.snapshot().unwrap();
-            compare(&s.flows, &want, b.len(), u64::from(segs.max(1)))?;
-            prop_assert_eq!(s.egress, want_stats, "egress stats for {:?}", want);
+            for ingress in [false, true] {
+                dp.reset().unwrap();
+                let r = if ingress {
+                    dp.run_tc_ingress(b, segs, 1).unwrap()
+                } else {
+                    dp.run_tc(b, segs, 1).unwrap()
+                };
+                prop_assert_eq!(r.verdict, -1, "TC_ACT_UNSPEC");
+                prop_assert_eq!(&r.data_out, b, "TC left the frame unchanged");
+                let s = dp.snapshot().unwrap();
+                compare(&s.flows, &want, b.len(), u64::from(segs.max(1)))?;
+                let (hook, other) = if ingress {
+                    (s.ingress, s.egress)
+                } else {
+                    (s.egress, s.ingress)
+                };
+                prop_assert_eq!(
+                    hook,
+                    want_stats,
+                    "TC stats (ingress: {}) for {:?}",
+                    ingress,
+                    want
+                );
+                prop_assert_eq!(other, Stats::default());
+            }
         }
         Ok(())
     })

@@ -2,10 +2,11 @@
 //! asserts the verdict, that the frame is unchanged, and the exact map contents.
 //! Privileged (loading BPF needs root); no NIC is involved.
 
-mod support;
-
-use sanlb::dataplane::{Counters, FlowRecord, Snapshot, Stats, testrun::Detached};
-use support::frames::{self, Ext, Frame, L3, L4, TPID_8021AD, TPID_8021Q, V4, V6, tcp4, tcp6};
+use sanlb::dataplane::{Counters, FlowRecord, Snapshot, Stats};
+use sanlb_test::{
+    frames::{self, Ext, Frame, L3, L4, TPID_8021AD, TPID_8021Q, V4, V6, tcp4, tcp6},
+    testrun::Detached,
+};
 
 const XDP_PASS: i32 = 2;
 /// TC_ACT_UNSPEC: under TCX this is TCX_NEXT, "pass and let the next program run".
@@ -523,6 +524,101 @@ fn gso_packets_count_as_their_segments() {
     assert_eq!(c.to_initiator_bytes, 3 * 1000);
     assert_eq!(c.to_initiator_packets, 3);
     assert_eq!(c.to_initiator_frame_bytes, (3 * (V4_HDRS + 1000)) as u64);
+}
+
+#[test]
+#[ignore = "privileged: needs root, run by cargo xtask test"]
+fn tc_ingress_counts_gro_packets_as_their_segments() {
+    let mut dp = load(&[3260]);
+    // A GRO packet merged from 3 segments of 1000 bytes.
+    let f = tcp4(40000, 3260, payload(3 * 1000)).build();
+    let r = dp.run_tc_ingress(&f, 3, 1).unwrap();
+    assert_eq!(r.verdict, TC_ACT_UNSPEC, "TC verdict");
+    assert_eq!(r.data_out, f, "TC altered the frame");
+    let s = dp.snapshot().unwrap();
+    assert_eq!(
+        only_flow(&s).counters,
+        Counters {
+            to_target_bytes: 3 * 1000,
+            to_target_packets: 3,
+            to_target_frame_bytes: (3 * (V4_HDRS + 1000)) as u64,
+            ..Default::default()
+        }
+    );
+    assert_eq!(s.ingress, stats(1, 1, 1));
+    assert_eq!(s.egress, Stats::default());
+}
+
+/// A jumbo frame of MTU 9000 (IPv4 and IPv6, both directions): more than a
+/// page, so XDP sees a multi-buffer frame, headers in the first buffer. It
+/// counts whole: payload from the IP header, frame bytes over every buffer,
+/// a command at the start of the payload; padding past the IP length is
+/// not payload.
+#[test]
+#[ignore = "privileged: needs root, run by cargo xtask test"]
+fn multi_buffer_jumbo_frames_count_whole() {
+    let mut dp = load(&[3260]);
+    let write = |n: usize| {
+        let mut b = frames::scsi_cmd_bhs(false, true, 1 << 20);
+        b.extend(payload(n - b.len()));
+        b
+    };
+    let v4 = tcp4(40000, 3260, write(9000 - 40)).build();
+    assert_eq!(v4.len(), 14 + 9000);
+    // The test run puts what fits in a page (less headroom and
+    // skb_shared_info) in the first buffer and the rest in fragments
+    // (bpf_prog_test_run_xdp): a program that took its lengths from the first
+    // buffer would find the IP packet truncated.
+    let s = xdp(&mut dp, &v4);
+    assert_eq!(
+        only_flow(&s).counters,
+        Counters {
+            to_target_bytes: 9000 - 40,
+            to_target_packets: 1,
+            to_target_frame_bytes: v4.len() as u64,
+            scsi_write_cmds: 1,
+            write_requested_bytes: 1 << 20,
+            ..Default::default()
+        }
+    );
+    assert_eq!(s.ingress, stats(1, 1, 1));
+
+    dp.reset().unwrap();
+    let v6 = tcp6(3260, 40000, payload(9000 - 60)).build();
+    let s = xdp(&mut dp, &v6);
+    let r = only_flow(&s);
+    assert_eq!(r.initiator.to_string(), "2001:db8::a");
+    assert_eq!(
+        r.counters,
+        Counters {
+            to_initiator_bytes: 9000 - 60,
+            to_initiator_packets: 1,
+            to_initiator_frame_bytes: v6.len() as u64,
+            ..Default::default()
+        }
+    );
+
+    // 100 bytes after the IP packet, in the last buffer: padding.
+    dp.reset().unwrap();
+    let mut f = tcp4(40000, 3260, payload(9000 - 40));
+    if let L3::V4(ip, _) = &mut f.l3 {
+        ip.tot_len = Some(9000 - 100);
+    }
+    let padded = f.build();
+    let s = xdp(&mut dp, &padded);
+    let c = only_flow(&s).counters;
+    assert_eq!(c.to_target_bytes, 9000 - 100 - 40);
+    assert_eq!(c.to_target_frame_bytes, padded.len() as u64);
+
+    // An IP length past the last buffer: truncated, not counted.
+    dp.reset().unwrap();
+    let mut f = tcp4(40000, 3260, payload(9000 - 40));
+    if let L3::V4(ip, _) = &mut f.l3 {
+        ip.tot_len = Some(9001);
+    }
+    let s = xdp(&mut dp, &f.build());
+    assert!(s.flows.is_empty());
+    assert_eq!(s.ingress.truncated, 1);
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! xtask never depends on the `sanlb` crate: `setup` must build and run on a
 //! machine that cannot compile sanlb yet (no bpf-linker, no nightly rust-src).
 
+mod bench_throughput;
 mod demo;
 mod setup;
 mod util;
@@ -50,9 +51,11 @@ enum Cmd {
     /// The SAN lab: a skewed IP SAN in network namespaces rebalances itself
     /// live (root).
     Demo(demo::DemoArgs),
-    /// Set up, then run the benchmarks (the data-plane one needs root).
+    /// Set up, then run the benchmarks: `cargo bench`, then (as root) the
+    /// throughput one (`cargo xtask bench throughput` runs only that).
     Bench {
-        /// Arguments for `cargo bench` (a bench name filter, say).
+        /// Arguments for `cargo bench` (a bench name filter, say); `throughput`
+        /// alone: only the throughput benchmark.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -98,9 +101,8 @@ fn run(release: bool, args: &[String]) -> Result<()> {
 
 fn test(unprivileged: bool, args: &[String]) -> Result<()> {
     setup::run()?;
-    // Every test that needs no root, across the workspace but for the eBPF
-    // crate (its no_main binaries do not link for the host).
-    let mut cmd = util::cargo(&["test", "--workspace", "--exclude", "sanlb-ebpf"]);
+    // Every test that needs no root, across the workspace.
+    let mut cmd = workspace_cargo("test");
     cmd.arg("--").args(args);
     util::status(&mut cmd)?;
     if unprivileged {
@@ -115,14 +117,41 @@ fn test(unprivileged: bool, args: &[String]) -> Result<()> {
     }
     // The privileged ones are #[ignore = "privileged: ..."]; one at a time, as
     // they create namespaces and attach programs.
-    let mut cmd = util::cargo(&["test", "--workspace", "--exclude", "sanlb-ebpf"]);
+    let mut cmd = workspace_cargo("test");
     cmd.args(["--", "--ignored", "--test-threads=1"]).args(args);
     util::status(&mut cmd)
 }
 
+/// The eBPF crates: their no_main binaries do not link for the host (their
+/// users' build scripts build them with aya-build).
+const EBPF_CRATES: &[&str] = &["sanlb-ebpf", "sanlb-test-ebpf"];
+
+/// `cargo <subcommand>` over the workspace but for the eBPF crates.
+fn workspace_cargo(subcommand: &str) -> std::process::Command {
+    let mut cmd = util::cargo(&[subcommand, "--workspace"]);
+    for krate in EBPF_CRATES {
+        cmd.args(["--exclude", krate]);
+    }
+    cmd
+}
+
 fn bench(args: &[String]) -> Result<()> {
     setup::run()?;
-    let mut cmd = util::cargo(&["bench", "--workspace", "--exclude", "sanlb-ebpf"]);
-    cmd.args(args);
-    util::status(&mut cmd)
+    let only_throughput = args == ["throughput"];
+    if !only_throughput {
+        let mut cmd = workspace_cargo("bench");
+        cmd.args(args);
+        util::status(&mut cmd)?;
+    }
+    if !(args.is_empty() || only_throughput) {
+        return Ok(());
+    }
+    if !util::is_root() {
+        eprintln!(
+            "xtask: skipping the throughput benchmark (namespaces, BPF): it needs root; \
+             run `sudo -E cargo xtask bench throughput`"
+        );
+        return Ok(());
+    }
+    bench_throughput::run(bench_throughput::Options::from_env()?)
 }

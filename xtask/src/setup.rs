@@ -10,7 +10,8 @@ use anyhow::{Context as _, Result, bail};
 use crate::util::{self, is_root};
 
 /// Debian packages: the eBPF toolchain (LLVM 22 for bpf-linker, bpftool), the
-/// lab's peers (tgt, libiscsi), the tools the lab and tests use.
+/// lab's peers (tgt, libiscsi), the tools the lab, tests and benchmarks use
+/// (iperf3: the throughput benchmark).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -25,6 +26,7 @@ const PACKAGES: &[&str] = &[
     "open-isns-server",
     // isnsadm: the hosts' side of the iSNS tests (sanlb/tests/isns.rs).
     "open-isns-utils",
+    "iperf3",
     "gcc",
     "pkg-config",
 ];

@@ -1,9 +1,20 @@
 //! Loading, attaching and reading the eBPF counting programs.
 //!
-//! This is the only module that talks to aya. [`Dataplane::attach`] loads the
-//! embedded object, writes the iSCSI port bitmap, attaches XDP on ingress
-//! (driver mode, else generic) and TC on egress (TCX on kernels ≥ 6.6), and
-//! pins the maps under `<pin dir>` (default `/sys/fs/bpf/sanlb/<iface>/`).
+//! This is the only module of the product that talks to aya.
+//! [`Dataplane::attach`] loads the embedded object, writes the iSCSI port
+//! bitmap, attaches a counter on ingress and TC on egress (TCX on kernels
+//! ≥ 6.6), and pins the maps under `<pin dir>` (default
+//! `/sys/fs/bpf/sanlb/<iface>/`).
+//!
+//! The ingress hook is chosen per NIC ([`choose_ingress`]): native (driver)
+//! XDP on a NIC with a bus device, whose driver runs XDP before any skb is
+//! built; TC ingress on a virtual NIC (veth and the like), where native XDP
+//! costs most of the throughput (veth copies every packet into an XDP buffer
+//! and its peer loses GSO/TSO) and generic XDP would count GRO-merged packets;
+//! TC ingress also where the driver refuses native XDP. [`XdpAttachMode`]
+//! forces a hook. The choice is recorded in a pinned map that `sanlb counters` shows.
+//! [`Programs`] is the same object loaded but attached nowhere, which the
+//! test harness of the `sanlb-test` crate runs with `BPF_PROG_TEST_RUN`.
 //! [`PinnedMaps`] reads those pins from any process, which is how
 //! `sanlb counters` and `bpftool` see the same numbers the agent reports.
 
@@ -22,29 +33,38 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
 };
 use sanlb_common::{
-    FAMILY_IPV4, FAMILY_IPV6, FLOWS_MAP, FlowCounters, FlowKey, HOOK_EGRESS, HOOK_INGRESS,
-    HookStats, PORT_BITMAP_WORDS, PORTS_MAP, STATS_MAP, TC_PROG, XDP_PROG,
+    ATTACH_MAP, AttachInfo, FLOWS4_MAP, FLOWS6_MAP, FlowCounters, FlowKey4, FlowKey6, HOOK_EGRESS,
+    HOOK_INGRESS, HookStats, INGRESS_TC, INGRESS_XDP_DRIVER, INGRESS_XDP_GENERIC,
+    PORT_BITMAP_WORDS, PORTS_MAP, REASON_DRIVER_REFUSED, REASON_FORCED, REASON_NATIVE_NIC,
+    REASON_VIRTUAL_NIC, STATS_MAP, TC_INGRESS_PROG, TC_PROG, XDP_PROG,
 };
 use serde::Serialize;
 
-pub mod testrun;
-
 /// The counting programs, built by `build.rs` from `sanlb-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sanlb"));
-/// An XDP program that only passes: the baseline of `cargo xtask bench`.
-pub static BASELINE_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sanlb-baseline"));
 
 /// Where pins live unless the operator says otherwise.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/sanlb";
 /// Directory of the per-NIC agent locks.
 pub const LOCK_DIR: &str = "/run/sanlb";
-/// File names of the pinned maps inside the pin directory.
-pub const PIN_FLOWS: &str = "flows";
-/// See [`PIN_FLOWS`].
+/// File names of the pinned maps inside the pin directory: IPv4 flows.
+pub const PIN_FLOWS4: &str = "flows4";
+/// IPv6 flows.
+pub const PIN_FLOWS6: &str = "flows6";
+/// Per-hook statistics.
 pub const PIN_STATS: &str = "stats";
-/// See [`PIN_FLOWS`].
+/// The iSCSI port bitmap.
 pub const PIN_PORTS: &str = "ports";
+/// Where ingress is counted and why.
+pub const PIN_ATTACH: &str = "attach";
+/// Every pin, with the map behind it.
+const PINS: [(&str, &str); 5] = [
+    (FLOWS4_MAP, PIN_FLOWS4),
+    (FLOWS6_MAP, PIN_FLOWS6),
+    (STATS_MAP, PIN_STATS),
+    (PORTS_MAP, PIN_PORTS),
+    (ATTACH_MAP, PIN_ATTACH),
+];
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -130,35 +150,145 @@ pub enum DataplaneError {
 
 type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 
-/// How to attach XDP.
+/// How to count ingress traffic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpAttachMode {
-    /// Driver (native) mode where the NIC supports it, else generic.
+    /// The hook that counts exactly at the least cost on this NIC
+    /// ([`choose_ingress`]).
     #[default]
     Auto,
-    /// Driver mode only.
+    /// Driver (native) XDP only.
     Driver,
-    /// Generic (skb) mode only.
+    /// Generic (skb) XDP only.
     Generic,
+    /// No XDP: the TC ingress hook.
+    Tc,
 }
 
-/// The mode XDP ended up in.
+/// Where ingress traffic is counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpModeUsed {
-    /// Native, in the driver.
-    Driver,
-    /// Generic, in the kernel stack (after GRO: packet counts may be merged).
-    Generic,
+#[serde(rename_all = "kebab-case")]
+pub enum IngressHook {
+    /// XDP in the driver (native), before an skb exists.
+    XdpDriver,
+    /// Generic XDP, in the stack after GRO: packet counts are of merged packets.
+    XdpGeneric,
+    /// TC ingress (TCX, or clsact before 6.6), after GRO; a merged packet
+    /// counts as its segments.
+    Tc,
 }
 
-impl fmt::Display for XdpModeUsed {
+impl fmt::Display for IngressHook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Self::Driver => "driver",
-            Self::Generic => "generic",
+            Self::XdpDriver => "xdp-driver",
+            Self::XdpGeneric => "xdp-generic",
+            Self::Tc => "tc",
         })
+    }
+}
+
+/// Why the agent counts ingress where it does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachReason {
+    /// The operator chose the hook ([`XdpAttachMode`] other than auto).
+    Forced,
+    /// A NIC with a bus device: its driver runs XDP before an skb is built.
+    NativeNic,
+    /// A virtual NIC (veth, ...): native XDP there costs throughput (veth
+    /// copies packets into XDP buffers, its peer loses GSO/TSO) and generic
+    /// XDP counts GRO-merged packets, so TC ingress counts.
+    VirtualNic,
+    /// The driver refused native XDP.
+    DriverRefused,
+}
+
+impl fmt::Display for AttachReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Forced => "forced by the operator",
+            Self::NativeNic => "a NIC whose driver runs XDP natively",
+            Self::VirtualNic => {
+                "a virtual NIC: native XDP would cost throughput, generic XDP would count merged packets"
+            }
+            Self::DriverRefused => "the driver refused native XDP",
+        })
+    }
+}
+
+/// Where the agent attached the ingress counter, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Attachment {
+    /// The hook.
+    pub ingress: IngressHook,
+    /// Why that one.
+    pub reason: AttachReason,
+}
+
+impl Attachment {
+    fn to_info(self) -> AttachInfo {
+        AttachInfo {
+            ingress: match self.ingress {
+                IngressHook::XdpDriver => INGRESS_XDP_DRIVER,
+                IngressHook::XdpGeneric => INGRESS_XDP_GENERIC,
+                IngressHook::Tc => INGRESS_TC,
+            },
+            reason: match self.reason {
+                AttachReason::Forced => REASON_FORCED,
+                AttachReason::NativeNic => REASON_NATIVE_NIC,
+                AttachReason::VirtualNic => REASON_VIRTUAL_NIC,
+                AttachReason::DriverRefused => REASON_DRIVER_REFUSED,
+            },
+        }
+    }
+
+    fn from_info(info: AttachInfo) -> Option<Self> {
+        let ingress = match info.ingress {
+            INGRESS_XDP_DRIVER => IngressHook::XdpDriver,
+            INGRESS_XDP_GENERIC => IngressHook::XdpGeneric,
+            INGRESS_TC => IngressHook::Tc,
+            _ => return None,
+        };
+        let reason = match info.reason {
+            REASON_FORCED => AttachReason::Forced,
+            REASON_NATIVE_NIC => AttachReason::NativeNic,
+            REASON_VIRTUAL_NIC => AttachReason::VirtualNic,
+            REASON_DRIVER_REFUSED => AttachReason::DriverRefused,
+            _ => return None,
+        };
+        Some(Self { ingress, reason })
+    }
+}
+
+/// What kind of NIC, as far as the choice of hook goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NicKind {
+    /// A device on a bus (PCI, ...): a driver with its own receive path.
+    Physical,
+    /// No bus device (veth, bridge, bond, tun, ...).
+    Virtual,
+}
+
+/// The hook to attach for `mode` on a NIC of `kind`; `None` for auto on a
+/// physical NIC, which tries driver XDP and falls back to TC ingress.
+pub fn choose_ingress(mode: XdpAttachMode, kind: NicKind) -> Option<Attachment> {
+    let forced = |ingress| {
+        Some(Attachment {
+            ingress,
+            reason: AttachReason::Forced,
+        })
+    };
+    match (mode, kind) {
+        (XdpAttachMode::Driver, _) => forced(IngressHook::XdpDriver),
+        (XdpAttachMode::Generic, _) => forced(IngressHook::XdpGeneric),
+        (XdpAttachMode::Tc, _) => forced(IngressHook::Tc),
+        (XdpAttachMode::Auto, NicKind::Virtual) => Some(Attachment {
+            ingress: IngressHook::Tc,
+            reason: AttachReason::VirtualNic,
+        }),
+        (XdpAttachMode::Auto, NicKind::Physical) => None,
     }
 }
 
@@ -173,7 +303,7 @@ pub struct DataplaneConfig {
     pub max_flows: u32,
     /// Directory for the pins; `None` = `/sys/fs/bpf/sanlb/<iface>`.
     pub pin_dir: Option<PathBuf>,
-    /// XDP attach mode.
+    /// How to count ingress.
     pub xdp_mode: XdpAttachMode,
 }
 
@@ -191,16 +321,77 @@ pub fn default_pin_dir(iface: &str) -> PathBuf {
     Path::new(DEFAULT_PIN_ROOT).join(iface)
 }
 
-/// Upper bound of `--max-flows` (each entry holds 88 bytes per CPU).
+/// Upper bound of `--max-flows` (each entry holds 88 bytes per CPU; there
+/// are two tables, IPv4 and IPv6, of this many entries each).
 pub const MAX_FLOWS_LIMIT: u32 = 1 << 24;
 
-/// The attached programs. Dropping it detaches both programs; call
+/// The counting programs loaded into the kernel, configured (iSCSI ports,
+/// flow-table size) and verified, attached to no NIC.
+///
+/// [`Dataplane::attach`] starts from one; test harnesses run one with
+/// `BPF_PROG_TEST_RUN` through [`Programs::ebpf_mut`] (see the `sanlb-test`
+/// crate).
+pub struct Programs {
+    ebpf: Ebpf,
+}
+
+impl Programs {
+    /// Loads the embedded object with `ports` as the iSCSI ports and a flow
+    /// table of `max_flows` entries, and verifies its programs.
+    pub fn load(ports: &[u16], max_flows: u32) -> Result<Self> {
+        validate(ports, max_flows)?;
+        if EBPF_OBJECT.is_empty() {
+            return Err(DataplaneError::NoObject);
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(FLOWS4_MAP, max_flows)
+            .map_max_entries(FLOWS6_MAP, max_flows)
+            .load(EBPF_OBJECT)
+            .map_err(DataplaneError::Load)?;
+        write_ports(&mut ebpf, ports)?;
+        let verifier = |name: &str| {
+            let what = format!("loading {name} (verifier)");
+            move |source| DataplaneError::Program { what, source }
+        };
+        let xdp: &mut Xdp = prog(&mut ebpf, XDP_PROG)?;
+        xdp.load().map_err(verifier(XDP_PROG))?;
+        for name in [TC_PROG, TC_INGRESS_PROG] {
+            let tc: &mut SchedClassifier = prog(&mut ebpf, name)?;
+            tc.load().map_err(verifier(name))?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    /// Reads the counters.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let map = |name| self.ebpf.map(name).ok_or_else(|| missing_map(name));
+        read_snapshot(&Maps {
+            flows4: map(FLOWS4_MAP)?,
+            flows6: map(FLOWS6_MAP)?,
+            stats: map(STATS_MAP)?,
+            ports: map(PORTS_MAP)?,
+            attach: map(ATTACH_MAP)?,
+        })
+    }
+
+    /// The loaded object: its programs (named in `sanlb_common`) and maps.
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    /// The loaded object, mutably (to run or attach its programs).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}
+
+/// The attached programs. Dropping it detaches them; call
 /// [`Dataplane::detach`] to also decide about the pins.
 pub struct Dataplane {
-    ebpf: Ebpf,
+    programs: Programs,
     iface: String,
     pin_dir: PathBuf,
-    xdp_mode: XdpModeUsed,
+    attachment: Attachment,
     _lock: File,
 }
 
@@ -208,7 +399,7 @@ impl Dataplane {
     /// Loads, configures, attaches and pins. Fails without side effects left
     /// behind (what was attached is detached, what was pinned is removed).
     pub fn attach(cfg: &DataplaneConfig) -> Result<Self> {
-        validate(cfg)?;
+        validate(&cfg.ports, cfg.max_flows)?;
         if EBPF_OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
@@ -225,22 +416,22 @@ impl Dataplane {
             source,
         })?;
 
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(FLOWS_MAP, cfg.max_flows)
-            .load(EBPF_OBJECT)
-            .map_err(DataplaneError::Load)?;
-        write_ports(&mut ebpf, &cfg.ports)?;
+        let programs = Programs::load(&cfg.ports, cfg.max_flows)?;
+        let kind = nic_kind(&cfg.iface);
 
         let mut dp = Self {
-            ebpf,
+            programs,
             iface: cfg.iface.clone(),
             pin_dir,
-            xdp_mode: XdpModeUsed::Driver,
+            attachment: Attachment {
+                ingress: IngressHook::Tc,
+                reason: AttachReason::Forced,
+            },
             _lock: lock,
         };
         // From here on a failure drops `dp`, which detaches what was attached.
         dp.pin()?;
-        let attached = dp.attach_programs(cfg.xdp_mode);
+        let attached = dp.attach_programs(cfg.xdp_mode, kind);
         if let Err(e) = attached {
             remove_pins(&dp.pin_dir);
             return Err(e);
@@ -248,56 +439,42 @@ impl Dataplane {
         Ok(dp)
     }
 
-    fn attach_programs(&mut self, mode: XdpAttachMode) -> Result<()> {
+    fn attach_programs(&mut self, mode: XdpAttachMode, kind: NicKind) -> Result<()> {
         let iface = self.iface.clone();
-        let xdp: &mut Xdp = prog(&mut self.ebpf, XDP_PROG)?;
-        xdp.load().map_err(|source| DataplaneError::Program {
-            what: format!("loading {XDP_PROG} (verifier)"),
-            source,
-        })?;
-        self.xdp_mode = match mode {
-            XdpAttachMode::Driver => {
-                attach_xdp(xdp, &iface, XdpMode::Driver)?;
-                XdpModeUsed::Driver
+        let ebpf = self.programs.ebpf_mut();
+        self.attachment = match choose_ingress(mode, kind) {
+            Some(a) => {
+                attach_ingress(ebpf, &iface, a.ingress)?;
+                a
             }
-            XdpAttachMode::Generic => {
-                attach_xdp(xdp, &iface, XdpMode::Skb)?;
-                XdpModeUsed::Generic
-            }
-            XdpAttachMode::Auto => match attach_xdp(xdp, &iface, XdpMode::Driver) {
-                Ok(()) => XdpModeUsed::Driver,
+            None => match attach_ingress(ebpf, &iface, IngressHook::XdpDriver) {
+                Ok(()) => Attachment {
+                    ingress: IngressHook::XdpDriver,
+                    reason: AttachReason::NativeNic,
+                },
                 Err(driver_err) => {
-                    tracing::info!(iface, error = %crate::error_chain(&driver_err), "driver-mode XDP refused, trying generic mode");
-                    attach_xdp(xdp, &iface, XdpMode::Skb)?;
-                    XdpModeUsed::Generic
+                    tracing::info!(iface, error = %crate::error_chain(&driver_err), "driver-mode XDP refused, counting ingress with TC");
+                    attach_ingress(ebpf, &iface, IngressHook::Tc)?;
+                    Attachment {
+                        ingress: IngressHook::Tc,
+                        reason: AttachReason::DriverRefused,
+                    }
                 }
             },
         };
-        let tc: &mut SchedClassifier = prog(&mut self.ebpf, TC_PROG)?;
-        tc.load().map_err(|source| DataplaneError::Program {
-            what: format!("loading {TC_PROG} (verifier)"),
-            source,
-        })?;
-        if let Err(first) = tc.attach(&iface, TcAttachType::Egress) {
-            // Kernels before 6.6 (no TCX) need a clsact qdisc; EEXIST is fine.
-            let _ = aya::programs::tc::qdisc_add_clsact(&iface);
-            tc.attach(&iface, TcAttachType::Egress)
-                .map_err(|source| DataplaneError::Program {
-                    what: format!("attaching {TC_PROG} to egress of {iface} (first try: {first})"),
-                    source,
-                })?;
-        }
-        Ok(())
+        let ebpf = self.programs.ebpf_mut();
+        attach_tc(ebpf, TC_PROG, &iface, TcAttachType::Egress)?;
+        write_attach(ebpf, self.attachment)
     }
 
     fn pin(&mut self) -> Result<()> {
-        for (map, file) in [
-            (FLOWS_MAP, PIN_FLOWS),
-            (STATS_MAP, PIN_STATS),
-            (PORTS_MAP, PIN_PORTS),
-        ] {
+        for (map, file) in PINS {
             let path = self.pin_dir.join(file);
-            let m = self.ebpf.map(map).ok_or_else(|| missing_map(map))?;
+            let m = self
+                .programs
+                .ebpf()
+                .map(map)
+                .ok_or_else(|| missing_map(map))?;
             if let Err(source) = m.pin(&path) {
                 remove_pins(&self.pin_dir);
                 return Err(DataplaneError::Pin { path, source });
@@ -316,43 +493,33 @@ impl Dataplane {
         &self.pin_dir
     }
 
-    /// The XDP mode in use.
-    pub fn xdp_mode(&self) -> XdpModeUsed {
-        self.xdp_mode
+    /// Where ingress is counted, and why.
+    pub fn attachment(&self) -> Attachment {
+        self.attachment
     }
 
     /// Reads the counters of this agent's own maps.
     pub fn snapshot(&self) -> Result<Snapshot> {
-        let flows = self
-            .ebpf
-            .map(FLOWS_MAP)
-            .ok_or_else(|| missing_map(FLOWS_MAP))?;
-        let stats = self
-            .ebpf
-            .map(STATS_MAP)
-            .ok_or_else(|| missing_map(STATS_MAP))?;
-        let ports = self
-            .ebpf
-            .map(PORTS_MAP)
-            .ok_or_else(|| missing_map(PORTS_MAP))?;
-        read_snapshot(flows, stats, ports)
+        self.programs.snapshot()
     }
 
-    /// Detaches both programs; removes the pins unless `keep_pins`.
+    /// Detaches the programs; removes the pins unless `keep_pins`.
     pub fn detach(self, keep_pins: bool) {
         if !keep_pins {
             remove_pins(&self.pin_dir);
         }
-        // Dropping `ebpf` closes the link fds, which detaches the programs.
+        // Dropping the object closes the link fds, which detaches the programs.
         drop(self);
     }
 }
 
 /// Maps pinned by an agent, opened from another process.
 pub struct PinnedMaps {
-    flows: Map,
+    flows4: Map,
+    flows6: Map,
     stats: Map,
     ports: Map,
+    attach: Map,
 }
 
 impl PinnedMaps {
@@ -373,15 +540,23 @@ impl PinnedMaps {
             })
         };
         Ok(Self {
-            flows: open(PIN_FLOWS)?,
+            flows4: open(PIN_FLOWS4)?,
+            flows6: open(PIN_FLOWS6)?,
             stats: open(PIN_STATS)?,
             ports: open(PIN_PORTS)?,
+            attach: open(PIN_ATTACH)?,
         })
     }
 
     /// Reads the counters.
     pub fn snapshot(&self) -> Result<Snapshot> {
-        read_snapshot(&self.flows, &self.stats, &self.ports)
+        read_snapshot(&Maps {
+            flows4: &self.flows4,
+            flows6: &self.flows6,
+            stats: &self.stats,
+            ports: &self.ports,
+            attach: &self.attach,
+        })
     }
 }
 
@@ -414,30 +589,59 @@ pub struct Snapshot {
     pub egress: Stats,
     /// Configured iSCSI ports.
     pub ports: Vec<u16>,
+    /// Where ingress is counted and why (`None` before an agent attached).
+    pub attachment: Option<Attachment>,
 }
 
-fn read_snapshot(flows: &Map, stats: &Map, ports: &Map) -> Result<Snapshot> {
-    let map_err = |what: &str| {
-        let what = what.to_owned();
-        move |source| DataplaneError::Map { what, source }
-    };
-    let flow_map: PerCpuHashMap<&MapData, FlowKey, FlowCounters> =
-        PerCpuHashMap::try_from(flows).map_err(map_err("opening the flow map"))?;
-    let mut records = Vec::new();
-    for key in flow_map.keys() {
+/// The maps of one object, loaded or pinned.
+struct Maps<'a> {
+    flows4: &'a Map,
+    flows6: &'a Map,
+    stats: &'a Map,
+    ports: &'a Map,
+    attach: &'a Map,
+}
+
+fn map_err(what: &str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
+    let what = what.to_owned();
+    move |source| DataplaneError::Map {
+        what: what.clone(),
+        source,
+    }
+}
+
+/// Appends the flows of one table to `records`.
+fn read_flows<K: aya::Pod>(
+    map: &Map,
+    addrs: impl Fn(&K) -> (IpAddr, IpAddr),
+    records: &mut Vec<FlowRecord>,
+) -> Result<()> {
+    let flows: PerCpuHashMap<&MapData, K, FlowCounters> =
+        PerCpuHashMap::try_from(map).map_err(map_err("opening a flow map"))?;
+    for key in flows.keys() {
         let key = key.map_err(map_err("listing flows"))?;
         // An entry can be evicted between listing and reading it.
-        let values = match flow_map.get(&key, 0) {
+        let values = match flows.get(&key, 0) {
             Ok(v) => v,
             Err(aya::maps::MapError::KeyNotFound) => continue,
             Err(e) => return Err(map_err("reading a flow")(e)),
         };
-        if let Some(record) = flow_record(&key, &values) {
-            records.push(record);
-        }
+        let (initiator, target) = addrs(&key);
+        records.push(FlowRecord {
+            initiator,
+            target,
+            counters: sum_per_cpu(&values),
+        });
     }
+    Ok(())
+}
+
+fn read_snapshot(maps: &Maps<'_>) -> Result<Snapshot> {
+    let mut records = Vec::new();
+    read_flows(maps.flows4, v4_addrs, &mut records)?;
+    read_flows(maps.flows6, v6_addrs, &mut records)?;
     let stats_map: PerCpuArray<&MapData, HookStats> =
-        PerCpuArray::try_from(stats).map_err(map_err("opening the stats map"))?;
+        PerCpuArray::try_from(maps.stats).map_err(map_err("opening the stats map"))?;
     let hook = |i: u32| -> Result<Stats> {
         let per_cpu = stats_map.get(&i, 0).map_err(map_err("reading stats"))?;
         let mut sum = HookStats::default();
@@ -447,7 +651,7 @@ fn read_snapshot(flows: &Map, stats: &Map, ports: &Map) -> Result<Snapshot> {
         Ok(sum)
     };
     let port_map: Array<&MapData, u64> =
-        Array::try_from(ports).map_err(map_err("opening the port map"))?;
+        Array::try_from(maps.ports).map_err(map_err("opening the port map"))?;
     let mut port_list = Vec::new();
     for word in 0..PORT_BITMAP_WORDS {
         let bits = port_map.get(&word, 0).map_err(map_err("reading ports"))?;
@@ -457,36 +661,43 @@ fn read_snapshot(flows: &Map, stats: &Map, ports: &Map) -> Result<Snapshot> {
             }
         }
     }
+    let attach_map: Array<&MapData, AttachInfo> =
+        Array::try_from(maps.attach).map_err(map_err("opening the attach map"))?;
+    let info = attach_map
+        .get(&0, 0)
+        .map_err(map_err("reading the attach map"))?;
     Ok(Snapshot {
         flows: records,
         ingress: hook(HOOK_INGRESS)?,
         egress: hook(HOOK_EGRESS)?,
         ports: port_list,
+        attachment: Attachment::from_info(info),
     })
 }
 
-/// Sums the per-CPU values of one flow; `None` for a key of unknown family.
-pub fn flow_record(key: &FlowKey, per_cpu: &PerCpuValues<FlowCounters>) -> Option<FlowRecord> {
+/// Sums the per-CPU values of one flow.
+pub fn sum_per_cpu(per_cpu: &PerCpuValues<FlowCounters>) -> FlowCounters {
     let mut sum = FlowCounters::default();
     for v in per_cpu.iter() {
         sum.accumulate(v);
     }
-    Some(FlowRecord {
-        initiator: key_addr(key.family, &key.initiator)?,
-        target: key_addr(key.family, &key.target)?,
-        counters: sum,
-    })
+    sum
 }
 
-/// The address stored in a [`FlowKey`] field.
-pub fn key_addr(family: u8, bytes: &[u8; 16]) -> Option<IpAddr> {
-    match family {
-        FAMILY_IPV4 => Some(IpAddr::V4(Ipv4Addr::new(
-            bytes[0], bytes[1], bytes[2], bytes[3],
-        ))),
-        FAMILY_IPV6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
-        _ => None,
-    }
+/// (initiator, target) of an IPv4 key.
+pub fn v4_addrs(key: &FlowKey4) -> (IpAddr, IpAddr) {
+    (
+        IpAddr::V4(Ipv4Addr::from(key.initiator)),
+        IpAddr::V4(Ipv4Addr::from(key.target)),
+    )
+}
+
+/// (initiator, target) of an IPv6 key.
+pub fn v6_addrs(key: &FlowKey6) -> (IpAddr, IpAddr) {
+    (
+        IpAddr::V6(Ipv6Addr::from(key.initiator)),
+        IpAddr::V6(Ipv6Addr::from(key.target)),
+    )
 }
 
 /// The bitmap words for `ports` (word = port / 64, bit = port % 64).
@@ -518,16 +729,58 @@ fn write_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<()> {
     Ok(())
 }
 
-fn validate(cfg: &DataplaneConfig) -> Result<()> {
-    if cfg.ports.is_empty() {
+fn write_attach(ebpf: &mut Ebpf, attachment: Attachment) -> Result<()> {
+    let map = ebpf
+        .map_mut(ATTACH_MAP)
+        .ok_or_else(|| missing_map(ATTACH_MAP))?;
+    let mut array: Array<&mut MapData, AttachInfo> =
+        Array::try_from(map).map_err(map_err("opening the attach map"))?;
+    array
+        .set(0, attachment.to_info(), 0)
+        .map_err(map_err("writing the attach map"))
+}
+
+/// Attaches the ingress counter to `iface` at `hook`.
+fn attach_ingress(ebpf: &mut Ebpf, iface: &str, hook: IngressHook) -> Result<()> {
+    let mode = match hook {
+        IngressHook::XdpDriver => XdpMode::Driver,
+        IngressHook::XdpGeneric => XdpMode::Skb,
+        IngressHook::Tc => return attach_tc(ebpf, TC_INGRESS_PROG, iface, TcAttachType::Ingress),
+    };
+    let xdp: &mut Xdp = prog(ebpf, XDP_PROG)?;
+    xdp.attach(iface, mode)
+        .map(|_| ())
+        .map_err(|source| DataplaneError::Program {
+            what: format!("attaching {XDP_PROG} to {iface} in {mode:?} mode"),
+            source,
+        })
+}
+
+/// Attaches the TC program `name` (TCX; a clsact qdisc before 6.6).
+fn attach_tc(ebpf: &mut Ebpf, name: &str, iface: &str, at: TcAttachType) -> Result<()> {
+    let tc: &mut SchedClassifier = prog(ebpf, name)?;
+    if let Err(first) = tc.attach(iface, at) {
+        // Kernels before 6.6 (no TCX) need a clsact qdisc; EEXIST is fine.
+        let _ = aya::programs::tc::qdisc_add_clsact(iface);
+        tc.attach(iface, at)
+            .map_err(|source| DataplaneError::Program {
+                what: format!("attaching {name} to {at:?} of {iface} (first try: {first})"),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+fn validate(ports: &[u16], max_flows: u32) -> Result<()> {
+    if ports.is_empty() {
         return Err(DataplaneError::NoPorts);
     }
-    if cfg.ports.contains(&0) {
+    if ports.contains(&0) {
         return Err(DataplaneError::PortZero);
     }
-    if cfg.max_flows == 0 || cfg.max_flows > MAX_FLOWS_LIMIT {
+    if max_flows == 0 || max_flows > MAX_FLOWS_LIMIT {
         return Err(DataplaneError::MaxFlows {
-            got: cfg.max_flows,
+            got: max_flows,
             max: MAX_FLOWS_LIMIT,
         });
     }
@@ -550,15 +803,6 @@ where
     })
 }
 
-fn attach_xdp(xdp: &mut Xdp, iface: &str, mode: XdpMode) -> Result<()> {
-    xdp.attach(iface, mode)
-        .map(|_| ())
-        .map_err(|source| DataplaneError::Program {
-            what: format!("attaching {XDP_PROG} to {iface} in {mode:?} mode"),
-            source,
-        })
-}
-
 fn missing_map(name: &str) -> DataplaneError {
     DataplaneError::Map {
         what: format!("map {name} missing from the object"),
@@ -571,9 +815,11 @@ fn missing_map(name: &str) -> DataplaneError {
 /// Removes the pins sanlb creates in `dir`, and `dir` if it is then empty
 /// (and `/sys/fs/bpf/sanlb` too when `dir` was in it and it is now empty).
 pub fn remove_pins(dir: &Path) {
-    for file in [PIN_FLOWS, PIN_STATS, PIN_PORTS] {
+    for (_, file) in PINS {
         let _ = fs::remove_file(dir.join(file));
     }
+    // The single flow table of earlier versions.
+    let _ = fs::remove_file(dir.join("flows"));
     // remove_dir only removes empty directories: other NICs' pins stay.
     let _ = fs::remove_dir(dir);
     if dir.parent() == Some(Path::new(DEFAULT_PIN_ROOT)) {
@@ -589,6 +835,72 @@ fn ifindex(iface: &str) -> Result<u32> {
         0 => Err(DataplaneError::NoSuchInterface(iface.to_owned())),
         i => Ok(i),
     }
+}
+
+/// Whether `iface` is a bus device or a virtual one, from the driver
+/// information ethtool reports (`ETHTOOL_GDRVINFO`): a virtual device has no
+/// bus address, and veth is named for certain. Asked through the ioctl on a
+/// socket of this network namespace (sysfs may show another one's NICs); no
+/// crate wraps this ioctl, and ethtool's netlink API has no driver info.
+/// Unknown (the ioctl fails) counts as physical: driver XDP is then tried,
+/// and TC ingress taken if the driver refuses it.
+pub fn nic_kind(iface: &str) -> NicKind {
+    match driver_info(iface) {
+        Some((driver, bus)) if driver == "veth" || bus.is_empty() => NicKind::Virtual,
+        _ => NicKind::Physical,
+    }
+}
+
+/// (driver, bus address) of `iface`.
+fn driver_info(iface: &str) -> Option<(String, String)> {
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    // struct ethtool_drvinfo (uapi/linux/ethtool.h).
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    let name = iface.as_bytes();
+    if name.len() >= libc::IFNAMSIZ || name.contains(&0) {
+        return None;
+    }
+    // SAFETY: plain C structs, valid when zeroed.
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    // SAFETY: as above.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, &b) in req.ifr_name.iter_mut().zip(name) {
+        *dst = b as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&raw mut info).cast();
+    // SAFETY: a datagram socket only to carry the ioctl, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `req` names the interface and points at `info`, which lives
+    // across the call and is as large as the kernel writes.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &raw mut req) };
+    // SAFETY: `fd` is ours.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return None;
+    }
+    let text = |b: &[u8]| {
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        String::from_utf8_lossy(&b[..end]).into_owned()
+    };
+    Some((text(&info.driver), text(&info.bus_info)))
 }
 
 /// One agent per NIC: an exclusive lock on a file named by the network
@@ -677,40 +989,90 @@ mod tests {
 
     #[test]
     fn config_is_validated() {
-        let cfg = |ports: Vec<u16>, max_flows| DataplaneConfig {
-            iface: "lo".into(),
-            ports,
-            max_flows,
-            pin_dir: None,
-            xdp_mode: XdpAttachMode::Auto,
-        };
+        assert!(matches!(validate(&[], 10), Err(DataplaneError::NoPorts)));
+        assert!(matches!(validate(&[0], 10), Err(DataplaneError::PortZero)));
         assert!(matches!(
-            validate(&cfg(vec![], 10)),
-            Err(DataplaneError::NoPorts)
-        ));
-        assert!(matches!(
-            validate(&cfg(vec![0], 10)),
-            Err(DataplaneError::PortZero)
-        ));
-        assert!(matches!(
-            validate(&cfg(vec![3260], 0)),
+            validate(&[3260], 0),
             Err(DataplaneError::MaxFlows { .. })
         ));
-        assert!(validate(&cfg(vec![3260, 860], 10)).is_ok());
+        assert!(validate(&[3260, 860], 10).is_ok());
     }
 
     #[test]
-    fn key_addresses_decode_by_family() {
-        let mut b = [0u8; 16];
-        b[..4].copy_from_slice(&[198, 18, 1, 50]);
+    fn keys_decode_to_addresses() {
+        let k4 = FlowKey4 {
+            initiator: [198, 18, 0, 10],
+            target: [198, 18, 1, 50],
+        };
         assert_eq!(
-            key_addr(FAMILY_IPV4, &b),
-            Some("198.18.1.50".parse().unwrap())
+            v4_addrs(&k4),
+            (
+                "198.18.0.10".parse().unwrap(),
+                "198.18.1.50".parse().unwrap()
+            )
         );
+        let mut k6 = FlowKey6::default();
+        k6.initiator[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        k6.target[15] = 5;
         assert_eq!(
-            key_addr(FAMILY_IPV6, &b),
-            Some("c612:132::".parse().unwrap())
+            v6_addrs(&k6),
+            ("2001:db8::".parse().unwrap(), "::5".parse().unwrap())
         );
-        assert_eq!(key_addr(0, &b), None);
+    }
+
+    #[test]
+    fn ingress_hook_per_mode_and_nic() {
+        use IngressHook::*;
+        let hook = |m, k| choose_ingress(m, k).map(|a| (a.ingress, a.reason));
+        // Auto: TC on a virtual NIC; on a physical one driver XDP is tried.
+        assert_eq!(
+            hook(XdpAttachMode::Auto, NicKind::Virtual),
+            Some((Tc, AttachReason::VirtualNic))
+        );
+        assert_eq!(hook(XdpAttachMode::Auto, NicKind::Physical), None);
+        // --xdp-mode forces whatever the NIC.
+        for kind in [NicKind::Virtual, NicKind::Physical] {
+            assert_eq!(
+                hook(XdpAttachMode::Driver, kind),
+                Some((XdpDriver, AttachReason::Forced))
+            );
+            assert_eq!(
+                hook(XdpAttachMode::Generic, kind),
+                Some((XdpGeneric, AttachReason::Forced))
+            );
+            assert_eq!(
+                hook(XdpAttachMode::Tc, kind),
+                Some((Tc, AttachReason::Forced))
+            );
+        }
+    }
+
+    #[test]
+    fn attachment_round_trips_through_the_map_codes() {
+        for ingress in [
+            IngressHook::XdpDriver,
+            IngressHook::XdpGeneric,
+            IngressHook::Tc,
+        ] {
+            for reason in [
+                AttachReason::Forced,
+                AttachReason::NativeNic,
+                AttachReason::VirtualNic,
+                AttachReason::DriverRefused,
+            ] {
+                let a = Attachment { ingress, reason };
+                assert_eq!(Attachment::from_info(a.to_info()), Some(a));
+            }
+        }
+        assert_eq!(Attachment::from_info(AttachInfo::default()), None);
+    }
+
+    #[test]
+    fn an_unknown_nic_counts_as_physical() {
+        // The ioctl fails (no such NIC; lo has no driver info either):
+        // driver XDP is tried, then TC ingress.
+        assert_eq!(driver_info("nosuchnic0"), None);
+        assert_eq!(nic_kind("nosuchnic0"), NicKind::Physical);
+        assert_eq!(driver_info("a-name-far-too-long-for-a-nic"), None);
     }
 }

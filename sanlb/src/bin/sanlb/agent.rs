@@ -54,12 +54,15 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         xdp_mode: args.xdp_mode.into(),
     };
     let dp = Dataplane::attach(&cfg).with_context(|| format!("starting on {}", cfg.iface))?;
+    let attachment = dp.attachment();
     tracing::info!(
         iface = dp.iface(),
-        xdp_mode = %dp.xdp_mode(),
+        ingress = %attachment.ingress,
+        why = %attachment.reason,
         pins = %dp.pin_dir().display(),
         ports = ?cfg.ports,
-        "counting iSCSI traffic (XDP ingress, TC egress)"
+        "counting iSCSI traffic (ingress: {}, egress: tc)",
+        attachment.ingress
     );
     let dp = match controller {
         None => {

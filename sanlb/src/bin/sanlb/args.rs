@@ -99,27 +99,6 @@ impl From<SolverArg> for Solver {
     }
 }
 
-/// `--xdp-mode`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum XdpModeArg {
-    /// Driver mode where the NIC supports it, else generic.
-    Auto,
-    /// Native (driver) XDP only.
-    Driver,
-    /// Generic (skb) XDP only.
-    Generic,
-}
-
-impl From<XdpModeArg> for XdpAttachMode {
-    fn from(m: XdpModeArg) -> Self {
-        match m {
-            XdpModeArg::Auto => XdpAttachMode::Auto,
-            XdpModeArg::Driver => XdpAttachMode::Driver,
-            XdpModeArg::Generic => XdpAttachMode::Generic,
-        }
-    }
-}
-
 /// Where the data plane lives.
 #[derive(Args, Debug, Clone)]
 pub struct DataplaneArgs {
@@ -141,7 +120,7 @@ pub struct AgentArgs {
     /// Size of the LRU (initiator, target) table.
     #[arg(long, default_value_t = DEFAULT_MAX_FLOWS)]
     pub max_flows: u32,
-    /// XDP attach mode.
+    /// Where to count ingress traffic.
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
     /// Leave the maps pinned on exit (the programs are detached either way).
@@ -169,6 +148,31 @@ pub struct AgentArgs {
     /// Time between those messages.
     #[arg(long, value_parser = duration, default_value = "200ms")]
     pub garp_interval: Duration,
+}
+
+/// `--xdp-mode` values: [`XdpAttachMode`] for the command line.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum XdpModeArg {
+    /// Per NIC: driver XDP on a physical NIC, TC ingress on a virtual one (veth)
+    /// or where the driver refuses XDP.
+    Auto,
+    /// Driver (native) XDP only.
+    Driver,
+    /// Generic (skb) XDP only.
+    Generic,
+    /// TC ingress, no XDP.
+    Tc,
+}
+
+impl From<XdpModeArg> for XdpAttachMode {
+    fn from(mode: XdpModeArg) -> Self {
+        match mode {
+            XdpModeArg::Auto => Self::Auto,
+            XdpModeArg::Driver => Self::Driver,
+            XdpModeArg::Generic => Self::Generic,
+            XdpModeArg::Tc => Self::Tc,
+        }
+    }
 }
 
 #[derive(Args, Debug)]

@@ -2,9 +2,8 @@
 //!
 //! Written from the rules in docs/dataplane.md ("What is counted"), not from
 //! the eBPF code, so the property test compares two readings of one spec.
-#![allow(dead_code)]
 
-use sanlb::dataplane::{Counters, Stats};
+use sanlb_common::{FlowCounters as Counters, HookStats as Stats};
 
 /// Why the model expects a frame not to be counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

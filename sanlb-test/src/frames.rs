@@ -1,5 +1,4 @@
 //! Crafting Ethernet frames for the data-plane tests and benchmarks.
-#![allow(dead_code)] // each test binary uses a different part
 
 /// 802.1Q tag protocol identifier.
 pub const TPID_8021Q: u16 = 0x8100;

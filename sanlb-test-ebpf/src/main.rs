@@ -1,12 +1,22 @@
-//! The baseline of `cargo xtask bench`: an XDP program that only passes.
+//! The baselines of the data-plane benchmark: an XDP and a TC program that
+//! only pass.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_UNSPEC, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 #[xdp]
 pub fn baseline_xdp(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+#[classifier]
+pub fn baseline_tc(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
 }
 
 #[cfg(not(test))]
