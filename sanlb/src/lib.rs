@@ -16,6 +16,7 @@ pub mod controller;
 pub mod counters;
 pub mod dataplane;
 pub mod enforce;
+pub mod iscsi;
 pub mod optimize;
 pub mod plan;
 pub mod proto;
