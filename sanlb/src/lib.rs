@@ -19,5 +19,6 @@ pub mod enforce;
 pub mod iscsi;
 pub mod optimize;
 pub mod plan;
+pub mod portal;
 pub mod proto;
 pub mod stats;
