@@ -6,6 +6,9 @@
 //! mechanics (rtnetlink, gratuitous ARP, unsolicited NA) that decide *how*.
 //! [`NetlinkOwner`] is the real implementation on one NIC; [`reconcile`]
 //! brings a NIC to a desired set of addresses, releases first.
+//! [`end_connections`] ends the TCP connections of given peers on a local
+//! address and port (sock_diag `SOCK_DESTROY`), so that their sessions
+//! reconnect through the pair-mode portal ([`crate::portal`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), sanlb::enforce::EnforceError> {
@@ -35,6 +38,7 @@ mod announce;
 mod metrics;
 mod netlink;
 mod reconcile;
+mod sessions;
 
 pub use metrics::EnforceMetrics;
 pub use netlink::{
@@ -42,6 +46,7 @@ pub use netlink::{
     MAX_GARP_INTERVAL, NetlinkOwner, OwnerConfig,
 };
 pub use reconcile::{ReconcileFailure, ReconcileOp, ReconcileReport, reconcile};
+pub use sessions::{NETLINK_TIMEOUT, TcpConnection, connections, end_connections};
 
 /// Errors of enforcement.
 #[derive(Debug, thiserror::Error)]
