@@ -102,9 +102,9 @@ fn echoes(s: &mut TcpStream) -> bool {
 /// The peer of an ended connection sees a reset.
 fn was_reset(s: &mut TcpStream) -> bool {
     let mut buf = [0u8; 4];
-    match s.read(&mut buf) {
+    match s.read_exact(&mut buf) {
         Err(e) => e.kind() == ErrorKind::ConnectionReset,
-        Ok(_) => false,
+        Ok(()) => false,
     }
 }
 

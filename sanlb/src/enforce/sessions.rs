@@ -64,7 +64,7 @@ pub fn connections(
     Ok(diag
         .matching(local_ip, local_port, peers)?
         .iter()
-        .map(|r| connection(r))
+        .map(connection)
         .collect())
 }
 
