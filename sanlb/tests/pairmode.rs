@@ -1,0 +1,339 @@
+//! Pair mode end to end with the real peers: tgtd on each gateway listening
+//! on the data port (3261) of every address, the portal on the storage
+//! entity's address (port 3260) of gateway 1, libiscsi's tools and the
+//! lab's load generator on the host. Where a login lands is checked on the
+//! gateways (`ss` on the data address, `tgtadm --op show`), never by asking
+//! the portal.
+//!
+//! ```text
+//!  h1 198.18.0.101 ── br ── gw1 198.18.0.1: entity 198.18.1.1 (portal :3260),
+//!                      │                    data 198.18.1.101 (tgtd :3261)
+//!                      └─── gw2 198.18.0.2: data 198.18.1.102 (tgtd :3261)
+//! ```
+//!
+//! Run as root: `cargo test -p sanlb --test pairmode -- --ignored --test-threads=1`.
+
+#[allow(dead_code)]
+#[path = "common/ns_runtime.rs"]
+mod ns_runtime;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use ns_runtime::NsRuntime;
+use sanlb::{
+    enforce::end_connections,
+    portal::{Director, Portal, PortalConfig, PortalMetrics, Steer, TableDirector},
+};
+use xtask::lab::{
+    Gateway, Lab,
+    loadgen::{self, Workload},
+    proc::Process,
+    tgtd,
+};
+
+const DATA_PORT: u16 = 3261;
+
+/// Gateway `g`'s (0-based) data address for the lab's one entity.
+fn data_addr(g: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 1, 101 + g as u8)
+}
+
+fn data(g: usize) -> SocketAddr {
+    SocketAddr::new(data_addr(g).into(), DATA_PORT)
+}
+
+/// Fields drop in order: the portal, its runtime, then the lab.
+struct PairLab {
+    portal: Option<Portal>,
+    rt: NsRuntime,
+    director: Arc<TableDirector>,
+    entity: SocketAddr,
+    lab: Lab,
+}
+
+impl PairLab {
+    fn new() -> PairLab {
+        let lab = Lab::builder()
+            .hosts(1)
+            .gateways(2)
+            .targets(1)
+            .disk_size(16 << 20)
+            .tgtd_iscsi(&format!(
+                "{},portal=0.0.0.0:{DATA_PORT}",
+                tgtd::DEFAULT_ISCSI_OPTIONS
+            ))
+            .build()
+            .unwrap();
+        for g in 0..2 {
+            lab.add_address(data_addr(g), &format!("gw{}", g + 1), true)
+                .unwrap();
+        }
+        let rt = NsRuntime::enter(lab.gateways()[0].ns.name());
+        let director = Arc::new(TableDirector::new());
+        let t = &lab.targets()[0];
+        let entity = SocketAddr::new(t.addr.into(), 3260);
+        director.set_targets(entity.ip(), vec![t.iqn.clone()]);
+        let mut pair = PairLab {
+            portal: None,
+            rt,
+            director,
+            entity,
+            lab,
+        };
+        pair.start_portal();
+        pair
+    }
+
+    /// Starts a portal on the entity address inside gateway 1.
+    fn start_portal(&mut self) {
+        let director: Arc<dyn Director> = self.director.clone();
+        let entity = self.entity;
+        self.portal = Some(self.rt.run(async move {
+            let p = Portal::new(PortalConfig::default(), director).unwrap();
+            p.listen(entity).unwrap();
+            p
+        }));
+    }
+
+    fn metrics(&self) -> PortalMetrics {
+        self.portal.as_ref().expect("a portal runs").metrics()
+    }
+
+    fn gw(&self, g: usize) -> &Gateway {
+        &self.lab.gateways()[g]
+    }
+
+    fn host_ip(&self) -> Ipv4Addr {
+        self.lab.hosts()[0].addr
+    }
+
+    /// `iscsi-ls`/`iscsi-inq`/... on the host with its initiator name.
+    fn host_tool(&self, tool: &str, args: &[&str]) -> String {
+        let h = &self.lab.hosts()[0];
+        let mut all = vec!["-i", h.initiator.as_str()];
+        all.extend_from_slice(args);
+        h.ns.exec(tool, &all)
+            .unwrap_or_else(|e| panic!("{tool} {args:?}: {e:#}"))
+    }
+
+    /// The host's established connections to gateway `g`'s data address,
+    /// as `ss` on the gateway shows them.
+    fn sessions_on(&self, g: usize) -> Vec<String> {
+        let out = self
+            .gw(g)
+            .ns
+            .exec(
+                "ss",
+                &[
+                    "-tnH",
+                    "state",
+                    "established",
+                    &format!("( sport = :{DATA_PORT} )"),
+                ],
+            )
+            .unwrap();
+        let local = format!("{}:{DATA_PORT}", data_addr(g));
+        let peer = format!("{}:", self.host_ip());
+        out.lines()
+            .filter(|l| l.contains(&local) && l.contains(&peer))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect()
+    }
+
+    /// tgtd's view of gateway `g`: the connections of target 1.
+    fn tgtd_connections(&self, g: usize) -> String {
+        self.gw(g)
+            .tgtd
+            .tgtadm(&["--op", "show", "--mode", "conn", "--tid", "1"])
+            .unwrap()
+    }
+
+    fn loadgen(&self, name: &str, run: Duration, verify: bool) -> Process {
+        let bin = loadgen::build().unwrap();
+        let w = Workload {
+            rate: Some(2 << 20),
+            read_pct: 50,
+            verify,
+            ..Workload::new(&self.lab.targets()[0])
+        };
+        let cmd = loadgen::command(&bin, &self.lab.hosts()[0], &[w], run, 11);
+        self.lab.spawn(name, cmd).unwrap()
+    }
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits for a loadgen and checks its final line: no failed I/O, no
+/// corrupt read, `reconnects` reconnects.
+fn loadgen_ok(mut lg: Process, limit: Duration, reconnects: u64) {
+    let status = lg
+        .wait_timeout(limit)
+        .unwrap()
+        .expect("the loadgen ends by itself");
+    let out = lg.stdout();
+    assert!(status.success(), "loadgen: {status}\n{}", lg.stderr());
+    let finals = loadgen::finals(&out).unwrap();
+    assert_eq!(finals.len(), 1, "{out}");
+    for (name, totals, _verified, final_errors) in finals {
+        assert_eq!(totals.errors, 0, "{name}: failed I/O: {totals:?}");
+        assert_eq!(totals.verify_errors, 0, "{name}: corrupt reads");
+        assert_eq!(final_errors, 0, "{name}: corrupt blocks at the end");
+        assert!(totals.read_ops > 0 && totals.write_ops > 0, "{totals:?}");
+        assert_eq!(totals.reconnects, reconnects, "{name}: {totals:?}");
+    }
+}
+
+#[test]
+#[ignore = "privileged: cargo xtask test runs it as root"]
+fn discovery_and_logins_through_the_portal_land_on_the_assigned_gateway() {
+    let pair = PairLab::new();
+    let t = pair.lab.targets()[0].clone();
+    pair.director.steer_all(Steer::Redirect(data(1)));
+
+    // Discovery through the portal lists the target at the portal's address.
+    let ls = pair.host_tool("iscsi-ls", &[&format!("iscsi://{}", t.addr)]);
+    assert!(
+        ls.contains(&format!("Target:{} Portal:{}:3260,1", t.iqn, t.addr)),
+        "{ls}"
+    );
+    // With LUNs: iscsi-ls logs in to each target found, through the portal.
+    let ls = pair.host_tool("iscsi-ls", &["-s", &format!("iscsi://{}", t.addr)]);
+    assert!(ls.contains("Lun:1"), "{ls}");
+    let inq = pair.host_tool("iscsi-inq", &[&t.url()]);
+    assert!(inq.contains("SANLB"), "{inq}");
+
+    // A running session sits on gateway 2's data address, and only there.
+    let lg = pair.loadgen("loadgen-a", Duration::from_secs(5), false);
+    wait_until("a session on gw2", Duration::from_secs(10), || {
+        pair.sessions_on(1).len() == 1
+    });
+    assert!(pair.sessions_on(0).is_empty());
+    let conns = pair.tgtd_connections(1);
+    assert!(
+        conns.contains(&pair.lab.hosts()[0].initiator)
+            && conns.contains(&pair.host_ip().to_string()),
+        "{conns}"
+    );
+    assert!(
+        !pair
+            .tgtd_connections(0)
+            .contains(&pair.lab.hosts()[0].initiator)
+    );
+    loadgen_ok(lg, Duration::from_secs(30), 0);
+
+    let m = pair.metrics();
+    assert_eq!(m.discovery_sessions, 2, "{m:#?}");
+    // iscsi-ls -s, iscsi-inq, loadgen.
+    assert_eq!((m.logins, m.redirects), (3, 3), "{m:#?}");
+    assert_eq!(m.rejects, Default::default(), "{m:#?}");
+}
+
+#[test]
+#[ignore = "privileged: cargo xtask test runs it as root"]
+fn a_held_login_is_released_by_a_director_change() {
+    let pair = PairLab::new();
+    let t = pair.lab.targets()[0].clone();
+    pair.director.steer_all(Steer::Hold);
+    let h = &pair.lab.hosts()[0];
+    let mut cmd = h.ns.command("iscsi-inq");
+    cmd.args(["-i", &h.initiator, &t.url()]);
+    let mut inq = pair.lab.spawn("inq-held", cmd).unwrap();
+    wait_until("the login is held", Duration::from_secs(5), || {
+        pair.metrics().holds == 1
+    });
+    thread::sleep(Duration::from_millis(500));
+    assert!(inq.is_running(), "a held login went on: {}", inq.stderr());
+    // Only gateway 1 has its data address: success means it landed there.
+    pair.director.steer_all(Steer::Redirect(data(0)));
+    let status = inq
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap()
+        .expect("iscsi-inq ends once released");
+    assert!(status.success(), "{}", inq.stderr());
+    assert!(inq.stdout().contains("SANLB"), "{}", inq.stdout());
+    let m = pair.metrics();
+    assert_eq!((m.holds, m.redirects, m.hold_timeouts), (1, 1, 0), "{m:#?}");
+}
+
+#[test]
+#[ignore = "privileged: cargo xtask test runs it as root"]
+fn a_pair_moves_when_its_connection_is_ended_on_the_old_gateway() {
+    let pair = PairLab::new();
+    pair.director.steer_all(Steer::Redirect(data(0)));
+    let lg = pair.loadgen("loadgen-move", Duration::from_secs(12), true);
+    wait_until("a session on gw1", Duration::from_secs(10), || {
+        pair.sessions_on(0).len() == 1
+    });
+    thread::sleep(Duration::from_secs(2));
+
+    // Break before make: hold the pair, end its connection on gw1.
+    pair.director.steer_all(Steer::Hold);
+    let host: IpAddr = pair.host_ip().into();
+    let ended = pair
+        .rt
+        .run(async move { end_connections(data_addr(0).into(), DATA_PORT, &[host]).unwrap() });
+    assert_eq!(ended, 1);
+    wait_until("the reconnect is held", Duration::from_secs(5), || {
+        pair.metrics().holds == 1
+    });
+    assert!(pair.sessions_on(0).is_empty());
+    assert!(pair.sessions_on(1).is_empty());
+
+    pair.director.steer_all(Steer::Redirect(data(1)));
+    wait_until("the session on gw2", Duration::from_secs(10), || {
+        pair.sessions_on(1).len() == 1
+    });
+    assert!(pair.sessions_on(0).is_empty());
+    assert!(
+        pair.tgtd_connections(1)
+            .contains(&pair.lab.hosts()[0].initiator)
+    );
+    loadgen_ok(lg, Duration::from_secs(60), 1);
+    let m = pair.metrics();
+    assert_eq!((m.logins, m.redirects, m.holds), (2, 2, 1), "{m:#?}");
+}
+
+#[test]
+#[ignore = "privileged: cargo xtask test runs it as root"]
+fn a_portal_restart_loses_no_running_session() {
+    let mut pair = PairLab::new();
+    pair.director.steer_all(Steer::Redirect(data(0)));
+    let lg = pair.loadgen("loadgen-restart", Duration::from_secs(8), true);
+    wait_until("a session on gw1", Duration::from_secs(10), || {
+        pair.sessions_on(0).len() == 1
+    });
+    let before = pair.sessions_on(0);
+
+    pair.portal = None; // stopped
+    thread::sleep(Duration::from_secs(1));
+    pair.start_portal();
+    thread::sleep(Duration::from_secs(1));
+
+    // The same connection (same host port) carries the session.
+    let after = pair.sessions_on(0);
+    let port = |lines: &[String]| -> String {
+        lines[0]
+            .split_whitespace()
+            .last()
+            .expect("a peer column")
+            .to_owned()
+    };
+    assert_eq!(after.len(), 1);
+    assert_eq!(port(&before), port(&after));
+    // The new portal serves new logins.
+    let inq = pair.host_tool("iscsi-inq", &[&pair.lab.targets()[0].url()]);
+    assert!(inq.contains("SANLB"), "{inq}");
+    assert_eq!(pair.metrics().redirects, 1);
+    loadgen_ok(lg, Duration::from_secs(60), 0);
+}
