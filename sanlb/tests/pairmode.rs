@@ -50,6 +50,7 @@ fn data(g: usize) -> SocketAddr {
 /// Fields drop in order: the portal, its runtime, then the lab.
 struct PairLab {
     portal: Option<Portal>,
+    config: PortalConfig,
     rt: NsRuntime,
     director: Arc<TableDirector>,
     entity: SocketAddr,
@@ -58,6 +59,10 @@ struct PairLab {
 
 impl PairLab {
     fn new() -> PairLab {
+        PairLab::with(PortalConfig::default())
+    }
+
+    fn with(config: PortalConfig) -> PairLab {
         let lab = Lab::builder()
             .hosts(1)
             .gateways(2)
@@ -80,6 +85,7 @@ impl PairLab {
         director.set_targets(entity.ip(), vec![t.iqn.clone()]);
         let mut pair = PairLab {
             portal: None,
+            config,
             rt,
             director,
             entity,
@@ -93,8 +99,9 @@ impl PairLab {
     fn start_portal(&mut self) {
         let director: Arc<dyn Director> = self.director.clone();
         let entity = self.entity;
+        let config = self.config.clone();
         self.portal = Some(self.rt.run(async move {
-            let p = Portal::new(PortalConfig::default(), director).unwrap();
+            let p = Portal::new(config, director).unwrap();
             p.listen(entity).unwrap();
             p
         }));
@@ -336,4 +343,108 @@ fn a_portal_restart_loses_no_running_session() {
     assert!(inq.contains("SANLB"), "{inq}");
     assert_eq!(pair.metrics().redirects, 1);
     loadgen_ok(lg, Duration::from_secs(60), 0);
+}
+
+/// Runs `f` on a thread inside the host's namespace.
+fn on_host<T: Send>(pair: &PairLab, f: impl FnOnce() -> T + Send) -> T {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::File::open(pair.lab.hosts()[0].ns.path()).unwrap();
+    thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns(2) on a namespace descriptor we hold; it changes
+            // only this thread's network namespace.
+            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// Sends `bytes` (one at a time, `gap` apart, when `gap` is given), then
+/// waits for the portal to answer or close; returns what came back and
+/// when the connection ended.
+fn poke(to: SocketAddr, bytes: &[u8], gap: Option<Duration>) -> (Vec<u8>, Duration) {
+    use std::io::{Read as _, Write as _};
+    let start = Instant::now();
+    let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    match gap {
+        None => {
+            let _ = s.write_all(bytes);
+        }
+        Some(gap) => {
+            for b in bytes {
+                if s.write_all(&[*b]).is_err() {
+                    break;
+                }
+                thread::sleep(gap);
+            }
+        }
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    (got, start.elapsed())
+}
+
+#[test]
+#[ignore = "privileged: cargo xtask test runs it as root"]
+fn bad_input_leaves_the_portal_serving_real_initiators() {
+    use sanlb::iscsi::{Keys, LoginRequest, Pdu, Stage};
+    let login_timeout = Duration::from_secs(1);
+    let pair = PairLab::with(PortalConfig {
+        login_timeout,
+        pdu_timeout: login_timeout,
+        ..PortalConfig::default()
+    });
+    pair.director.steer_all(Steer::Redirect(data(0)));
+    let to = pair.entity;
+    let t = pair.lab.targets()[0].clone();
+    let login = Pdu::LoginRequest(LoginRequest::new(
+        Stage::Operational,
+        Some(Stage::FullFeature),
+        [0x80, 0, 0, 0, 0, 1],
+        1,
+        [
+            ("InitiatorName", pair.lab.hosts()[0].initiator.as_str()),
+            ("TargetName", t.iqn.as_str()),
+        ]
+        .into_iter()
+        .collect::<Keys>()
+        .encode(),
+    ))
+    .to_bytes();
+    let mut oversized = login.clone();
+    oversized[5..8].copy_from_slice(&[0x7f, 0xff, 0xff]);
+    let garbage: Vec<u8> = (0..200u32).map(|i| (i * 37 % 251) as u8).collect();
+
+    on_host(&pair, || {
+        // Truncated: the login timeout closes it.
+        let (got, took) = poke(to, &login[..40], None);
+        assert!(got.is_empty() && took < login_timeout * 3, "{took:?}");
+        // Oversized: a login reject (class 2), then close.
+        let (got, _) = poke(to, &oversized[..48], None);
+        assert_eq!((got.len(), got[0], got[36]), (48, 0x23, 0x02), "{got:?}");
+        // Garbage: closed without an answer.
+        let (got, took) = poke(to, &garbage, None);
+        assert!(got.is_empty() && took < login_timeout * 3, "{took:?}");
+        // Slowloris: a byte every 100 ms is cut at the login timeout.
+        let (got, took) = poke(to, &login, Some(Duration::from_millis(100)));
+        assert!(got.is_empty(), "{got:?}");
+        assert!(took < login_timeout * 3, "slow login lived {took:?}");
+    });
+    // A real initiator is still served.
+    let inq = pair.host_tool("iscsi-inq", &[&t.url()]);
+    assert!(inq.contains("SANLB"), "{inq}");
+    let m = pair.metrics();
+    assert_eq!(m.rejects.timeout, 2, "{m:#?}");
+    assert_eq!((m.rejects.oversized, m.rejects.not_login), (1, 1), "{m:#?}");
+    assert_eq!(m.redirects, 1);
 }
