@@ -339,6 +339,23 @@ async fn a_hold_times_out_as_service_unavailable() {
     assert_eq!((m.holds, m.hold_timeouts, m.redirects), (1, 1, 0));
 }
 
+#[tokio::test]
+async fn a_held_login_whose_host_gives_up_ends_at_once() {
+    let s = setup(PortalConfig {
+        hold_timeout: Duration::from_secs(20),
+        connection_timeout: Duration::from_secs(30),
+        ..PortalConfig::default()
+    });
+    s.director.steer_all(Steer::Hold);
+    let mut c = Client::connect(s.addr).await;
+    c.send(Pdu::LoginRequest(normal_login(T1))).await;
+    settle(&s.portal, |m| m.holds == 1).await;
+    drop(c);
+    // Well before the hold timeout.
+    let m = settle(&s.portal, |m| m.connections_active == 0).await;
+    assert_eq!((m.rejects.peer_closed, m.hold_timeouts), (1, 0), "{m:#?}");
+}
+
 /// Logs in a discovery session the way libiscsi does; returns the final
 /// login response.
 async fn discovery_session(c: &mut Client) -> LoginResponse {

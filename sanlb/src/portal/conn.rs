@@ -319,11 +319,21 @@ impl Conn<'_> {
                         held = true;
                         bump(&self.counters().holds);
                     }
-                    match timeout_at(hold_deadline, changes.changed()).await {
-                        Ok(Ok(())) => continue,
-                        // The director is gone: nothing will change.
-                        Ok(Err(_)) => sleep_until(hold_deadline).await,
-                        Err(_) => {}
+                    // Wait for a change, the hold deadline, or the host
+                    // giving up (it sends nothing while it waits for the
+                    // answer, so anything readable ends the hold).
+                    let mut probe = [0u8; 1];
+                    tokio::select! {
+                        woke = timeout_at(hold_deadline, changes.changed()) => match woke {
+                            Ok(Ok(())) => continue,
+                            // The director is gone: nothing will change.
+                            Ok(Err(_)) => sleep_until(hold_deadline).await,
+                            Err(_) => {}
+                        },
+                        peeked = self.stream.peek(&mut probe) => return match peeked {
+                            Ok(0) | Err(_) => End::PeerClosed,
+                            Ok(_) => End::Malformed("data sent during a held login".into()),
+                        },
                     }
                     bump(&self.counters().hold_timeouts);
                     tracing::warn!(
