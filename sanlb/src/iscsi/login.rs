@@ -456,6 +456,63 @@ mod tests {
         b
     }
 
+    fn hex(s: &str) -> Vec<u8> {
+        let s = s.trim();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// The bytes libiscsi 1.19 sent (see `testdata/README.md`).
+    #[test]
+    fn parses_libiscsis_logins_byte_exactly() {
+        for (file, session, target) in [
+            (
+                include_str!("testdata/libiscsi-login-normal.hex"),
+                "Normal",
+                Some("iqn.2026-11.test.sanlb:t1"),
+            ),
+            (
+                include_str!("testdata/libiscsi-login-discovery.hex"),
+                "Discovery",
+                None,
+            ),
+        ] {
+            let bytes = hex(file);
+            let (pdu, len) = Pdu::decode(&bytes, &Limits::default()).unwrap();
+            assert_eq!(len, bytes.len(), "{session}");
+            let Pdu::LoginRequest(req) = pdu else {
+                panic!("{pdu:?}")
+            };
+            // No CHAP: straight to operational negotiation, asking for
+            // the full feature phase.
+            assert!(req.transit && !req.cont);
+            assert_eq!(
+                (req.csg, req.nsg),
+                (Stage::Operational, Some(Stage::FullFeature))
+            );
+            assert_eq!(
+                (req.version_max, req.version_min, req.tsih, req.cid),
+                (0, 0, 0, 0)
+            );
+            assert_eq!(req.isid[0], 0x80, "random-qualifier ISID");
+            assert_eq!(req.exp_stat_sn, 1);
+            let keys = req.keys(&Limits::default()).unwrap();
+            keys.check_unique().unwrap();
+            assert_eq!(keys.get("InitiatorName"), Some("iqn.2026-11.test.sanlb:h1"));
+            assert_eq!(keys.get("SessionType"), Some(session));
+            assert_eq!(keys.get("TargetName"), target);
+            assert_eq!(keys.get("MaxRecvDataSegmentLength"), Some("262144"));
+            assert_eq!(keys.len(), if target.is_some() { 19 } else { 18 });
+            assert_eq!(
+                Pdu::LoginRequest(req).to_bytes(),
+                bytes,
+                "{session}: round trip"
+            );
+        }
+    }
+
     #[test]
     fn parses_a_normal_login() {
         let bytes = normal_login_bytes();
