@@ -30,7 +30,7 @@ use sanlb::{
     portal::{Director, Portal, PortalConfig, PortalMetrics, Steer, TableDirector},
 };
 use xtask::lab::{
-    Gateway, Lab,
+    Gateway, Lab, Placement,
     loadgen::{self, Workload},
     proc::Process,
     tgtd,
@@ -68,6 +68,8 @@ impl PairLab {
             .gateways(2)
             .targets(1)
             .disk_size(16 << 20)
+            // The entity address is added after the portal listens on it.
+            .placement(Placement::Unassigned)
             .tgtd_iscsi(&format!(
                 "{},portal=0.0.0.0:{DATA_PORT}",
                 tgtd::DEFAULT_ISCSI_OPTIONS
@@ -91,7 +93,13 @@ impl PairLab {
             entity,
             lab,
         };
+        // Bound before the address exists (IP_FREEBIND), as on a gateway
+        // that acquires storage addresses at run time.
         pair.start_portal();
+        let IpAddr::V4(entity_ip) = entity.ip() else {
+            unreachable!()
+        };
+        pair.lab.add_address(entity_ip, "gw1", true).unwrap();
         pair
     }
 
@@ -287,6 +295,10 @@ fn a_pair_moves_when_its_connection_is_ended_on_the_old_gateway() {
     // Break before make: hold the pair, end its connection on gw1.
     pair.director.steer_all(Steer::Hold);
     let host: IpAddr = pair.host_ip().into();
+    assert!(
+        pair.tgtd_connections(0)
+            .contains(&pair.lab.hosts()[0].initiator)
+    );
     let ended = pair
         .rt
         .run(async move { end_connections(data_addr(0).into(), DATA_PORT, &[host]).unwrap() });
@@ -296,6 +308,14 @@ fn a_pair_moves_when_its_connection_is_ended_on_the_old_gateway() {
     });
     assert!(pair.sessions_on(0).is_empty());
     assert!(pair.sessions_on(1).is_empty());
+
+    // tgtd on gw1 saw its connection aborted and dropped the session.
+    let initiator = pair.lab.hosts()[0].initiator.clone();
+    wait_until(
+        "tgtd on gw1 drops the session",
+        Duration::from_secs(5),
+        || !pair.tgtd_connections(0).contains(&initiator),
+    );
 
     pair.director.steer_all(Steer::Redirect(data(1)));
     wait_until("the session on gw2", Duration::from_secs(10), || {

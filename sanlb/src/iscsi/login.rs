@@ -333,6 +333,21 @@ impl LoginResponse {
         rsp
     }
 
+    /// A successful answer to one step of a login: status 0, the text of
+    /// `answers`, and the initiator's transit granted (T and NSG echoed).
+    /// The final response (NSG = full feature) carries `tsih`, the new
+    /// session's handle (never 0).
+    pub fn success(req: &LoginRequest, answers: &Keys, tsih: u16) -> LoginResponse {
+        let mut rsp = LoginResponse::reply_to(req, LoginStatus::SUCCESS);
+        rsp.transit = req.transit;
+        rsp.nsg = req.nsg.filter(|_| req.transit);
+        if rsp.nsg == Some(Stage::FullFeature) {
+            rsp.tsih = tsih;
+        }
+        rsp.data = answers.encode();
+        rsp
+    }
+
     /// A login reject: `status` (class 2 or 3) and no text. The target
     /// closes the connection after sending it.
     pub fn error(req: &LoginRequest, status: LoginStatus) -> LoginResponse {
@@ -660,6 +675,77 @@ mod tests {
             "0x0301 (service unavailable)"
         );
         assert_eq!(LoginStatus(0x02ff).to_string(), "0x02ff");
+    }
+
+    #[test]
+    fn discovery_success_is_byte_exact() {
+        let mut req = LoginRequest::new(
+            Stage::Operational,
+            Some(Stage::FullFeature),
+            [0x80, 0x8b, 0xd9, 0x35, 0, 0],
+            0x0f589110,
+            Vec::new(),
+        );
+        req.cmd_sn = 0x2b3f5e62;
+        req.exp_stat_sn = 1;
+        let answers: Keys = [
+            ("HeaderDigest", "None"),
+            ("MaxRecvDataSegmentLength", "8192"),
+        ]
+        .into_iter()
+        .collect();
+        let rsp = LoginResponse::success(&req, &answers, 0x0007);
+        let text = b"HeaderDigest=None\0MaxRecvDataSegmentLength=8192\0";
+        let mut want = vec![
+            0x23,
+            0x87,
+            0,
+            0, // opcode, T + CSG=1 + NSG=3, versions
+            0,
+            0,
+            0,
+            text.len() as u8, // AHS, DataSegmentLength
+            0x80,
+            0x8b,
+            0xd9,
+            0x35,
+            0,
+            0, // ISID
+            0x00,
+            0x07, // the new TSIH
+            0x0f,
+            0x58,
+            0x91,
+            0x10, // ITT
+            0,
+            0,
+            0,
+            0, // reserved
+            0,
+            0,
+            0,
+            1, // StatSN
+            0x2b,
+            0x3f,
+            0x5e,
+            0x62, // ExpCmdSN
+            0x2b,
+            0x3f,
+            0x5e,
+            0x62, // MaxCmdSN
+            0,
+            0, // Status success
+        ];
+        want.resize(BHS_LEN, 0);
+        want.extend_from_slice(text);
+        want.resize(BHS_LEN + text.len().next_multiple_of(4), 0);
+        assert_eq!(Pdu::LoginResponse(rsp).to_bytes(), want);
+
+        // A step that stays in the security stage: no transit, no TSIH.
+        let step = LoginRequest::new(Stage::Security, None, [0; 6], 1, Vec::new());
+        let rsp = LoginResponse::success(&step, &Keys::new(), 9);
+        assert_eq!((rsp.transit, rsp.nsg, rsp.tsih), (false, None, 0));
+        assert_eq!(Pdu::LoginResponse(rsp).to_bytes()[1], 0x00);
     }
 
     #[test]

@@ -364,23 +364,17 @@ impl Conn<'_> {
                 Ok(a) => a,
                 Err((status, end)) => return self.refuse(&req, status, end).await,
             };
-            let mut rsp = self.login_reply(&req, LoginStatus::SUCCESS);
-            rsp.data = answers.encode();
-            let done = req.nsg == Some(Stage::FullFeature);
-            if req.transit {
-                rsp.transit = true;
-                rsp.nsg = req.nsg;
-            }
-            if done {
-                rsp.tsih = self.new_tsih();
-            }
+            let done = req.transit && req.nsg == Some(Stage::FullFeature);
+            let tsih = if done { self.new_tsih() } else { 0 };
+            let mut rsp = LoginResponse::success(&req, &answers, tsih);
+            self.number(&mut rsp);
             if let Err(end) = self.send(Pdu::LoginResponse(rsp)).await {
                 return end;
             }
             if done {
                 break;
             }
-            if let Some(next) = req.nsg {
+            if let Some(next) = req.nsg.filter(|_| req.transit) {
                 stage = next;
             }
             if pdus >= self.shared.config.max_login_pdus {
