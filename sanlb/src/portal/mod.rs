@@ -23,7 +23,7 @@
 //!
 //! Robustness (see [`PortalConfig`] for the numbers): every connection has a
 //! login deadline, a deadline per later PDU and an overall deadline;
-//! per-connection memory is bounded by [`Limits`](crate::iscsi::Limits) and
+//! per-connection memory is bounded by [`Limits`] and
 //! the PDU and target counts; connections are capped in total and per peer
 //! address. Bad input gets a Login Response with an error status, a Reject,
 //! or a closed connection, never a panic or a stuck task. [`PortalMetrics`]
