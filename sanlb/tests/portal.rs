@@ -273,6 +273,29 @@ async fn pairs_are_steered_by_initiator_ip_and_target() {
 }
 
 #[tokio::test]
+async fn redirects_no_host_can_follow_are_target_errors() {
+    let s = setup(PortalConfig::default());
+    for to in [
+        s.addr,
+        "0.0.0.0:3261".parse().unwrap(),
+        "198.18.2.1:0".parse().unwrap(),
+        "224.0.0.1:3261".parse().unwrap(),
+    ] {
+        s.director.steer_all(Steer::Redirect(to));
+        let mut c = Client::connect(s.addr).await;
+        c.send(Pdu::LoginRequest(normal_login(T1))).await;
+        assert_eq!(
+            c.login_response().await.status,
+            LoginStatus::TARGET_ERROR,
+            "{to}"
+        );
+        c.expect_closed().await;
+    }
+    let m = settle(&s.portal, |m| m.connections_active == 0).await;
+    assert_eq!((m.redirects, m.rejects.director), (0, 4));
+}
+
+#[tokio::test]
 async fn unknown_pairs_are_refused_not_found() {
     let s = setup(PortalConfig::default());
     let mut c = Client::connect(s.addr).await;

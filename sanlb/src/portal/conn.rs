@@ -34,6 +34,7 @@ const MAX_NAME_LEN: usize = 223;
 enum End {
     Redirected,
     Refused(Refusal),
+    BadRedirect(SocketAddr),
     HoldTimeout,
     DiscoveryDone,
     NotLogin(u8),
@@ -53,6 +54,7 @@ impl std::fmt::Display for End {
         match self {
             End::Redirected => write!(f, "redirected"),
             End::Refused(r) => write!(f, "refused by the director: {}", r.status()),
+            End::BadRedirect(to) => write!(f, "the director redirected to {to}"),
             End::HoldTimeout => write!(f, "hold timed out"),
             End::DiscoveryDone => write!(f, "discovery session done"),
             End::NotLogin(op) => write!(f, "first pdu has opcode {op:#04x}, not a login"),
@@ -300,6 +302,14 @@ impl Conn<'_> {
         loop {
             changes.borrow_and_update();
             match director.steer(&info) {
+                Steer::Redirect(to) if !redirectable(to, self.local) => {
+                    tracing::error!(
+                        initiator = %info.initiator_name, target = %info.target_name, %to,
+                        "the director redirects to an address no host can log in to"
+                    );
+                    let end = End::BadRedirect(to);
+                    return self.refuse(&req, LoginStatus::TARGET_ERROR, end).await;
+                }
                 Steer::Redirect(to) => {
                     let mut rsp = LoginResponse::redirect(&req, to);
                     self.number(&mut rsp);
@@ -648,7 +658,7 @@ impl Conn<'_> {
         let c = self.counters();
         let counter = match end {
             End::Redirected | End::HoldTimeout | End::DiscoveryDone => None,
-            End::Refused(_) => Some(&c.director),
+            End::Refused(_) | End::BadRedirect(_) => Some(&c.director),
             End::NotLogin(_) => Some(&c.not_login),
             End::Malformed(_) => Some(&c.malformed),
             End::Oversized(_) => Some(&c.oversized),
@@ -669,6 +679,16 @@ impl Conn<'_> {
             );
         }
     }
+}
+
+/// Whether a host can follow a redirect to `to`: a real address and port,
+/// and not this portal itself (which would redirect it forever).
+fn redirectable(to: SocketAddr, local: SocketAddr) -> bool {
+    let ip = to.ip().to_canonical();
+    !ip.is_unspecified()
+        && !ip.is_multicast()
+        && to.port() != 0
+        && SocketAddr::new(ip, to.port()) != local
 }
 
 fn read_error(e: io::Error) -> ReadError {

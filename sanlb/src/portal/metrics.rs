@@ -52,7 +52,9 @@ pub struct RejectCounts {
     pub unsupported_session_type: u64,
     /// A discovery session that would not go without authentication.
     pub authentication: u64,
-    /// The director refused the login.
+    /// The director refused the login, or redirected it to an address no
+    /// host can log in to (unspecified, multicast, port 0, the portal
+    /// itself), which is answered 0x0300 "target error".
     pub director: u64,
     /// A login, PDU or connection timeout.
     pub timeout: u64,
