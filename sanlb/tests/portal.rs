@@ -296,6 +296,33 @@ async fn redirects_no_host_can_follow_are_target_errors() {
 }
 
 #[tokio::test]
+async fn a_login_text_continued_over_two_pdus_is_joined() {
+    let s = setup(PortalConfig::default());
+    s.director.steer_all(Steer::Redirect(data_addr()));
+    let whole = normal_login(T1);
+    // Cut in the middle of the TargetName pair.
+    let cut = whole.data.len() / 2;
+    let mut first = whole.clone();
+    first.data.truncate(cut);
+    first.transit = false;
+    first.nsg = None;
+    first.cont = true;
+    let mut second = whole.clone();
+    second.data = whole.data[cut..].to_vec();
+    let mut c = Client::connect(s.addr).await;
+    c.send(Pdu::LoginRequest(first)).await;
+    // An empty answer asks for the rest.
+    let more = c.login_response().await;
+    assert_eq!(more.status, LoginStatus::SUCCESS);
+    assert!(!more.transit && !more.cont && more.data.is_empty());
+    c.send(Pdu::LoginRequest(second)).await;
+    let rsp = c.login_response().await;
+    assert_eq!(rsp.status, LoginStatus::TARGET_MOVED_TEMPORARILY);
+    assert_eq!(rsp.stat_sn, more.stat_sn + 1);
+    c.expect_closed().await;
+}
+
+#[tokio::test]
 async fn unknown_pairs_are_refused_not_found() {
     let s = setup(PortalConfig::default());
     let mut c = Client::connect(s.addr).await;
