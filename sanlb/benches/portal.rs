@@ -8,6 +8,9 @@
 //!   of one-core runtime that reads the PDU by its length and writes a fixed
 //!   redirect without parsing anything: the TCP floor. Their ratio is what
 //!   the portal's codec, director and close add.
+//! - `portal/logins_per_second` (printed): the two servers again in
+//!   interleaved rounds, and the ratio round by round, which a shared
+//!   machine's drifting load does not skew.
 //! - `iscsi/parse_login`, `iscsi/encode_redirect` (criterion): the codec
 //!   alone on that login: frame, parse the header and the 19 keys; build and
 //!   serialise the redirect.
@@ -121,6 +124,7 @@ async fn baseline_server(listener: TcpListener, answer: Arc<Vec<u8>>) {
             continue;
         };
         let answer = Arc::clone(&answer);
+        let _ = s.set_nodelay(true); // as the portal does
         tokio::spawn(async move {
             let mut head = [0u8; BHS_LEN];
             if s.read_exact(&mut head).await.is_err() {
@@ -201,10 +205,12 @@ fn redirect(c: &mut Criterion) {
         Arc::new(Pdu::LoginResponse(LoginResponse::redirect(&req, data_addr())).to_bytes());
     let base_addr = {
         let _in = base_core.handle.enter();
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
+        // The portal's listening options: reuse, backlog 1024.
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let l = socket.listen(1024).unwrap();
         let addr = l.local_addr().unwrap();
-        let l = TcpListener::from_std(l).unwrap();
         base_core.handle.spawn(baseline_server(l, answer));
         addr
     };
@@ -220,6 +226,44 @@ fn redirect(c: &mut Criterion) {
         b.iter_custom(|n| client.block_on(logins(portal_addr, n, Arc::clone(&login))))
     });
     g.finish();
+
+    // The same, interleaved: on a shared machine the load drifts between
+    // criterion's groups, so the ratio is taken round by round.
+    const ROUNDS: usize = 15;
+    const PER_ROUND: u64 = 2000;
+    let (mut p, mut b, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..ROUNDS {
+        let rate = |to| {
+            PER_ROUND as f64
+                / client
+                    .block_on(logins(to, PER_ROUND, Arc::clone(&login)))
+                    .as_secs_f64()
+        };
+        let (pr, br) = if r % 2 == 0 {
+            let br = rate(base_addr);
+            (rate(portal_addr), br)
+        } else {
+            let pr = rate(portal_addr);
+            (pr, rate(base_addr))
+        };
+        p.push(pr);
+        b.push(br);
+        ratio.push(pr / br);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    let (pm, pmin, pmax) = median(p);
+    let (bm, bmin, bmax) = median(b);
+    let (rm, rmin, rmax) = median(ratio);
+    println!(
+        "portal/logins_per_second: {ROUNDS} interleaved rounds of {PER_ROUND}, {IN_FLIGHT} in flight, one server core"
+    );
+    println!("  portal    {pm:8.0}/s  ({pmin:.0}..{pmax:.0})");
+    println!("  baseline  {bm:8.0}/s  ({bmin:.0}..{bmax:.0})");
+    println!("  portal / baseline, median of the rounds: {rm:.2} ({rmin:.2}..{rmax:.2})");
+
     let m = portal.metrics();
     assert_eq!(m.redirects, m.logins);
     assert_eq!(m.rejects, Default::default(), "{m:#?}");
