@@ -847,6 +847,48 @@ async fn connections_beyond_the_caps_are_closed_at_once() {
 }
 
 #[tokio::test]
+async fn connections_beyond_the_total_cap_are_closed_at_once() {
+    let s = setup(PortalConfig {
+        max_connections: 2,
+        ..PortalConfig::default()
+    });
+    s.director.steer_all(Steer::Redirect(data_addr()));
+    let a = Client::connect_from(Some("127.0.0.2".parse().unwrap()), s.addr).await;
+    let _b = Client::connect_from(Some("127.0.0.3".parse().unwrap()), s.addr).await;
+    settle(&s.portal, |m| m.connections_active == 2).await;
+    let mut c = Client::connect_from(Some("127.0.0.4".parse().unwrap()), s.addr).await;
+    c.expect_closed().await;
+    assert_eq!(s.portal.metrics().connections_refused, 1);
+    // A slot freed is a slot taken again.
+    drop(a);
+    settle(&s.portal, |m| m.connections_active == 1).await;
+    still_serves(&s).await;
+}
+
+#[tokio::test]
+async fn unlisten_stops_new_connections_only() {
+    let s = setup(PortalConfig::default());
+    s.director.steer_all(Steer::Hold);
+    let mut held = Client::connect(s.addr).await;
+    held.send(Pdu::LoginRequest(normal_login(T1))).await;
+    settle(&s.portal, |m| m.holds == 1).await;
+    assert!(s.portal.unlisten(s.addr));
+    assert!(!s.portal.unlisten(s.addr));
+    // The accept task is aborted; its socket closes when the runtime drops it.
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(s.addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still listening");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The held login is still served.
+    s.director.steer_all(Steer::Redirect(data_addr()));
+    assert_eq!(
+        held.login_response().await.status,
+        LoginStatus::TARGET_MOVED_TEMPORARILY
+    );
+}
+
+#[tokio::test]
 async fn ipv6_portal_and_redirect() {
     let s = setup_on("[::1]:0", PortalConfig::default());
     let to: SocketAddr = "[2001:2::7]:3261".parse().unwrap();
@@ -892,7 +934,11 @@ async fn shutdown_ends_held_connections() {
     settle(&s.portal, |m| m.holds == 1).await;
     s.portal.shutdown();
     c.expect_closed().await;
-    assert!(TcpStream::connect(s.addr).await.is_err(), "still listening");
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(s.addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still listening");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[test]

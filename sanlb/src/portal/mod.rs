@@ -337,7 +337,8 @@ impl Portal {
     }
 
     /// Stops listening on `addr` (connections being served go on); whether
-    /// it was listened on.
+    /// it was listened on. The accept task is aborted at once; its socket
+    /// closes as soon as the runtime drops the task.
     pub fn unlisten(&self, addr: SocketAddr) -> bool {
         let task = self.listeners.lock().expect("listeners lock").remove(&addr);
         task.map(|t| t.abort()).is_some()
