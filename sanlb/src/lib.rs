@@ -16,9 +16,11 @@ pub mod controller;
 pub mod counters;
 pub mod dataplane;
 pub mod enforce;
+pub mod iscsi;
 pub mod isns;
 pub mod optimize;
 pub mod plan;
+pub mod portal;
 pub mod proto;
 pub mod traffic;
 

@@ -6,6 +6,9 @@
 //! mechanics (rtnetlink, gratuitous ARP, unsolicited NA) that decide *how*.
 //! [`NetlinkOwner`] is the real implementation on one NIC; [`reconcile`]
 //! brings a NIC to a desired set of addresses, releases first.
+//! [`end_connections`] ends the TCP connections of given peers on a local
+//! address and port (sock_diag `SOCK_DESTROY`), so that their sessions
+//! reconnect through the pair-mode portal ([`crate::portal`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), sanlb::enforce::EnforceError> {
@@ -34,12 +37,14 @@ use std::{collections::BTreeSet, future::Future, net::IpAddr};
 mod announce;
 mod netlink;
 mod reconcile;
+mod sessions;
 
 pub use netlink::{
     DEFAULT_ADDR_PROTO, DEFAULT_GARP_COUNT, DEFAULT_GARP_INTERVAL, MAX_GARP_COUNT,
     MAX_GARP_INTERVAL, NetlinkOwner, OwnerConfig,
 };
 pub use reconcile::{ReconcileFailure, ReconcileOp, ReconcileReport, reconcile};
+pub use sessions::{NETLINK_TIMEOUT, TcpConnection, connections, end_connections};
 
 /// Errors of enforcement.
 #[derive(Debug, thiserror::Error)]
