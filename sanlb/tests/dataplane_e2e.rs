@@ -563,22 +563,33 @@ fn second_agent_on_a_nic_is_refused_and_keep_pins_keeps_them() {
     for field in ["\"ingress\"", "\"reason\""] {
         assert!(text.contains(field), "bpftool output lacks {field}: {text}");
     }
+    let counters = || {
+        let out = ns
+            .command(SANLB)
+            .args(["counters", "--iface", "eth0", "--json", "--pin-dir"])
+            .arg(root.join("one"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+        err
+    };
+    // While the agent counts: no warning.
+    let err = counters();
+    assert!(!err.contains("warning"), "{err}");
     drop(first); // SIGTERM
 
-    // --keep-pins: the maps outlive the agent, readable by `sanlb counters`.
+    // --keep-pins: the maps outlive the agent, readable by `sanlb counters`,
+    // which says they are frozen (issue 11, item 8: it printed stale pins
+    // without a word).
     let mut kept = agent(&ns, &root.join("one"), &logs, &["--keep-pins"]);
     kept.stop(Duration::from_secs(5)).unwrap();
-    let out = Command::new(SANLB)
-        .args(["counters", "--iface", "eth0", "--json", "--pin-dir"])
-        .arg(root.join("one"))
-        .output()
-        .unwrap();
+    let err = counters();
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        err.contains("warning: no agent counts on eth0 now"),
+        "{err}"
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
     sanlb::dataplane::remove_pins(&root.join("one"));
     let _ = std::fs::remove_dir(&root);
     let _ = std::fs::remove_dir_all(&logs);

@@ -935,6 +935,31 @@ fn lock_iface(iface: &str, ifindex: u32) -> Result<File> {
     }
 }
 
+/// Whether an agent counts on `iface` in this network namespace now (it
+/// holds the NIC's lock). `None` when the NIC or the lock cannot be looked
+/// at (no such NIC, no permission).
+pub fn agent_running(iface: &str) -> Option<bool> {
+    let ifindex = nix_ifindex(iface)?;
+    let netns = fs::metadata("/proc/self/ns/net").ok()?.ino();
+    let path = Path::new(LOCK_DIR).join(format!("{netns}-{ifindex}-{iface}.lock"));
+    let Ok(file) = File::open(&path) else {
+        // Never locked here: no agent ever ran on it in this namespace.
+        return Some(false);
+    };
+    match file.try_lock() {
+        Ok(()) => Some(false),
+        Err(fs::TryLockError::WouldBlock) => Some(true),
+        Err(fs::TryLockError::Error(_)) => None,
+    }
+}
+
+fn nix_ifindex(iface: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(iface).ok()?;
+    // SAFETY: `name` is NUL-terminated.
+    let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
 /// Mounts bpffs on /sys/fs/bpf when `pin_dir` lies under it and it is not
 /// mounted (common in containers and under `ip netns exec`).
 fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
