@@ -311,11 +311,18 @@ mod tests {
             version: VERSION,
             mode: Mode::Target,
             generation: 7,
-            gateways: vec![SavedGateway {
-                name: "gw1".into(),
-                capacity: 2.0,
-                alive: true,
-            }],
+            gateways: vec![
+                SavedGateway {
+                    name: "gw1".into(),
+                    capacity: 2.0,
+                    alive: true,
+                },
+                SavedGateway {
+                    name: "gw2".into(),
+                    capacity: 1.0,
+                    alive: false,
+                },
+            ],
             routes: vec![SavedRoute {
                 host: None,
                 target: IpAddr::from([198, 18, 1, 1]),
