@@ -45,6 +45,7 @@ fn share(generation: u64, addrs: Option<&[u8]>) -> Share {
         gateway: "gw1".into(),
         generation,
         addresses: addrs.map(|a| a.iter().map(|i| target(*i)).collect()),
+        pairs: None,
     }
 }
 

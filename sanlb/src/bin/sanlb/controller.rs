@@ -1,11 +1,15 @@
 //! `sanlb controller`.
 
-use std::{path::Path, process::ExitCode};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    process::ExitCode,
+};
 
 use anyhow::Context as _;
 use sanlb::{
     controller::ConfigError,
-    controller::{Config, Controller, server::Server, store::Store},
+    controller::{Config, Controller, PairSettings, server::Server, store::Store},
     optimize::Options,
     traffic,
 };
@@ -54,13 +58,31 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         forget_after: args.forget_after,
         mode: args.mode.into(),
         storage: args.storage,
-        targets: args.targets,
+        targets: args
+            .targets
+            .iter()
+            .map(|(a, _)| *a)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect(),
         traffic,
         traffic_replace: args.traffic_replace,
         solver: Options {
             solver: args.solver.into(),
             time_limit: args.time_limit,
             seed: args.seed,
+        },
+        pairs: PairSettings {
+            data_pool: args.data_pool,
+            data_port: args.data_port,
+            target_names: args
+                .targets
+                .iter()
+                .filter_map(|(a, n)| Some((*a, n.clone()?)))
+                .fold(BTreeMap::new(), |mut m, (a, n)| {
+                    m.entry(a).or_insert_with(Vec::new).push(n);
+                    m
+                }),
         },
     };
     if let Err(e) = cfg.validate() {
