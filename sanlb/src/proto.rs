@@ -395,6 +395,8 @@ pub struct PairEntity {
     /// logins (empty: any name, none offered).
     #[serde(default)]
     pub targets: Vec<String>,
+    /// The receiving gateway's own data address for it.
+    pub data_address: Option<IpAddr>,
     /// The data address hosts without a steer of their own are sent to
     /// (new pairs); `None`: they are refused "service unavailable" (no
     /// gateway has a data address for it).

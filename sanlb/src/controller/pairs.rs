@@ -460,6 +460,7 @@ impl Controller {
                                 .cloned()
                                 .unwrap_or_default(),
                             default,
+                            data_address: self.data.get(key.1, gateway),
                             hosts: Vec::new(),
                         },
                     );

@@ -320,6 +320,7 @@ fn shares_carry_portals_data_addresses_and_the_pair_map() {
         assert_eq!(p.entities[0].address, e);
         assert_eq!(p.entities[0].targets, [IQN]);
         assert_eq!(p.entities[0].default, Some(d[0]));
+        assert_eq!(p.entities[0].data_address, Some(d[i]), "its own");
         assert!(p.entities[0].hosts.is_empty() && p.evict.is_empty());
     }
     // Target mode's shares keep their form: no pair field on the wire.

@@ -4,7 +4,7 @@ use std::{process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use sanlb::{
-    agent::{Agent, AgentConfig, Client},
+    agent::{Agent, AgentConfig, Client, PairOptions},
     dataplane::{Dataplane, DataplaneConfig},
     enforce::{NetlinkOwner, OwnerConfig},
 };
@@ -78,7 +78,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                 interval: args.interval,
                 long_poll: LONG_POLL,
             };
-            let mut agent = Agent::new(agent_cfg, client, dp, owner);
+            // Pair mode when the controller's shares carry a pair map: the
+            // portal on port 3260 of the entities this gateway holds.
+            let pairs = PairOptions {
+                counted_ports: Some(cfg.ports.clone()),
+                ..PairOptions::new()
+            };
+            let mut agent = Agent::new(agent_cfg, client, dp, owner).with_pairs(pairs);
             rt.block_on(agent.run(shutdown_signal()));
             // Fail-static: the addresses stay on the NIC for the next run.
             agent.into_counters()
