@@ -131,7 +131,7 @@ pub enum DataplaneError {
 type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 
 /// How to attach XDP.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpAttachMode {
     /// Driver (native) mode where the NIC supports it, else generic.
