@@ -10,3 +10,4 @@ mod http;
 mod loopback;
 mod moves;
 mod netns;
+mod serving;
