@@ -4,6 +4,7 @@
 //! machine that cannot compile sanlb yet (no bpf-linker, no nightly rust-src).
 
 mod demo;
+mod package;
 mod setup;
 mod util;
 
@@ -50,6 +51,12 @@ enum Cmd {
     /// The SAN lab: a skewed IP SAN in network namespaces rebalances itself
     /// live (root).
     Demo(demo::DemoArgs),
+    /// Build the Debian package target/debian/sanlb_<version>_amd64.deb.
+    Package {
+        /// Then install it, verify its units and binary, and purge it (root).
+        #[arg(long)]
+        check: bool,
+    },
     /// Set up, then run the benchmarks (the data-plane one needs root).
     Bench {
         /// Arguments for `cargo bench` (a bench name filter, say).
@@ -66,6 +73,7 @@ fn main() -> ExitCode {
         Cmd::Run { release, args } => run(release, &args),
         Cmd::Test { unprivileged, args } => test(unprivileged, &args),
         Cmd::Bench { args } => bench(&args),
+        Cmd::Package { check } => package::run(check),
         Cmd::Demo(args) => setup::run().and_then(|()| demo::run(args)),
     };
     match result {
