@@ -491,11 +491,18 @@ ca_file = "/etc/sanlb/ca.pem"
         let etc = include_str!("../../packaging/sanlb.toml");
         let all: String = etc
             .lines()
-            .map(|l| l.strip_prefix("# ").filter(|k| k.contains(" = ")).unwrap_or(l))
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|k| k.contains(" = "))
+                    .unwrap_or(l)
+            })
             .map(|l| format!("{l}\n"))
             .collect();
         let cfg: ConfigFile = all.parse().unwrap_or_else(|e| panic!("{e}\n{all}"));
-        assert_eq!(cfg.controller.header_timeout, server::DEFAULT_HEADER_TIMEOUT);
+        assert_eq!(
+            cfg.controller.header_timeout,
+            server::DEFAULT_HEADER_TIMEOUT
+        );
         assert_eq!(cfg.agent.gateway.as_deref(), Some("gw1"));
         // As installed, every key commented: the defaults.
         assert_eq!(etc.parse::<ConfigFile>().unwrap(), ConfigFile::default());

@@ -19,7 +19,11 @@ use crate::{setup, util};
 pub fn run(check: bool) -> Result<()> {
     setup::run()?;
     util::status(&mut util::cargo(&[
-        "build", "--release", "--locked", "--package", "sanlb",
+        "build",
+        "--release",
+        "--locked",
+        "--package",
+        "sanlb",
     ]))?;
     let target = util::target_dir()?;
     let bin = target.join("release").join("sanlb");
@@ -61,7 +65,10 @@ impl Drop for Installed {
 }
 
 fn check(deb: &Path, version: &str) -> Result<()> {
-    ensure!(util::is_root(), "--check installs the package: run it as root");
+    ensure!(
+        util::is_root(),
+        "--check installs the package: run it as root"
+    );
     if Path::new("/usr/bin/sanlb").exists() {
         bail!("sanlb is already installed here: `dpkg --purge sanlb` first");
     }
@@ -114,12 +121,25 @@ fn check(deb: &Path, version: &str) -> Result<()> {
         "/usr/share/zsh/vendor-completions/_sanlb",
         "/usr/share/fish/vendor_completions.d/sanlb.fish",
     ] {
-        ensure!(Path::new(path).exists(), "the package did not install {path}");
+        ensure!(
+            Path::new(path).exists(),
+            "the package did not install {path}"
+        );
     }
-    for page in ["sanlb", "sanlb-agent", "sanlb-controller", "sanlb-status", "sanlb-token"] {
+    for page in [
+        "sanlb",
+        "sanlb-agent",
+        "sanlb-controller",
+        "sanlb-status",
+        "sanlb-token",
+    ] {
         let found = std::fs::read_dir("/usr/share/man/man1")?
             .filter_map(|e| e.ok())
-            .any(|e| e.file_name().to_string_lossy().starts_with(&format!("{page}.1")));
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{page}.1"))
+            });
         ensure!(found, "no man page {page}(1)");
     }
     // The installed config file parses (every key commented: the
