@@ -29,17 +29,45 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "gcc",
     "pkg-config",
+    // `cargo xtask package --check`: dpkg-deb is in dpkg; systemd-analyze
+    // verifies the units; setpriv (util-linux) runs the agent with the
+    // unit's capabilities only (sanlb/tests/cli_service.rs).
+    "systemd",
+    "util-linux",
 ];
 
 /// The bpf-linker release this workspace is built and tested with.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
+/// The cargo-deb release `cargo xtask package` uses.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
 pub fn run() -> Result<()> {
     apt()?;
     nightly()?;
     bpf_linker()?;
+    cargo_deb()?;
     Ok(())
+}
+
+/// cargo-deb builds the Debian package (`cargo xtask package`, run by CI).
+fn cargo_deb() -> Result<()> {
+    let current = util::cargo(&["deb", "--version"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if current.contains(CARGO_DEB_VERSION) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-deb {CARGO_DEB_VERSION} (about 3 min)");
+    util::status(&mut util::cargo(&[
+        "install",
+        "cargo-deb",
+        "--locked",
+        "--version",
+        CARGO_DEB_VERSION,
+    ]))
 }
 
 fn apt() -> Result<()> {

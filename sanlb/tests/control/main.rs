@@ -11,3 +11,4 @@ mod http;
 mod loopback;
 mod moves;
 mod netns;
+mod serving;
