@@ -12,11 +12,13 @@
 //! - [`probe`]: what the kernel says about a namespace (addresses with their
 //!   protocol, neighbours) and a TCP name service to see which gateway
 //!   answers;
-//! - [`capture`]: a raw capture with ARP and Neighbor Advertisement parsers.
+//! - [`capture`]: a raw capture with ARP and Neighbor Advertisement parsers;
+//! - [`etcd`]: a real etcd on loopback for the HA control plane.
 
 #![deny(missing_docs)]
 
 pub mod capture;
+pub mod etcd;
 pub mod ns_runtime;
 pub mod probe;
 pub mod segment;

@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod cluster;
 pub mod controller;
 pub mod counters;
 pub mod dataplane;
