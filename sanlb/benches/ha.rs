@@ -14,6 +14,8 @@
 //!    leads and its first guarded write is acknowledged; the same after an
 //!    orderly resign (SIGTERM). The leader is this binary run again with
 //!    `SANLB_HA_CHILD` set.
+//! 4. etcd hung (SIGSTOP) or killed under a leader: the time until it
+//!    steps down; etcd restarted: the time until a guarded write succeeds.
 
 use std::{
     collections::BTreeMap,
@@ -52,7 +54,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(12);
     saves_per_adopted_map();
-    let server = EtcdServer::start();
+    let mut server = EtcdServer::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -65,6 +67,7 @@ fn main() {
         write_cost(&etcd).await;
         failover(&etcd, &server.endpoint(), runs, Stop::Kill).await;
         failover(&etcd, &server.endpoint(), runs, Stop::Resign).await;
+        etcd_faults(&mut server, &etcd, runs).await;
     });
 }
 
@@ -520,6 +523,60 @@ async fn failover(etcd: &Etcd, endpoint: &str, runs: usize, stop: Stop) {
     println!("failover, ttl {TTL:?}, {what}:");
     stats("→ another leads", to_lead);
     stats("→ its first guarded write acknowledged", to_write);
+}
+
+/// etcd hung (SIGSTOP) or killed under a leader: how soon it steps down,
+/// and how soon, etcd back, a leader writes again.
+async fn etcd_faults(server: &mut EtcdServer, etcd: &Etcd, runs: usize) {
+    let store = StateStore::new(etcd);
+    let mut hung = Vec::new();
+    let mut killed = Vec::new();
+    let mut back = Vec::new();
+    let stepped_down = |e: &Elector| {
+        let mut rx = e.subscribe();
+        async move {
+            tokio::time::timeout(TTL, rx.wait_for(|r| !r.is_leader()))
+                .await
+                .expect("steps down within the ttl")
+                .unwrap();
+        }
+    };
+    for run in 0..runs {
+        let phase = Duration::from_millis((run as u64 * 97) % (TTL.as_millis() as u64 / 6));
+        let (e, _) = lead(etcd, PARENT_URL).await;
+        tokio::time::sleep(phase).await;
+        server.pause();
+        let t0 = Instant::now();
+        stepped_down(&e).await;
+        hung.push(t0.elapsed());
+        server.resume();
+        e.resign().await;
+
+        let (e, _) = lead(etcd, PARENT_URL).await;
+        tokio::time::sleep(phase).await;
+        server.kill();
+        let t0 = Instant::now();
+        stepped_down(&e).await;
+        killed.push(t0.elapsed());
+        server.restart();
+        let t0 = Instant::now();
+        let mut rx = e.subscribe();
+        let role = tokio::time::timeout(Duration::from_secs(20), rx.wait_for(Role::is_leader))
+            .await
+            .expect("leads again within 20 s")
+            .unwrap()
+            .clone();
+        store
+            .save(role.term().unwrap(), &big_state(2000 + run as u64))
+            .await
+            .unwrap();
+        back.push(t0.elapsed());
+        e.resign().await;
+    }
+    println!("etcd faults under a leader, ttl {TTL:?}:");
+    stats("etcd hung (SIGSTOP) → the leader steps down", hung);
+    stats("etcd killed → the leader steps down", killed);
+    stats("etcd restarted → a guarded write acknowledged", back);
 }
 
 /// The leader process: leads until SIGKILL, or resigns on SIGTERM.
