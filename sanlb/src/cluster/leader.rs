@@ -238,7 +238,8 @@ pub struct Elector {
 }
 
 impl Elector {
-    /// Starts campaigning (on the current tokio runtime).
+    /// Starts campaigning in a task on the current tokio runtime (panics
+    /// outside one).
     pub fn start(etcd: &Etcd, cfg: ElectorConfig) -> Result<Self, ClusterError> {
         cfg.validate()?;
         let record = serde_json::to_vec(&LeaderRecord {

@@ -57,6 +57,25 @@
 //!
 //! Written by hand on `etcd-client`'s raw calls: no crate keeps a lease
 //! with a local deadline on the boot clock and fences writes with it.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn run(state: sanlb::controller::store::Saved) -> Result<(), sanlb::cluster::ClusterError> {
+//! use sanlb::cluster::{Elector, ElectorConfig, Etcd, StateStore, DEFAULT_TIMEOUT};
+//!
+//! let etcd = Etcd::connect(&["http://10.0.0.11:2379".into()], "/sanlb/san1/", DEFAULT_TIMEOUT).await?;
+//! let elector = Elector::start(&etcd, ElectorConfig::new("http://10.0.0.5:7390"))?;
+//! let store = StateStore::new(&etcd);
+//! let mut role = elector.subscribe();
+//! let leading = role.wait_for(|r| r.is_leader()).await.expect("elector running").clone();
+//! let term = leading.term().expect("leads");
+//! let resumed = store.load(term).await?; // the last leader's generation and map
+//! // … hand out shares only while `term.is_valid()`; persist each new generation first:
+//! store.save(term, &state).await?;
+//! elector.resign().await; // on shutdown: another controller leads at once
+//! # let _ = resumed; Ok(()) }
+//! ```
 
 mod clock;
 mod leader;
