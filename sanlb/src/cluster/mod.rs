@@ -85,7 +85,7 @@ use std::{sync::Arc, time::Duration};
 
 use etcd_client::{Client, ConnectOptions, GetOptions};
 
-pub use leader::{Elector, ElectorConfig, LeaderRecord, Role, Term};
+pub use leader::{Elector, ElectorConfig, LeaderRecord, RECORD_VERSION, Role, Term};
 pub use state::{StateStore, parse_state};
 
 /// Default time-to-live of the leader's lease. Whole seconds: etcd's leases
