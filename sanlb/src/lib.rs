@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod cluster;
 pub mod config;
 pub mod controller;
 pub mod counters;

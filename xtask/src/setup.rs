@@ -34,6 +34,12 @@ const PACKAGES: &[&str] = &[
     // unit's capabilities only (sanlb/tests/cli_service.rs).
     "systemd",
     "util-linux",
+    // etcd-client's build script compiles etcd's protobufs with protoc.
+    "protobuf-compiler",
+    "libprotobuf-dev",
+    // The HA control plane's tests and failover benchmark run a real etcd
+    // (sanlb/tests/cluster.rs, sanlb/benches/failover.rs).
+    "etcd-server",
 ];
 
 /// The bpf-linker release this workspace is built and tested with.
@@ -93,10 +99,14 @@ fn apt() -> Result<()> {
     // hold the default control socket. The lab gives each of its tgtd a
     // control port of its own, so it does not depend on this, but a fresh
     // install should not leave a daemon running that nobody asked for.
-    if missing.contains(&"tgt") && Path::new("/run/systemd/system").exists() {
-        let _ = Command::new("systemctl")
-            .args(["disable", "--now", "tgt.service"])
-            .status();
+    // The same for etcd-server's etcd.service (the tests start their own
+    // etcd on a free loopback port with a temporary data directory).
+    for (package, unit) in [("tgt", "tgt.service"), ("etcd-server", "etcd.service")] {
+        if missing.contains(&package) && Path::new("/run/systemd/system").exists() {
+            let _ = Command::new("systemctl")
+                .args(["disable", "--now", unit])
+                .status();
+        }
     }
     Ok(())
 }
