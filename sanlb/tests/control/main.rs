@@ -13,3 +13,4 @@ mod loopback;
 mod moves;
 mod netns;
 mod pairs;
+mod serving;
