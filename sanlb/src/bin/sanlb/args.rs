@@ -56,7 +56,7 @@ pub enum Command {
     /// Print the counters an agent pinned for a NIC.
     Counters(CountersArgs),
     /// The statistical server: aggregate reports, rebalance, hand out maps.
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
     /// What a controller knows: gateways, the map, the last rebalances.
     Status(StatusArgs),
     /// The best gateway map for a traffic matrix given a priori.
