@@ -264,8 +264,9 @@ impl PairSetup {
 }
 
 /// Waits for a loadgen: no failed I/O, every block intact; returns its
-/// reconnects and the stalls that span them (seconds).
-fn loadgen_ok(lg: &mut Process) -> (u64, Vec<f64>) {
+/// reconnects, the stalls that span them (seconds) and the bytes it read
+/// and wrote.
+fn loadgen_ok(lg: &mut Process) -> (u64, Vec<f64>, u64) {
     let status = lg
         .wait_timeout(Duration::from_secs(120))
         .unwrap()
@@ -306,7 +307,11 @@ fn loadgen_ok(lg: &mut Process) -> (u64, Vec<f64>) {
             _ => None,
         })
         .collect();
-    (totals.reconnects, stalls)
+    (
+        totals.reconnects,
+        stalls,
+        totals.read_bytes + totals.write_bytes,
+    )
 }
 
 #[test]
@@ -350,7 +355,7 @@ fn discovery_and_logins_through_the_portal_land_where_the_map_says() {
     for g in s.lab.gateways().iter().filter(|g| g.name != gw) {
         assert!(!s.tgtd_connections(&g.name).contains(initiator.as_str()));
     }
-    let (reconnects, _) = loadgen_ok(&mut lg);
+    let (reconnects, _, _) = loadgen_ok(&mut lg);
     assert_eq!(reconnects, 0);
     drop(s.controller);
 }
@@ -410,11 +415,58 @@ fn a_pair_moves_under_verified_writes() {
         s.tgtd_connections(&start)
             .contains(stayed_initiator.as_str())
     );
-    let (moved_reconnects, stalls) = loadgen_ok(&mut lgs[moved]);
-    let (stayed_reconnects, _) = loadgen_ok(&mut lgs[1 - moved]);
+    let (moved_reconnects, stalls, moved_bytes) = loadgen_ok(&mut lgs[moved]);
+    let (stayed_reconnects, _, stayed_bytes) = loadgen_ok(&mut lgs[1 - moved]);
     assert_eq!((moved_reconnects, stayed_reconnects), (1, 0));
     eprintln!("stall across the pair's move: {stalls:?} s");
     assert!(stalls.iter().all(|s| *s < 3.0), "{stalls:?}");
+
+    // Counting stays per (host, entity) and exact across the move: a flow
+    // to D(t, g) is counted on g only, and each host's flows to t's data
+    // addresses and to its portal add up to what the initiator moved (the
+    // data, plus PDU headers, logins and NOPs: at most 1 % more).
+    let data: BTreeMap<Ipv4Addr, String> = s
+        .data_addresses()
+        .into_iter()
+        .filter(|(_, e, _)| *e == t.addr)
+        .map(|(g, _, d)| (d, g))
+        .collect();
+    let mut counted = [0u64; 2];
+    for g in s.lab.gateways() {
+        for f in agent::counters(&s.sanlb, g).unwrap() {
+            let (std::net::IpAddr::V4(i), std::net::IpAddr::V4(d)) = (f.initiator, f.target) else {
+                continue;
+            };
+            if let Some(holder) = data.get(&d) {
+                assert_eq!(holder, &g.name, "{f:?} counted on {}", g.name);
+            } else if d != t.addr {
+                continue;
+            }
+            if let Some(h) = hosts.iter().position(|h| *h == i) {
+                counted[h] += f.to_target_bytes + f.to_initiator_bytes;
+            }
+        }
+    }
+    let mut wire = [0u64; 2];
+    wire[moved] = moved_bytes;
+    wire[1 - moved] = stayed_bytes;
+    for h in 0..2 {
+        let ratio = counted[h] as f64 / wire[h] as f64;
+        eprintln!(
+            "h{}: moved {} bytes, counted {} ({:+.3} %)",
+            h + 1,
+            wire[h],
+            counted[h],
+            (ratio - 1.0) * 100.0
+        );
+        assert!(
+            (1.0..=1.01).contains(&ratio),
+            "h{}: moved {}, counted {}",
+            h + 1,
+            wire[h],
+            counted[h]
+        );
+    }
     let st = s.status();
     assert_eq!(st["report_errors"], serde_json::json!([]));
 }
@@ -448,7 +500,7 @@ fn an_agent_restart_loses_no_running_session() {
     // The new portal serves new logins.
     let inq = s.host_tool(0, "iscsi-inq", &[&t.url()]);
     assert!(inq.contains("SANLB"), "{inq}");
-    let (reconnects, _) = loadgen_ok(&mut lg);
+    let (reconnects, _, _) = loadgen_ok(&mut lg);
     assert_eq!(reconnects, 0);
     assert_eq!(s.where_is(h), BTreeMap::new(), "logged out");
 }
