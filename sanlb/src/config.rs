@@ -151,6 +151,16 @@ pub struct ControllerSection {
     pub storage: Vec<IpNet>,
     /// Storage addresses known up front. Default none.
     pub targets: Vec<IpAddr>,
+    /// Pair mode: iSCSI target names per storage address, which discovery
+    /// through the portal lists and logins must name (`{ "198.18.1.1" =
+    /// ["iqn.…"] }`). Default none: any name.
+    pub target_names: std::collections::BTreeMap<IpAddr, Vec<String>>,
+    /// Pair mode: the range data addresses are allocated from (CIDR).
+    /// Required in pair mode.
+    pub data_pool: Option<IpNet>,
+    /// Pair mode: the port of the target software on the data addresses.
+    /// Default 3261.
+    pub data_port: u16,
     /// A-priori traffic matrix (CSV). Default none.
     pub traffic: Option<PathBuf>,
     /// Use only the a-priori matrix. Default false.
@@ -187,6 +197,9 @@ impl Default for ControllerSection {
             mode: Mode::Target,
             storage: vec![],
             targets: vec![],
+            target_names: Default::default(),
+            data_pool: None,
+            data_port: crate::portal::DEFAULT_DATA_PORT,
             traffic: None,
             traffic_replace: false,
             solver: Solver::Auto,
@@ -379,6 +392,9 @@ lease = "1500ms"
 mode = "pair"
 storage = ["198.18.1.0/24", "2001:db8::/64"]
 targets = ["198.18.2.1"]
+target_names = { "198.18.2.1" = ["iqn.2026-11.test.sanlb:t1"] }
+data_pool = "198.18.3.0/24"
+data_port = 3262
 traffic = "/etc/sanlb/traffic.csv"
 traffic_replace = true
 solver = "tabu"
@@ -415,6 +431,12 @@ ca_file = "/etc/sanlb/ca.pem"
         assert_eq!(c.body_timeout, Duration::from_secs(60));
         assert_eq!(c.lease, Duration::from_millis(1500));
         assert_eq!(c.mode, Mode::Pair);
+        assert_eq!(c.data_pool, Some("198.18.3.0/24".parse().unwrap()));
+        assert_eq!(c.data_port, 3262);
+        assert_eq!(
+            c.target_names[&"198.18.2.1".parse::<IpAddr>().unwrap()],
+            ["iqn.2026-11.test.sanlb:t1"]
+        );
         assert_eq!(c.storage.len(), 2);
         assert_eq!(c.solver, Solver::Tabu);
         assert!(c.traffic_replace);

@@ -56,7 +56,7 @@ pub enum Command {
     /// Print the counters an agent pinned for a NIC.
     Counters(CountersArgs),
     /// The statistical server: aggregate reports, rebalance, hand out maps.
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
     /// What a controller knows: gateways, the map, the last rebalances.
     Status(StatusArgs),
     /// The best gateway map for a traffic matrix given a priori.
@@ -85,6 +85,26 @@ fn gateway_name(s: &str) -> Result<String, String> {
             sanlb::proto::shown(s)
         ))
     }
+}
+
+/// `--target ADDR[=IQN]`.
+fn target_arg(s: &str) -> Result<(IpAddr, Option<String>), String> {
+    let (addr, name) = match s.split_once('=') {
+        Some((a, n)) => (a, Some(n.to_owned())),
+        None => (s, None),
+    };
+    let addr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address (ADDR or ADDR=IQN)"))?;
+    if let Some(n) = &name
+        && !sanlb::proto::valid_target_name(n)
+    {
+        return Err(format!(
+            "\"{}\" is not an iSCSI name (1–223 bytes, no spaces or control characters)",
+            sanlb::proto::shown(n)
+        ));
+    }
+    Ok((addr, name))
 }
 
 // The library's enums know nothing of clap: these mirror them for the
@@ -279,9 +299,18 @@ pub struct ControllerArgs {
     /// Address range of storage entities (repeatable): targets inside are managed.
     #[arg(long = "storage", value_name = "CIDR")]
     pub storage: Vec<IpNet>,
-    /// A storage address known up front (repeatable).
-    #[arg(long = "target", value_name = "ADDR")]
-    pub targets: Vec<IpAddr>,
+    /// A storage address known up front, with its iSCSI target name for pair
+    /// mode's portals (repeatable; several names: repeat the address).
+    #[arg(long = "target", value_name = "ADDR[=IQN]", value_parser = target_arg)]
+    pub targets: Vec<(IpAddr, Option<String>)>,
+    /// Pair mode: the range data addresses are allocated from, one per
+    /// (storage entity, gateway).
+    #[arg(long, value_name = "CIDR")]
+    pub data_pool: Option<IpNet>,
+    /// Pair mode: the port the target software listens on at the data
+    /// addresses [default: 3261].
+    #[arg(long, value_name = "PORT")]
+    pub data_port: Option<u16>,
     /// A-priori traffic matrix (CSV: targets across, hosts down, bytes per interval).
     #[arg(long, value_name = "FILE")]
     pub traffic: Option<PathBuf>,

@@ -1,12 +1,12 @@
 //! `sanlb controller`.
 
-use std::{path::Path, process::ExitCode};
+use std::{collections::BTreeSet, path::Path, process::ExitCode};
 
 use anyhow::Context as _;
 use sanlb::{
     config::ControllerSection,
     controller::{
-        Config, ConfigError, Controller,
+        Config, ConfigError, Controller, PairSettings,
         server::{self, Limits, Options, Server},
         store::Store,
     },
@@ -96,8 +96,16 @@ pub fn run(args: ControllerArgs, file: &ControllerSection) -> anyhow::Result<Exi
     };
     let mut storage = file.storage.clone();
     storage.extend(args.storage);
-    let mut targets = file.targets.clone();
-    targets.extend(args.targets);
+    // `--target ADDR[=IQN]` adds to the file's `targets` and `target_names`.
+    let mut targets: BTreeSet<_> = file.targets.iter().copied().collect();
+    targets.extend(args.targets.iter().map(|(a, _)| *a));
+    let mut target_names = file.target_names.clone();
+    for (a, n) in &args.targets {
+        targets.insert(*a);
+        if let Some(n) = n {
+            target_names.entry(*a).or_default().push(n.clone());
+        }
+    }
     let cfg = Config {
         interval: args.interval.unwrap_or(file.interval),
         window: args.window.unwrap_or(file.window),
@@ -108,13 +116,18 @@ pub fn run(args: ControllerArgs, file: &ControllerSection) -> anyhow::Result<Exi
         forget_after: args.forget_after.unwrap_or(file.forget_after),
         mode: args.mode.map_or(file.mode, Into::into),
         storage,
-        targets,
+        targets: targets.into_iter().collect(),
         traffic,
         traffic_replace,
         solver: SolverOptions {
             solver: args.solver.map_or(file.solver, Into::into),
             time_limit: args.time_limit.unwrap_or(file.time_limit),
             seed: args.seed.unwrap_or(file.seed),
+        },
+        pairs: PairSettings {
+            data_pool: args.data_pool.or(file.data_pool),
+            data_port: args.data_port.unwrap_or(file.data_port),
+            target_names,
         },
     };
     cfg.validate()
