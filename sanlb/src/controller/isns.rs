@@ -456,3 +456,195 @@ impl IsnsPublisher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::{
+        controller::{Config, PairSettings},
+        optimize::{Options, Solver},
+        proto::{EnforceCounters, Flow, Report},
+    };
+
+    const T1: &str = "iqn.2026-11.test.sanlb:t1";
+    const H1: &str = "iqn.2026-11.test.sanlb:h1";
+    const H2: &str = "iqn.2026-11.test.sanlb:h2";
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn config(mode: Mode) -> Config {
+        Config {
+            interval: Duration::from_millis(300),
+            window: 2,
+            w_var: 1.0,
+            w_change: 0.01,
+            min_gain: 0.01,
+            lease: Duration::from_millis(900),
+            forget_after: Duration::from_secs(3600),
+            mode,
+            storage: vec![],
+            // The second entity has no name.
+            targets: vec![ip("198.18.1.1"), ip("198.18.1.2")],
+            traffic: None,
+            traffic_replace: false,
+            solver: Options {
+                solver: Solver::Auto,
+                time_limit: Duration::from_millis(200),
+                seed: 1,
+            },
+            pairs: PairSettings {
+                data_pool: (mode == Mode::Pair).then(|| "198.18.2.0/24".parse().unwrap()),
+                target_names: [(ip("198.18.1.1"), vec![T1.to_owned()])].into(),
+                ..PairSettings::default()
+            },
+        }
+    }
+
+    fn hosts() -> BTreeMap<IpAddr, String> {
+        [
+            (ip("198.18.0.101"), H1.to_owned()),
+            (ip("198.18.0.102"), H2.to_owned()),
+        ]
+        .into()
+    }
+
+    fn report(gw: &str, seq: u64, applied: u64, owned: Vec<IpAddr>, flows: Vec<Flow>) -> Report {
+        Report {
+            gateway: gw.into(),
+            boot_id: format!("boot-{gw}"),
+            seq,
+            uptime_ms: 1000 * (seq + 1),
+            capacity: 1.0,
+            applied,
+            owned,
+            enforce: EnforceCounters::default(),
+            flows,
+        }
+    }
+
+    fn told(map: &IsnsMap, host: &str) -> Option<Portal> {
+        map.desired.hosts.get(host).and_then(|t| t.get(T1)).copied()
+    }
+
+    #[test]
+    fn target_mode_publishes_the_entity_address_once_steering() {
+        let t0 = Instant::now();
+        let mut c = Controller::new(config(Mode::Target), None, t0).unwrap();
+        assert_eq!(c.isns_map(&hosts()), None, "nothing during the grace");
+        c.expire(t0 + Duration::from_secs(1));
+        let map = c.isns_map(&hosts()).unwrap();
+        let portal = Portal::new(ip("198.18.1.1"), 3260);
+        assert_eq!(map.desired.targets[T1], BTreeSet::from([portal]));
+        assert_eq!(map.desired.targets.len(), 1);
+        assert_eq!(
+            (told(&map, H1), told(&map, H2)),
+            (Some(portal), Some(portal))
+        );
+        assert_eq!(map.unnamed_entities, 1);
+        assert_eq!(map.generation, c.generation());
+        assert_eq!(map.desired.validate().map_err(|e| e.to_string()), Ok(()));
+    }
+
+    #[test]
+    fn pair_mode_publishes_the_pairs_gateway_else_the_portals() {
+        let t0 = Instant::now();
+        let mut c = Controller::new(config(Mode::Pair), None, t0).unwrap();
+        // Reports just before the grace ends, so both are alive after it.
+        let t1 = t0 + Duration::from_millis(950);
+        for gw in ["gw1", "gw2"] {
+            c.ingest(&report(gw, 0, 0, vec![], vec![]), t1).unwrap();
+        }
+        c.expire(t1);
+        let st = c.status(t1);
+        let data_port = c.config().pairs.data_port;
+        let data = |g: &str| {
+            st.data_addresses
+                .iter()
+                .find(|d| d.target == ip("198.18.1.1") && d.gateway == g)
+                .map(|d| Portal::new(d.address, data_port))
+                .unwrap()
+        };
+        let portal_gw = st
+            .map
+            .iter()
+            .find(|m| m.host.is_none() && m.target == ip("198.18.1.1"))
+            .and_then(|m| m.ownership.assigned().map(str::to_owned))
+            .unwrap();
+        let map = c.isns_map(&hosts()).unwrap();
+        assert_eq!(
+            map.desired.targets[T1],
+            BTreeSet::from([data("gw1"), data("gw2")])
+        );
+        // No pairs yet: both hosts get the portal's gateway.
+        assert_eq!(told(&map, H1), Some(data(&portal_gw)));
+        assert_eq!(told(&map, H2), Some(data(&portal_gw)));
+        // Host 1 runs on the other gateway: the pair is adopted there and
+        // host 1 is told so; an unnamed host's traffic is counted.
+        let other = if portal_gw == "gw1" { "gw2" } else { "gw1" };
+        let flows = vec![
+            Flow {
+                initiator: ip("198.18.0.101"),
+                target: data(other).addr,
+                to_target_bytes: 1000,
+                to_initiator_bytes: 0,
+            },
+            Flow {
+                initiator: ip("198.18.0.109"),
+                target: data(other).addr,
+                to_target_bytes: 1000,
+                to_initiator_bytes: 0,
+            },
+        ];
+        let g = c.generation();
+        c.ingest(&report(other, 1, g, vec![], flows), t1).unwrap();
+        c.close_interval();
+        let map = c.isns_map(&hosts()).unwrap();
+        assert_eq!(told(&map, H1), Some(data(other)));
+        assert_eq!(told(&map, H2), Some(data(&portal_gw)));
+        assert_eq!(map.unnamed_hosts, 1);
+        assert!(map.desired.ambiguities().is_empty());
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        let names: BTreeMap<IpAddr, Vec<String>> = [(ip("198.18.1.1"), vec![T1.to_owned()])].into();
+        let ok = IsnsSettings {
+            hosts: hosts(),
+            ..IsnsSettings::new("10.0.0.9")
+        };
+        assert_eq!(ok.validate(&names), Ok(()));
+        let setting = |s: IsnsSettings| match s.validate(&names).unwrap_err() {
+            ConfigError::Invalid { setting, message } => format!("{setting}: {message}"),
+            e => panic!("{e}"),
+        };
+        let mut s = ok.clone();
+        s.hosts.insert(ip("198.18.0.103"), T1.to_owned());
+        assert!(setting(s).starts_with("host: 198.18.0.103"));
+        let mut s = ok.clone();
+        s.hosts.insert(ip("198.18.0.103"), H1.to_owned());
+        assert!(setting(s).contains("same name"));
+        let mut s = ok.clone();
+        s.hosts.insert(ip("198.18.0.103"), "a b".to_owned());
+        assert!(setting(s).starts_with("host: 198.18.0.103"));
+        let s = IsnsSettings {
+            source: "x y".into(),
+            ..ok.clone()
+        };
+        assert!(setting(s).starts_with("isns_source"));
+        let s = IsnsSettings {
+            period: Duration::ZERO,
+            ..ok.clone()
+        };
+        assert!(setting(s).starts_with("isns_period"));
+        let s = IsnsSettings {
+            prefix: "UPPER".into(),
+            ..ok.clone()
+        };
+        assert!(setting(s).starts_with("isns"));
+        assert!(setting(IsnsSettings::new("a b")).starts_with("isns"));
+    }
+}
