@@ -61,6 +61,10 @@ struct Controller {
 
 impl Controller {
     fn start(isnsd: &Isnsd, extra: &[&str]) -> Controller {
+        Controller::start_at(&isnsd.addr(), extra)
+    }
+
+    fn start_at(server: &str, extra: &[&str]) -> Controller {
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("token");
         std::fs::write(&token, TOKEN).unwrap();
@@ -79,7 +83,7 @@ impl Controller {
             .arg("--token-file")
             .arg(&token)
             .args(["--interval", "500ms", "--window", "2", "--lease", "1s"])
-            .args(["--isns", &isnsd.addr(), "--isns-source", CONTROL])
+            .args(["--isns", server, "--isns-source", CONTROL])
             .args(["--isns-period", "500ms"])
             .args(["--host", &format!("{}={H1}", h(1))])
             .args(["--host", &format!("{}={H2}", h(2))])
@@ -663,6 +667,60 @@ async fn target_mode_hosts_see_the_entity_address() {
         .await;
     assert_eq!(c.metrics().await["sanlb_isns_up"], 1.0);
     gw1.kill().await;
+}
+
+/// A server that answers every connection with bytes that are no iSNSP
+/// reply: the controller logs and counts the failures, retries with
+/// backoff, and steers on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_answering_garbage_is_counted_and_steering_goes_on() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = accepted.clone();
+    let fake = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+            // Version 9, a length past the end, then junk.
+            let _ = conn
+                .write_all(&[0, 9, 0x80, 0x05, 0xff, 0xf0, 0, 0, 1, 2, 3, 4, 0xde, 0xad])
+                .await;
+        }
+    });
+    let c = Controller::start_at(&addr, &["--target", &format!("{}={T1}", e1())]);
+    let world = Arc::new(Mutex::new(World::default()));
+    let gw1 = FakeAgent::spawn(world.clone(), &c.url, "gw1");
+    c.metric_eventually("sanlb_isns_sync_failures_total", |v| v >= 3.0)
+        .await;
+    // Steering went on: the entity is handed to the gateway.
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = c.status().await;
+        if st
+            .map
+            .iter()
+            .any(|m| m.target == e1() && m.ownership.assigned() == Some("gw1"))
+        {
+            break;
+        }
+        assert!(Instant::now() < end, "not steering: {st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let m = c.metrics().await;
+    assert_eq!(m["sanlb_isns_up"], 0.0);
+    assert_eq!(m["sanlb_isns_syncs_total"], 0.0);
+    assert!(accepted.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+    let log = c.log();
+    assert!(log.contains("cannot publish the map"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    gw1.kill().await;
+    fake.abort();
 }
 
 #[test]
