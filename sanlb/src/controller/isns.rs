@@ -111,11 +111,21 @@ impl IsnsSettings {
                 e => bad("isns", e.to_string()),
             };
         }
-        let targets: BTreeSet<&str> = target_names
-            .values()
-            .flatten()
-            .map(String::as_str)
-            .collect();
+        let mut targets: BTreeMap<&str, IpAddr> = BTreeMap::new();
+        for (addr, names) in target_names {
+            for n in names {
+                if let Some(other) = targets.insert(n, *addr)
+                    && other != *addr
+                {
+                    return bad(
+                        "target",
+                        format!(
+                            "{n} names both {other} and {addr}: one iSNS target cannot be two entities"
+                        ),
+                    );
+                }
+            }
+        }
         let mut seen = BTreeMap::new();
         for (addr, name) in &self.hosts {
             let mut probe = Desired::new();
@@ -124,7 +134,7 @@ impl IsnsSettings {
             if let Err(e) = probe.validate() {
                 return bad("host", format!("{addr}: {e}"));
             }
-            if targets.contains(name.as_str()) || *name == self.source {
+            if targets.contains_key(name.as_str()) || *name == self.source {
                 return bad(
                     "host",
                     format!("{addr}: {name} is also a target's or the controller's name"),
@@ -646,5 +656,12 @@ mod tests {
         };
         assert!(setting(s).starts_with("isns"));
         assert!(setting(IsnsSettings::new("a b")).starts_with("isns"));
+        let twice: BTreeMap<IpAddr, Vec<String>> = [
+            (ip("198.18.1.1"), vec![T1.to_owned()]),
+            (ip("198.18.1.2"), vec![T1.to_owned()]),
+        ]
+        .into();
+        let e = ok.validate(&twice).unwrap_err().to_string();
+        assert!(e.starts_with("target ") && e.contains("both"), "{e}");
     }
 }
