@@ -128,10 +128,7 @@ impl IsnsSettings {
         }
         let mut seen = BTreeMap::new();
         for (addr, name) in &self.hosts {
-            let mut probe = Desired::new();
-            probe.assign(name.clone(), "t", Portal::new(*addr, 1));
-            probe.add_target("t", [Portal::new(*addr, 1)]);
-            if let Err(e) = probe.validate() {
+            if let Err(e) = crate::isns::reconcile::check_name("host", name) {
                 return bad("host", format!("{addr}: {e}"));
             }
             if targets.contains_key(name.as_str()) || *name == self.source {
