@@ -173,6 +173,43 @@ pub struct ControllerSection {
     pub time_limit: Duration,
     /// Seed of the randomised solvers. Default 0.
     pub seed: u64,
+    /// `[controller.isns]`: publish the map to an iSNS server.
+    pub isns: IsnsSection,
+}
+
+/// `[controller.isns]`: Storage Name Server mode (docs/isns.md).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IsnsSection {
+    /// The iSNS server, `HOST[:PORT]` (port 3205 by default). Default none:
+    /// nothing is published.
+    pub server: Option<String>,
+    /// The iSCSI name the controller registers as a control node and speaks
+    /// as. Default `iqn.2026-01.org.sanlb:controller`.
+    pub source: String,
+    /// A full sync at least this often, besides one at every new map.
+    /// Default `10s`.
+    #[serde(deserialize_with = "duration")]
+    pub period: Duration,
+    /// Prefix of the entities and domains sanlb owns on the server
+    /// (`[a-z0-9.-]`, 1 to 16). Default `sanlb`.
+    pub prefix: String,
+    /// The hosts the server answers: initiator address → its iSCSI
+    /// initiator name (`{ "198.18.0.11" = "iqn.…" }`). Default none.
+    pub hosts: std::collections::BTreeMap<IpAddr, String>,
+}
+
+impl Default for IsnsSection {
+    fn default() -> Self {
+        let d = crate::controller::isns::IsnsSettings::new("");
+        Self {
+            server: None,
+            source: d.source,
+            period: d.period,
+            prefix: d.prefix,
+            hosts: Default::default(),
+        }
+    }
 }
 
 impl Default for ControllerSection {
@@ -205,6 +242,7 @@ impl Default for ControllerSection {
             solver: Solver::Auto,
             time_limit: Duration::from_secs(1),
             seed: 0,
+            isns: IsnsSection::default(),
         }
     }
 }
@@ -401,6 +439,13 @@ solver = "tabu"
 time_limit = "250ms"
 seed = 7
 
+[controller.isns]
+server = "10.0.0.9"
+source = "iqn.2026-11.test.sanlb:ctl"
+period = "30s"
+prefix = "lab"
+hosts = { "198.18.0.11" = "iqn.2026-11.test.sanlb:h1" }
+
 [agent]
 iface = "ens1f0"
 controller = "https://ctl:7390"
@@ -440,6 +485,14 @@ ca_file = "/etc/sanlb/ca.pem"
         assert_eq!(c.storage.len(), 2);
         assert_eq!(c.solver, Solver::Tabu);
         assert!(c.traffic_replace);
+        assert_eq!(c.isns.server.as_deref(), Some("10.0.0.9"));
+        assert_eq!(c.isns.source, "iqn.2026-11.test.sanlb:ctl");
+        assert_eq!(c.isns.period, Duration::from_secs(30));
+        assert_eq!(c.isns.prefix, "lab");
+        assert_eq!(
+            c.isns.hosts[&"198.18.0.11".parse::<IpAddr>().unwrap()],
+            "iqn.2026-11.test.sanlb:h1"
+        );
         let a = &cfg.agent;
         assert_eq!(a.ports, vec![3260, 3261]);
         assert_eq!(a.xdp_mode, XdpAttachMode::Generic);

@@ -12,6 +12,7 @@
 //! | gateways, their reports and leases | `gateways.rs` |
 //! | the break-before-make ownership state machine | `ownership.rs` |
 //! | pair mode: data addresses, portals, pair moves, pair shares | `pairs.rs` |
+//! | Storage Name Server mode: the map published to an iSNS server | `isns.rs` |
 //! | counters → rates over the window | `rates.rs` |
 //! | when and whether a new map is adopted | `rebalance.rs` |
 //! | the status read model | `view.rs` |
@@ -28,6 +29,7 @@
 mod config;
 mod gateways;
 pub mod http;
+pub mod isns;
 pub mod metrics;
 mod ownership;
 mod pairs;

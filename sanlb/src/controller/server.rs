@@ -40,6 +40,7 @@ use tower::ServiceExt as _;
 use super::{
     Controller,
     http::{self, AppState},
+    isns::{IsnsPublisher, IsnsSettings},
     timers,
 };
 
@@ -96,6 +97,8 @@ pub struct Options {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Timeouts and the connection cap.
     pub limits: Limits,
+    /// Publish the map to an iSNS server ([`IsnsSettings`]).
+    pub isns: Option<IsnsSettings>,
 }
 
 /// Why a server could not start.
@@ -120,6 +123,9 @@ pub enum ServeError {
         /// What is wrong.
         message: String,
     },
+    /// The iSNS settings are unusable.
+    #[error("isns")]
+    Isns(#[source] crate::isns::IsnsError),
     /// rustls refused the certificate and key together.
     #[error("certificate {cert} with key {key}")]
     Tls {
@@ -300,7 +306,16 @@ impl Server {
                 body_timeout: limits.body_timeout,
             },
         );
+        let isns = options
+            .isns
+            .map(IsnsPublisher::new)
+            .transpose()
+            .map_err(ServeError::Isns)?;
         let mut tasks = Tasks::default();
+        if let Some(isns) = isns {
+            state.set_isns(isns.stats());
+            tasks.spawn("isns", isns.run(state.clone()));
+        }
         tasks.spawn(
             "serving",
             accept_loop(listener, state.clone(), options.tls.clone(), limits.clone()),

@@ -326,6 +326,46 @@ pub struct ControllerArgs {
     /// Seed of the randomised solvers [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Storage Name Server mode.
+    #[command(flatten)]
+    pub isns_args: IsnsArgs,
+}
+
+/// `sanlb controller`'s iSNS flags (docs/isns.md).
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Storage Name Server (iSNS)")]
+pub struct IsnsArgs {
+    /// Publish the map to this iSNS server (HOST[:PORT], port 3205 by default).
+    #[arg(long = "isns", value_name = "HOST[:PORT]")]
+    pub server: Option<String>,
+    /// A host's initiator address and iSCSI name: the hosts the iSNS server
+    /// answers (repeatable; adds to [controller.isns] hosts).
+    #[arg(long = "host", value_name = "ADDR=IQN", value_parser = host_arg)]
+    pub hosts: Vec<(IpAddr, String)>,
+    /// The iSCSI name the controller speaks to the iSNS server as
+    /// [default: iqn.2026-01.org.sanlb:controller].
+    #[arg(long = "isns-source", value_name = "IQN")]
+    pub source: Option<String>,
+    /// Full iSNS sync at least this often, besides one at every new map [default: 10s].
+    #[arg(long = "isns-period", value_parser = duration)]
+    pub period: Option<Duration>,
+}
+
+/// `--host ADDR=IQN`.
+fn host_arg(s: &str) -> Result<(IpAddr, String), String> {
+    let Some((addr, name)) = s.split_once('=') else {
+        return Err(format!("{s:?}: expected ADDR=IQN"));
+    };
+    let addr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address (ADDR=IQN)"))?;
+    if !sanlb::proto::valid_target_name(name) {
+        return Err(format!(
+            "\"{}\" is not an iSCSI name (1–223 bytes, no spaces or control characters)",
+            sanlb::proto::shown(name)
+        ));
+    }
+    Ok((addr, name.to_owned()))
 }
 
 #[derive(Args, Debug)]

@@ -4,9 +4,10 @@ use std::{collections::BTreeSet, path::Path, process::ExitCode};
 
 use anyhow::Context as _;
 use sanlb::{
-    config::ControllerSection,
+    config::{ControllerSection, IsnsSection},
     controller::{
         Config, ConfigError, Controller, PairSettings,
+        isns::IsnsSettings,
         server::{self, Limits, Options, Server},
         store::Store,
     },
@@ -14,7 +15,11 @@ use sanlb::{
     traffic,
 };
 
-use crate::{FAILURE, args::ControllerArgs, bad_input};
+use crate::{
+    FAILURE,
+    args::{ControllerArgs, IsnsArgs},
+    bad_input,
+};
 
 /// Reads a bearer token: the file's content without surrounding whitespace.
 /// A missing or malformed file is bad input (exit 2).
@@ -132,6 +137,7 @@ pub fn run(args: ControllerArgs, file: &ControllerSection) -> anyhow::Result<Exi
     };
     cfg.validate()
         .map_err(|e| bad_input(anyhow::anyhow!(flag_error(&e))))?;
+    let isns = isns_settings(&args.isns_args, &file.isns, &cfg.pairs.target_names)?;
     if limits.max_connections == 0 {
         return Err(bad_input(anyhow::anyhow!("--max-connections must be ≥ 1")));
     }
@@ -159,6 +165,7 @@ pub fn run(args: ControllerArgs, file: &ControllerSection) -> anyhow::Result<Exi
             read_token,
             tls,
             limits,
+            isns,
         };
         let mut server = Server::start_with(controller, token, listener, options)?;
         tokio::select! {
@@ -177,6 +184,36 @@ pub fn run(args: ControllerArgs, file: &ControllerSection) -> anyhow::Result<Exi
             }
         }
     })
+}
+
+/// `--isns`, `--host`, `--isns-source`, `--isns-period` over
+/// `[controller.isns]`; `None` without a server.
+fn isns_settings(
+    args: &IsnsArgs,
+    file: &IsnsSection,
+    target_names: &std::collections::BTreeMap<std::net::IpAddr, Vec<String>>,
+) -> anyhow::Result<Option<IsnsSettings>> {
+    let mut hosts = file.hosts.clone();
+    hosts.extend(args.hosts.iter().cloned());
+    let Some(server) = args.server.clone().or_else(|| file.server.clone()) else {
+        if !hosts.is_empty() || args.source.is_some() || args.period.is_some() {
+            return Err(bad_input(anyhow::anyhow!(
+                "--host, --isns-source and --isns-period need --isns (or server in [controller.isns])"
+            )));
+        }
+        return Ok(None);
+    };
+    let settings = IsnsSettings {
+        server,
+        source: args.source.clone().unwrap_or_else(|| file.source.clone()),
+        hosts,
+        period: args.period.unwrap_or(file.period),
+        prefix: file.prefix.clone(),
+    };
+    settings
+        .validate(target_names)
+        .map_err(|e| bad_input(anyhow::anyhow!(flag_error(&e))))?;
+    Ok(Some(settings))
 }
 
 /// A configuration error in the words of the command line: the library
