@@ -5,10 +5,14 @@
 
 use std::{
     collections::BTreeSet,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
-use super::{Controller, ownership::RouteKey};
+use super::{
+    Controller,
+    controls::{self, Verdict},
+    ownership::RouteKey,
+};
 use crate::{
     optimize::{self, Gateway, OptimizeError, Options, Problem, Route, Solution},
     proto::{Mode, RebalanceRecord},
@@ -24,6 +28,8 @@ pub enum Trigger {
     Interval,
     /// Routes sit on dead gateways (or nowhere).
     Failover,
+    /// A pin is not met: only pinned routes move.
+    Pin,
 }
 
 impl Trigger {
@@ -31,6 +37,7 @@ impl Trigger {
         match self {
             Self::Interval => "interval",
             Self::Failover => "failover",
+            Self::Pin => "pin",
         }
     }
 }
@@ -106,7 +113,14 @@ impl Controller {
     /// grace not over, no alive gateway, no route, or (periodic only) moves
     /// still in flight or fewer than `window` intervals since the last
     /// adopted map.
-    pub fn start_rebalance(&self, trigger: Trigger) -> Option<Rebalance> {
+    pub fn start_rebalance(&mut self, trigger: Trigger) -> Option<Rebalance> {
+        self.start_rebalance_at(trigger, Instant::now())
+    }
+
+    /// [`Controller::start_rebalance`] at `now` (the cool-downs' clock).
+    /// Pins and cool-downs restrict the routes (`controls.rs`); in advise
+    /// mode a failover or pin decision is computed once per state.
+    pub fn start_rebalance_at(&mut self, trigger: Trigger, now: Instant) -> Option<Rebalance> {
         if !self.ready || self.routes.is_empty() || !self.gateways.any_alive() {
             return None;
         }
@@ -115,7 +129,11 @@ impl Controller {
         {
             return None;
         }
-        let (problem, keys) = self.problem(false);
+        if trigger != Trigger::Interval && !self.forced_due() {
+            return None;
+        }
+        let (mut problem, keys) = self.problem(false);
+        self.constrain(&mut problem, &keys, trigger, now);
         Some(Rebalance {
             problem,
             options: self.cfg.solver.clone(),
@@ -135,16 +153,26 @@ impl Controller {
         now: Instant,
     ) -> RebalanceRecord {
         self.events.last_solve_s = solve_time.as_secs_f64();
+        self.events.solve_times.observe(solve_time.as_secs_f64());
+        self.seen(now);
         let in_force = optimize::in_force(&job.problem);
         let before = in_force.complete().then_some(&in_force);
         let gain = before.map_or(f64::INFINITY, |b| b.cost - solution.cost);
+        // A route whose gateway its `allowed` set excludes (a pin not met)
+        // must move whatever the gain.
+        let forced = job.problem.routes.iter().any(|r| {
+            r.allowed
+                .as_ref()
+                .zip(r.current.as_ref())
+                .is_some_and(|(a, c)| !a.contains(c))
+        });
+        let (changes, moved) = controls::changes(&job.problem, &job.keys, &solution.assignment);
         let mut record = RebalanceRecord {
-            at_ms: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            at_ms: controls::unix_ms(),
             generation: self.generation,
             trigger: job.trigger.label().into(),
             adopted: false,
+            result: String::new(),
             reason: String::new(),
             cost_before: before.map(|b| b.cost),
             cost_after: solution.cost,
@@ -153,6 +181,7 @@ impl Controller {
             moves: solution.moves,
             duration_ms: solve_time.as_secs_f64() * 1000.0,
             solver: solution.solver,
+            changes,
         };
         let result = if job.epoch != self.epoch {
             record.reason = "state changed while solving: retry next time".into();
@@ -160,20 +189,55 @@ impl Controller {
         } else if before.is_some() && solution.moves == 0 {
             record.reason = "no better map".into();
             "kept"
-        } else if before.is_some() && job.trigger == Trigger::Interval && gain < self.cfg.min_gain {
+        } else if before.is_some()
+            && job.trigger == Trigger::Interval
+            && !forced
+            && gain < self.cfg.min_gain
+        {
             record.reason = format!("gain {gain:.4} < min-gain {}", self.cfg.min_gain);
             "kept"
         } else {
-            record.reason = if before.is_none() {
+            let why = if before.is_none() {
                 "routes on dead gateways or on none".into()
+            } else if job.trigger == Trigger::Pin || forced {
+                format!("pins not met (gain {gain:.4})")
             } else {
                 format!("gain {gain:.4}")
             };
-            self.apply(job, solution, now);
-            record.adopted = true;
-            record.generation = self.generation;
-            "adopted"
+            let forced_trigger = job.trigger != Trigger::Interval;
+            match self.verdict(job.trigger) {
+                Verdict::Adopt => {
+                    record.reason = why;
+                    self.apply(job, solution, now);
+                    self.moved(&moved, now);
+                    record.adopted = true;
+                    record.generation = self.generation;
+                    "adopted"
+                }
+                Verdict::Advise => {
+                    record.reason = format!("advise mode: would adopt ({why})");
+                    self.withheld(job.epoch, forced_trigger, solution.moves);
+                    "advised"
+                }
+                Verdict::Pause => {
+                    record.reason = format!("paused: would adopt ({why})");
+                    self.withheld(job.epoch, forced_trigger, solution.moves);
+                    "paused"
+                }
+            }
         };
+        record.result = result.into();
+        if !record.adopted && result != "superseded" && result != "kept" {
+            for c in &record.changes {
+                tracing::info!(
+                    target = %c.target,
+                    from = c.from.as_deref().unwrap_or("-"),
+                    to = %c.to,
+                    result,
+                    "would move"
+                );
+            }
+        }
         *self.events.rebalances.entry(result).or_default() += 1;
         tracing::info!(
             trigger = job.trigger.label(),
@@ -185,8 +249,13 @@ impl Controller {
             solve_ms = record.duration_ms,
             "rebalance"
         );
-        // Consecutive decisions to keep the map are one entry: the newest.
-        if !record.adopted && self.history.back().is_some_and(|h| !h.adopted) {
+        // The same decision repeated (keeping the map, or the same advice)
+        // is one entry: the newest.
+        if !record.adopted
+            && self.history.back().is_some_and(|h| {
+                !h.adopted && h.result == record.result && h.changes == record.changes
+            })
+        {
             self.history.pop_back();
         }
         self.history.push_back(record.clone());

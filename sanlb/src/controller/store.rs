@@ -109,6 +109,9 @@ pub struct Saved {
     pub rates: Vec<(IpAddr, IpAddr, f64)>,
     /// Recent rebalance decisions.
     pub history: Vec<RebalanceRecord>,
+    /// The operator's controls (pause, pins) and the cool-downs under way.
+    #[serde(default)]
+    pub controls: super::controls::SavedControls,
 }
 
 impl Saved {
@@ -215,7 +218,20 @@ impl Saved {
                 h.at_ms
             ));
         }
-        Ok(())
+        if let Some(h) = self.history.iter().find(|h| {
+            h.result.len() > 16
+                || h.changes.len() > crate::proto::MAX_RECORDED_CHANGES
+                || h.changes.iter().any(|c| {
+                    !valid_gateway_name(&c.to)
+                        || c.from.as_deref().is_some_and(|f| !valid_gateway_name(f))
+                })
+        }) {
+            return Err(format!(
+                "rebalance record at {} ms: bad result or changes",
+                h.at_ms
+            ));
+        }
+        self.controls.validate()
     }
 }
 
@@ -339,6 +355,7 @@ mod tests {
                 5.5,
             )],
             history: vec![],
+            controls: Default::default(),
         };
         store.save(&saved).unwrap();
         assert_eq!(store.load().unwrap(), Some(saved));
