@@ -135,7 +135,9 @@ impl SavedControls {
     /// The checks of live input, for a state file.
     pub fn validate(&self) -> Result<(), String> {
         if self.pins.len() > MAX_ROUTES || self.cooling.len() > MAX_ROUTES {
-            return Err(format!("controls: more than {MAX_ROUTES} pins or cool-downs"));
+            return Err(format!(
+                "controls: more than {MAX_ROUTES} pins or cool-downs"
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for p in &self.pins {
@@ -155,7 +157,8 @@ impl SavedControls {
         }
         let max = MAX_MOVE_COOLDOWN.as_millis() as u64;
         for c in &self.cooling {
-            if !valid_storage_address(&c.target) || c.host.is_some_and(|h| !valid_storage_address(&h))
+            if !valid_storage_address(&c.target)
+                || c.host.is_some_and(|h| !valid_storage_address(&h))
             {
                 return Err(format!("cool-down of {}: not a usable address", c.target));
             }

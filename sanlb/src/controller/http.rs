@@ -102,7 +102,8 @@ impl AppState {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         bearer.is_some_and(|t| self.is_token(t))
-            || page::session_cookie(headers).is_some_and(|id| self.sessions.valid(id, Instant::now()))
+            || page::session_cookie(headers)
+                .is_some_and(|id| self.sessions.valid(id, Instant::now()))
     }
 
     /// The status page's sessions.

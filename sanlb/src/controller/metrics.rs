@@ -320,7 +320,11 @@ pub fn render(c: &Controller, now: Instant) -> String {
         h.count as f64,
     );
     o.sample("sanlb_rebalance_duration_seconds_sum", &[], h.sum);
-    o.sample("sanlb_rebalance_duration_seconds_count", &[], h.count as f64);
+    o.sample(
+        "sanlb_rebalance_duration_seconds_count",
+        &[],
+        h.count as f64,
+    );
     let ctl = &st.controls;
     o.one(
         "sanlb_advise_mode",

@@ -242,10 +242,16 @@ mod tests {
     #[test]
     fn the_cookie_is_found_among_others() {
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=1; sanlb_session=abc"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; sanlb_session=abc"),
+        );
         assert_eq!(session_cookie(&h), Some("abc"));
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("xsanlb_session=abc"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("xsanlb_session=abc"),
+        );
         assert_eq!(session_cookie(&h), None);
     }
 }

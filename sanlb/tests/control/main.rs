@@ -5,6 +5,7 @@
 //! real addresses in network namespaces (`netns`, privileged).
 
 mod agent_loop;
+mod controls;
 mod fakes;
 mod hardening;
 mod http;

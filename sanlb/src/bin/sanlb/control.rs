@@ -41,8 +41,13 @@ pub fn run(action: Action, args: ControlArgs, file: &ControlSection) -> anyhow::
         })?;
     let token = crate::controller::read_token(token_file)?;
     let ca = args.ca_file.as_ref().or(file.ca_file.as_ref());
-    let client = Client::with_ca(&url, &token, Duration::from_secs(5), ca.map(|p| p.as_path()))
-        .map_err(bad_input)?;
+    let client = Client::with_ca(
+        &url,
+        &token,
+        Duration::from_secs(5),
+        ca.map(|p| p.as_path()),
+    )
+    .map_err(bad_input)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
