@@ -232,10 +232,11 @@ async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
     let access = &state.access;
     let is = |t: &str| presented.is_some_and(|p| same_token(p.as_bytes(), t.as_bytes()));
     // A page session reads, whichever token opened it.
-    let reader = access.read_token.as_deref().is_some_and(is)
-        || (presented.is_none()
-            && page::session_cookie(req.headers())
-                .is_some_and(|id| state.sessions.valid(id, Instant::now())));
+    let read_token = access.read_token.as_deref().is_some_and(is);
+    let session = presented.is_none()
+        && page::session_cookie(req.headers())
+            .is_some_and(|id| state.sessions.valid(id, Instant::now()));
+    let reader = read_token || session;
     if is(&access.token) || (reader && need(req.uri().path()) == Need::Read) {
         return next.run(req).await;
     }
@@ -246,11 +247,17 @@ async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
         .unwrap_or_else(|| "unknown".into());
     let path = req.uri().path().to_owned();
     if reader {
-        tracing::warn!(%peer, %path, "refused: the read-only token cannot {} {path}", req.method());
+        let who = if read_token {
+            "the read-only token"
+        } else {
+            "a page session"
+        };
+        let method = req.method();
+        tracing::warn!(%peer, %path, "refused: {who} cannot {method} {path}");
         count(&state, &path, "forbidden");
         return error(
             StatusCode::FORBIDDEN,
-            format!("the read-only token cannot {} {path}", req.method()),
+            format!("{who} cannot {method} {path}"),
         );
     }
     let why = if presented.is_some() {

@@ -183,51 +183,67 @@ impl Controller {
             solver: solution.solver,
             changes,
         };
-        let result = if job.epoch != self.epoch {
-            record.reason = "state changed while solving: retry next time".into();
-            "superseded"
-        } else if before.is_some() && solution.moves == 0 {
-            record.reason = "no better map".into();
-            "kept"
+        let keep = if before.is_some() && solution.moves == 0 {
+            Some("no better map".to_owned())
         } else if before.is_some()
             && job.trigger == Trigger::Interval
             && !forced
             && gain < self.cfg.min_gain
         {
-            record.reason = format!("gain {gain:.4} < min-gain {}", self.cfg.min_gain);
-            "kept"
+            Some(format!("gain {gain:.4} < min-gain {}", self.cfg.min_gain))
         } else {
-            let why = if before.is_none() {
-                "routes on dead gateways or on none".into()
+            None
+        };
+        let why = || {
+            if before.is_none() {
+                "routes on dead gateways or on none".to_owned()
             } else if job.trigger == Trigger::Pin || forced {
                 format!("pins not met (gain {gain:.4})")
             } else {
                 format!("gain {gain:.4}")
-            };
-            let forced_trigger = job.trigger != Trigger::Interval;
-            match self.verdict(job.trigger) {
-                Verdict::Adopt => {
-                    record.reason = why;
+            }
+        };
+        let forced_trigger = job.trigger != Trigger::Interval;
+        let result = if job.epoch != self.epoch {
+            record.reason = "state changed while solving: retry next time".into();
+            "superseded"
+        } else {
+            // Advise mode and pause record every decision as theirs, with
+            // what it would have been.
+            match (self.verdict(job.trigger), keep) {
+                (Verdict::Adopt, Some(reason)) => {
+                    record.reason = reason;
+                    "kept"
+                }
+                (Verdict::Adopt, None) => {
+                    record.reason = why();
                     self.apply(job, solution, now);
                     self.moved(&moved, now);
                     record.adopted = true;
                     record.generation = self.generation;
                     "adopted"
                 }
-                Verdict::Advise => {
-                    record.reason = format!("advise mode: would adopt ({why})");
-                    self.withheld(job.epoch, forced_trigger, solution.moves);
-                    "advised"
-                }
-                Verdict::Pause => {
-                    record.reason = format!("paused: would adopt ({why})");
-                    self.withheld(job.epoch, forced_trigger, solution.moves);
-                    "paused"
+                (verdict, keep) => {
+                    let (label, result) = match verdict {
+                        Verdict::Advise => ("advise mode", "advised"),
+                        _ => ("paused", "paused"),
+                    };
+                    let keeps = keep.is_some();
+                    record.reason = match keep {
+                        Some(reason) => format!("{label}: would keep the map ({reason})"),
+                        None => format!("{label}: would adopt ({})", why()),
+                    };
+                    let would_move = if keeps { 0 } else { solution.moves };
+                    if keeps {
+                        record.changes.clear();
+                    }
+                    self.withheld(job.epoch, forced_trigger, would_move);
+                    result
                 }
             }
         };
         record.result = result.into();
-        if !record.adopted && result != "superseded" && result != "kept" {
+        if !record.adopted && result != "superseded" {
             for c in &record.changes {
                 tracing::info!(
                     target = %c.target,

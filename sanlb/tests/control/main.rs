@@ -12,4 +12,5 @@ mod http;
 mod loopback;
 mod moves;
 mod netns;
+mod page;
 mod serving;

@@ -256,6 +256,8 @@ async function get(path) {
 }
 
 async function refresh() {
+  // "freeze" keeps the view as it is, to read it (or photograph it).
+  if ($("freeze").checked) return;
   try {
     const [raw, hist] = await Promise.all([get("/v1/status"), get("/v1/history")]);
     const st = JSON.parse(raw);
