@@ -139,7 +139,7 @@ pub fn render(s: &AgentStats) -> String {
         s.bytes[1] as f64,
     );
     o.one(
-        "sanlb_agent_counter_read_failures_total",
+        "sanlb_agent_map_read_failures_total",
         "counter",
         "Failed reads of the pinned maps.",
         s.read_failures as f64,

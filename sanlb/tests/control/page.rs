@@ -680,3 +680,149 @@ async fn the_page_in_a_real_browser_shows_what_status_says() {
     }
     server.stop().await;
 }
+
+/// promtool (Debian's prometheus package) lints the controller's and the
+/// agent's exposition: names, types, HELP, counters' `_total`, units.
+#[tokio::test]
+async fn promtool_accepts_every_metric() {
+    use sanlb::{
+        agent::metrics::{AgentStats, render},
+        controller::Trigger,
+        dataplane::Stats,
+    };
+    use std::io::Write as _;
+    let st = state();
+    {
+        let mut c = st.lock();
+        let now = Instant::now();
+        for (seq, up) in [(0, 0), (1, 1000)] {
+            let r = sanlb::proto::Report {
+                gateway: "gw1".into(),
+                boot_id: "b1".into(),
+                seq,
+                uptime_ms: up,
+                capacity: 1.0,
+                applied: 0,
+                owned: vec![target(1)],
+                enforce: Default::default(),
+                flows: vec![sanlb::proto::Flow {
+                    initiator: HOST,
+                    target: target(1),
+                    to_target_bytes: 100 * up,
+                    to_initiator_bytes: 300 * up,
+                }],
+            };
+            c.ingest(&r, now).unwrap();
+        }
+        c.pause(now).unwrap();
+        c.pin(target(1), "gw1", now).unwrap();
+        c.count_refused("metrics", "unauthorized");
+        c.count_error("unauthorized");
+        c.expire(now + Duration::from_secs(5));
+        c.close_interval();
+        if let Some(job) = c.start_rebalance(Trigger::Failover) {
+            let (sol, took) = job.solve().unwrap();
+            c.finish_rebalance(&job, &sol, took, now);
+        }
+    }
+    let (_, _, controller) = call(&st, get("/metrics", Some(TOKEN), None)).await;
+    assert!(controller.contains("sanlb_rebalance_duration_seconds_bucket{le=\"+Inf\"}"));
+    assert!(
+        controller.contains(
+            "sanlb_gateway_bytes_total{gateway=\"gw1\",direction=\"to_initiator\"} 300000"
+        )
+    );
+    let agent = render(&AgentStats {
+        hooks: Some((Stats::default(), Stats::default())),
+        ..AgentStats::default()
+    });
+    for (what, text) in [("controller", controller), ("agent", agent)] {
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool (Debian prometheus; cargo xtask setup installs it)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "promtool on the {what}'s metrics: {said}\n{text}"
+        );
+    }
+}
+
+/// The agent's own `/metrics` follows its loop: reports, what it holds,
+/// what it enforced, and a report that failed.
+#[tokio::test]
+async fn the_agents_metrics_follow_its_loop() {
+    use sanlb::agent::{Agent, AgentConfig, metrics};
+    let world = World::default();
+    world.set_demand(&[(target(1), 1000.0)]);
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(config(&[target(1)]), &dir.path().join("s.json"), 0).await;
+    let cfg = AgentConfig {
+        gateway: "gw1".into(),
+        capacity: 1.0,
+        interval: Duration::from_millis(100),
+        long_poll: Duration::from_secs(1),
+    };
+    let mut agent = Agent::new(
+        cfg,
+        client(server.addr().port()),
+        world.counters("gw1"),
+        world.owner("gw1"),
+    );
+    let stats = agent.stats();
+    // Past the grace, gw1 is handed the target and acquires it.
+    for _ in 0..30 {
+        agent.cycle().await.unwrap();
+        if world.held("gw1").contains(&target(1)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent.cycle().await.unwrap();
+    let resp = metrics::app(stats.clone())
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert!(value("sanlb_agent_reports_total{result=\"ok\"}") >= 2.0);
+    assert_eq!(value("sanlb_agent_reports_total{result=\"failed\"}"), 0.0);
+    assert_eq!(value("sanlb_agent_acquires_total"), 1.0);
+    assert_eq!(value("sanlb_agent_addresses_held"), 1.0);
+    assert_eq!(value("sanlb_agent_controller_reachable"), 1.0);
+    assert!(value("sanlb_agent_applied_generation") >= 1.0);
+    // The controller goes away: the next report fails and says so.
+    server.stop().await;
+    assert!(agent.cycle().await.is_err());
+    let s = stats.lock().unwrap().clone();
+    assert_eq!((s.report_failures, s.reachable), (1, false));
+    assert!(metrics::render(&s).contains("sanlb_agent_controller_reachable 0"));
+}
