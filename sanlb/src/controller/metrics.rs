@@ -5,7 +5,7 @@
 //! window, the counters), so a metrics registry would only duplicate it and
 //! have to be kept in sync, including removing series of routes that left.
 
-use std::{fmt::Write as _, time::Instant};
+use std::{collections::BTreeMap, fmt::Write as _, time::Instant};
 
 use super::Controller;
 
@@ -388,11 +388,26 @@ pub fn render(c: &Controller, now: Instant) -> String {
         "counter",
         "Agents' requests (reports, share polls) refused, by reason.",
     );
+    // The common reasons start at 0, so that rate() has a series before
+    // the first refusal.
+    let mut errors: BTreeMap<&str, u64> = [
+        "unauthorized",
+        "forbidden",
+        "malformed_json",
+        "invalid_field",
+        "boot_conflict",
+    ]
+    .into_iter()
+    .map(|r| (r, 0))
+    .collect();
     for (reason, n) in &k.errors {
+        errors.insert(reason, *n);
+    }
+    for (reason, n) in errors {
         o.sample(
             "sanlb_report_errors_total",
             &[("reason", reason)],
-            *n as f64,
+            n as f64,
         );
     }
     o.head(

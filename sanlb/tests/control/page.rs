@@ -826,3 +826,39 @@ async fn the_agents_metrics_follow_its_loop() {
     assert_eq!((s.report_failures, s.reachable), (1, false));
     assert!(metrics::render(&s).contains("sanlb_agent_controller_reachable 0"));
 }
+
+/// Every series the Grafana dashboard queries is one the controller or the
+/// agent exposes (the lab test then runs the queries in Prometheus).
+#[test]
+fn the_dashboard_queries_only_series_that_exist() {
+    use sanlb::agent::metrics::{AgentStats, render};
+    let dash: Value = serde_json::from_str(include_str!(
+        "../../../packaging/grafana/sanlb-dashboard.json"
+    ))
+    .unwrap();
+    let c = Controller::new(config(&[target(1)]), None, Instant::now()).unwrap();
+    let exposed = sanlb::controller::metrics::render(&c, Instant::now())
+        + &render(&AgentStats {
+            hooks: Some(Default::default()),
+            ..AgentStats::default()
+        });
+    let types: Vec<&str> = exposed
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let mut n = 0;
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if let Some(series) = word.strip_prefix("sanlb_").map(|_| word) {
+                    let base = series.strip_suffix("_bucket").unwrap_or(series);
+                    assert!(types.contains(&base), "{}: {series} is not exposed", panel["title"]);
+                    n += 1;
+                }
+            }
+        }
+    }
+    assert!(n >= 20, "{n} series");
+}
