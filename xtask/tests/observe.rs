@@ -121,7 +121,11 @@ fn finish_load(lg: &mut Process) {
         .expect("the loadgen ends");
     assert!(status.success(), "loadgen {status}: {}", lg.stderr());
     for (name, totals, _, wrong) in loadgen::finals(&lg.stdout()).unwrap() {
-        assert_eq!((totals.errors, totals.verify_errors, wrong), (0, 0, 0), "{name}");
+        assert_eq!(
+            (totals.errors, totals.verify_errors, wrong),
+            (0, 0, 0),
+            "{name}"
+        );
     }
 }
 
@@ -185,8 +189,18 @@ fn advise_mode_moves_nothing_and_reports_the_moves_it_would_make() {
         .unwrap_or_else(|| panic!("no advice with moves: {}", st["rebalances"]));
     let changes = would_move["changes"].as_array().unwrap();
     assert!(!changes.is_empty());
-    assert!(changes.iter().all(|c| c["from"] == "gw1" && c["to"] != "gw1"));
-    assert!(st["rebalances"].as_array().unwrap().iter().all(|r| r["adopted"] == false));
+    assert!(
+        changes
+            .iter()
+            .all(|c| c["from"] == "gw1" && c["to"] != "gw1")
+    );
+    assert!(
+        st["rebalances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["adopted"] == false)
+    );
     eprintln!(
         "advise mode: {} advised decisions, e.g. {} moves ({}), nothing moved",
         advised.len(),
@@ -195,7 +209,11 @@ fn advise_mode_moves_nothing_and_reports_the_moves_it_would_make() {
     );
     let metrics = curl(
         &s,
-        &["-H", "Authorization: Bearer lab-read-token", &format!("{}/metrics", url())],
+        &[
+            "-H",
+            "Authorization: Bearer lab-read-token",
+            &format!("{}/metrics", url()),
+        ],
     );
     let value = |name: &str| -> f64 {
         metrics
@@ -243,12 +261,18 @@ fn prometheus(s: &Setup) -> Process {
     fs::write(dir.join("prometheus.yml"), config).unwrap();
     let mgmt = s.lab.management().unwrap();
     let mut cmd = mgmt.ns.command("prometheus");
-    cmd.arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-        .arg(format!(
-            "--web.listen-address={}:{PROMETHEUS_PORT}",
-            lab::MANAGEMENT_ADDR
-        ));
+    cmd.arg(format!(
+        "--config.file={}",
+        dir.join("prometheus.yml").display()
+    ))
+    .arg(format!(
+        "--storage.tsdb.path={}",
+        dir.join("data").display()
+    ))
+    .arg(format!(
+        "--web.listen-address={}:{PROMETHEUS_PORT}",
+        lab::MANAGEMENT_ADDR
+    ));
     s.lab.spawn("prometheus", cmd).unwrap()
 }
 

@@ -404,11 +404,7 @@ pub fn render(c: &Controller, now: Instant) -> String {
         errors.insert(reason, *n);
     }
     for (reason, n) in errors {
-        o.sample(
-            "sanlb_report_errors_total",
-            &[("reason", reason)],
-            n as f64,
-        );
+        o.sample("sanlb_report_errors_total", &[("reason", reason)], n as f64);
     }
     o.head(
         "sanlb_http_refused_total",

@@ -182,7 +182,12 @@ async fn the_page_needs_a_login_whose_session_only_reads() {
     );
     // None of this was a report error.
     let (_, _, metrics) = call(&st, get("/metrics", Some(TOKEN), None)).await;
-    assert!(!metrics.contains("sanlb_report_errors_total{"), "{metrics}");
+    let errors: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("sanlb_report_errors_total{"))
+        .collect();
+    assert!(!errors.is_empty(), "{metrics}");
+    assert!(errors.iter().all(|l| l.ends_with("} 0")), "{errors:?}");
     for line in [
         "sanlb_http_refused_total{endpoint=\"login\",reason=\"unauthorized\"} 1",
         "sanlb_http_refused_total{endpoint=\"control\",reason=\"forbidden\"} 2",
@@ -854,7 +859,11 @@ fn the_dashboard_queries_only_series_that_exist() {
             for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
                 if let Some(series) = word.strip_prefix("sanlb_").map(|_| word) {
                     let base = series.strip_suffix("_bucket").unwrap_or(series);
-                    assert!(types.contains(&base), "{}: {series} is not exposed", panel["title"]);
+                    assert!(
+                        types.contains(&base),
+                        "{}: {series} is not exposed",
+                        panel["title"]
+                    );
                     n += 1;
                 }
             }
