@@ -9,7 +9,7 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use serde_json::Value;
@@ -24,31 +24,29 @@ const AGENT_METRICS_PORT: u16 = 7391;
 const PROMETHEUS_PORT: u16 = 9090;
 
 struct Setup {
-    lab: Lab,
-    sanlb: PathBuf,
-    _controller: Process,
+    // Processes stop before the lab's namespaces go.
     _agents: Vec<Process>,
+    controller: Process,
+    /// Unix ms when the controller under test started.
+    since_ms: u64,
+    sanlb: PathBuf,
+    lab: Lab,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 fn url() -> String {
     format!("http://{}:{PORT}", lab::MANAGEMENT_ADDR)
 }
 
-/// Three gateways, three targets all on gw1, a controller (with `extra`
-/// flags) in the management namespace, agents serving their own metrics.
-fn setup(extra: &[&str]) -> Setup {
-    let sanlb = agent::sanlb_binary().unwrap();
-    let lab = Lab::builder()
-        .hosts(1)
-        .gateways(3)
-        .targets(3)
-        .disk_size(16 << 20)
-        .placement(Placement::AllOnFirst)
-        .management(true)
-        .build()
-        .unwrap();
-    fs::write(lab.dir().join("token"), "lab-agents-token").unwrap();
-    fs::write(lab.dir().join("read-token"), "lab-read-token").unwrap();
+/// A controller (with `extra` flags) in the management namespace, its state
+/// in the lab's folder, the three targets named up front.
+fn controller(lab: &Lab, sanlb: &Path, extra: &[&str]) -> Process {
     let mgmt = lab.management().unwrap();
     let mut cmd = mgmt.ns.command(&sanlb.to_string_lossy());
     cmd.arg("controller")
@@ -60,31 +58,103 @@ fn setup(extra: &[&str]) -> Setup {
         .arg("--read-token-file")
         .arg(lab.dir().join("read-token"))
         .args(["--interval", "2s", "--lease", "3s", "--window", "2"])
-        .args(["--storage", "198.18.1.0/24"])
-        .args(extra);
-    let controller = lab.spawn("controller", cmd).unwrap();
-    let mut agents = Vec::new();
-    for g in lab.gateways() {
-        let args: Vec<String> = [
-            "--controller".to_owned(),
-            url(),
-            "--gateway".into(),
-            g.name.clone(),
-            "--token-file".into(),
-            lab.dir().join("token").to_string_lossy().into_owned(),
-            "--interval".into(),
-            "1s".into(),
-            "--metrics-listen".into(),
-            format!("{}:{AGENT_METRICS_PORT}", g.addr),
-        ]
-        .to_vec();
-        agents.push(agent::start(&lab, &sanlb, g, &args).unwrap());
+        .args(["--storage", "198.18.1.0/24"]);
+    for t in lab.targets() {
+        cmd.args(["--target", &t.addr.to_string()]);
     }
+    cmd.args(extra);
+    lab.spawn("controller", cmd).unwrap()
+}
+
+/// The agent on `g`, serving its own metrics.
+fn agent_on(lab: &Lab, sanlb: &Path, g: &lab::Gateway) -> Process {
+    let args: Vec<String> = vec![
+        "--controller".to_owned(),
+        url(),
+        "--gateway".into(),
+        g.name.clone(),
+        "--token-file".into(),
+        lab.dir().join("token").to_string_lossy().into_owned(),
+        "--interval".into(),
+        "1s".into(),
+        "--metrics-listen".into(),
+        format!("{}:{AGENT_METRICS_PORT}", g.addr),
+    ];
+    agent::start(lab, sanlb, g, &args).unwrap()
+}
+
+/// Three gateways and three targets, no address placed, the tokens.
+fn lab() -> (Lab, PathBuf) {
+    let sanlb = agent::sanlb_binary().unwrap();
+    let lab = Lab::builder()
+        .hosts(1)
+        .gateways(3)
+        .targets(3)
+        .disk_size(16 << 20)
+        .placement(Placement::Unassigned)
+        .management(true)
+        .build()
+        .unwrap();
+    fs::write(lab.dir().join("token"), "lab-agents-token").unwrap();
+    fs::write(lab.dir().join("read-token"), "lab-read-token").unwrap();
+    (lab, sanlb)
+}
+
+/// A controller and an agent on every gateway; the controller places the
+/// addresses once its start-up grace is over.
+fn setup() -> Setup {
+    let (lab, sanlb) = lab();
+    let since_ms = unix_ms();
+    let controller = controller(&lab, &sanlb, &[]);
+    let agents = lab
+        .gateways()
+        .iter()
+        .map(|g| agent_on(&lab, &sanlb, g))
+        .collect();
     Setup {
-        lab,
-        sanlb,
-        _controller: controller,
         _agents: agents,
+        controller,
+        since_ms,
+        sanlb,
+        lab,
+    }
+}
+
+/// An advise-mode controller over a map it did not make: first a normal
+/// controller with only gw1's agent, which places every address on gw1
+/// (its agent acquires them); then that controller is replaced by one with
+/// `--advise` on the same state, and gw2's and gw3's agents start.
+fn setup_advise() -> Setup {
+    let (lab, sanlb) = lab();
+    let gw1 = agent_on(&lab, &sanlb, &lab.gateways()[0]);
+    let first = controller(&lab, &sanlb, &[]);
+    let start = Instant::now();
+    loop {
+        let placed = owners(&lab);
+        if placed.len() == 3 && placed.values().all(|o| o.as_slice() == ["gw1"]) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "every address on gw1: {placed:?}"
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+    drop(first);
+    let since_ms = unix_ms();
+    let advising = controller(&lab, &sanlb, &["--advise"]);
+    let mut agents = vec![gw1];
+    agents.extend(
+        lab.gateways()[1..]
+            .iter()
+            .map(|g| agent_on(&lab, &sanlb, g)),
+    );
+    Setup {
+        _agents: agents,
+        controller: advising,
+        since_ms,
+        sanlb,
+        lab,
     }
 }
 
@@ -162,7 +232,7 @@ fn owners(lab: &Lab) -> BTreeMap<Ipv4Addr, Vec<String>> {
 #[test]
 #[ignore = "privileged: cargo xtask test runs it as root"]
 fn advise_mode_moves_nothing_and_reports_the_moves_it_would_make() {
-    let s = setup(&["--advise"]);
+    let s = setup_advise();
     let before = owners(&s.lab);
     assert!(
         before.values().all(|o| o.as_slice() == ["gw1"]),
@@ -177,10 +247,21 @@ fn advise_mode_moves_nothing_and_reports_the_moves_it_would_make() {
     }
     let st = status(&s);
     assert_eq!(st["controls"]["advise"], true);
-    let advised: Vec<&Value> = st["rebalances"]
+    // The first controller's decision (everything on gw1) is in the
+    // history it left; the advising one's come after.
+    let decisions: Vec<&Value> = st["rebalances"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|r| r["at_ms"].as_u64().unwrap() >= s.since_ms)
+        .collect();
+    assert!(
+        decisions.iter().all(|r| r["adopted"] == false),
+        "{decisions:?}"
+    );
+    let advised: Vec<&Value> = decisions
+        .iter()
+        .copied()
         .filter(|r| r["result"] == "advised")
         .collect();
     let would_move = advised
@@ -193,13 +274,6 @@ fn advise_mode_moves_nothing_and_reports_the_moves_it_would_make() {
         changes
             .iter()
             .all(|c| c["from"] == "gw1" && c["to"] != "gw1")
-    );
-    assert!(
-        st["rebalances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r["adopted"] == false)
     );
     eprintln!(
         "advise mode: {} advised decisions, e.g. {} moves ({}), nothing moved",
@@ -228,6 +302,15 @@ fn advise_mode_moves_nothing_and_reports_the_moves_it_would_make() {
     assert!(value("sanlb_rebalances_total{result=\"advised\"} ") >= 1.0);
     assert_eq!(value("sanlb_rebalances_total{result=\"adopted\"} "), 0.0);
     assert_eq!(value("sanlb_moves_total "), 0.0);
+    assert!(value("sanlb_withheld_moves ") >= 1.0);
+    // And the log names each move it would make.
+    let log = s.controller.stderr();
+    assert!(
+        log.lines().any(|l| l.contains("would move")
+            && l.contains("from=\"gw1\"")
+            && l.contains("result=\"advised\"")),
+        "{log}"
+    );
     finish_load(&mut lg);
     assert_eq!(owners(&s.lab), before);
 }
@@ -303,7 +386,7 @@ fn dashboard() -> Value {
 #[test]
 #[ignore = "privileged: cargo xtask test runs it as root"]
 fn prometheus_answers_every_query_of_the_dashboard() {
-    let s = setup(&[]);
+    let s = setup();
     let mut prom = prometheus(&s);
     let mut lg = start_load(&s, 40);
     // Every target up in Prometheus: the controller and three agents.
@@ -339,6 +422,11 @@ fn prometheus_answers_every_query_of_the_dashboard() {
                 "panel {}: {expr} returned nothing",
                 panel["title"]
             );
+            // Data, not NaN (a quantile of no observations, a ratio of 0/0).
+            for r in &result {
+                let v: f64 = r["value"][1].as_str().unwrap().parse().unwrap();
+                assert!(v.is_finite(), "panel {}: {expr}: {r}", panel["title"]);
+            }
             eprintln!(
                 "{:<45} {:<90} {} series",
                 panel["title"].as_str().unwrap(),

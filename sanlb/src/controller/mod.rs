@@ -598,7 +598,11 @@ impl Controller {
                 return false;
             }
             self.ready = true;
-            tracing::info!("start-up grace over: steering addresses");
+            if self.cfg.advise {
+                tracing::info!("start-up grace over: advising (advise mode steers nothing)");
+            } else {
+                tracing::info!("start-up grace over: steering addresses");
+            }
             self.bump();
         }
         let lease = self.cfg.lease;
