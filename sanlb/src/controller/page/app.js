@@ -34,6 +34,15 @@ function secs(ms) { return ms === null || ms === undefined ? "–" : (ms / 1000)
 function clock(ms) { return new Date(ms).toISOString().substring(11, 19) + " UTC"; }
 function fill(tbody, rows, cols, empty) {
   tbody.replaceChildren(...rows);
+  // Headers of numeric columns align with their figures.
+  const head = tbody.parentElement.tHead;
+  if (head && rows.length) {
+    const ths = head.rows[0].cells;
+    const tds = rows[0].cells;
+    for (let i = 0; i < ths.length && i < tds.length; i++) {
+      ths[i].classList.toggle("num", tds[i].classList.contains("num"));
+    }
+  }
   if (rows.length === 0) {
     const td = el("td", empty, "empty");
     td.colSpan = cols;
