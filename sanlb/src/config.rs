@@ -64,6 +64,8 @@ pub struct ConfigFile {
     pub agent: AgentSection,
     /// `[status]`: `sanlb status`.
     pub status: StatusSection,
+    /// `[control]`: `sanlb pause`, `resume`, `pin`, `unpin`.
+    pub control: ControlSection,
 }
 
 /// Log lines' format.
@@ -175,6 +177,13 @@ pub struct ControllerSection {
     pub seed: u64,
     /// `[controller.isns]`: publish the map to an iSNS server.
     pub isns: IsnsSection,
+    /// Advise mode: compute and show every decision, enforce none.
+    /// Default false.
+    pub advise: bool,
+    /// Minimum time before the same route may move again (failover
+    /// excepted); `"0s"` for none. Default `5m`.
+    #[serde(deserialize_with = "duration")]
+    pub move_cooldown: Duration,
 }
 
 /// `[controller.isns]`: Storage Name Server mode (docs/isns.md).
@@ -243,6 +252,8 @@ impl Default for ControllerSection {
             time_limit: Duration::from_secs(1),
             seed: 0,
             isns: IsnsSection::default(),
+            advise: false,
+            move_cooldown: crate::controller::controls::DEFAULT_MOVE_COOLDOWN,
         }
     }
 }
@@ -285,6 +296,9 @@ pub struct AgentSection {
     pub pin_dir: Option<PathBuf>,
     /// Leave the maps pinned on exit. Default false.
     pub keep_pins: bool,
+    /// Serve the agent's own `/metrics` (no token) on this address, e.g.
+    /// `127.0.0.1:7391`. Default none.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for AgentSection {
@@ -304,6 +318,7 @@ impl Default for AgentSection {
             xdp_mode: XdpAttachMode::Auto,
             pin_dir: None,
             keep_pins: false,
+            metrics_listen: None,
         }
     }
 }
@@ -315,6 +330,18 @@ pub struct StatusSection {
     /// The controller's URL.
     pub controller: Option<String>,
     /// A bearer token, the read-only one (or the agents').
+    pub token_file: Option<PathBuf>,
+    /// CA certificates (PEM) for an `https://` controller.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `[control]`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlSection {
+    /// The controller's URL.
+    pub controller: Option<String>,
+    /// The agents' bearer token (the read-only one may not steer).
     pub token_file: Option<PathBuf>,
     /// CA certificates (PEM) for an `https://` controller.
     pub ca_file: Option<PathBuf>,
@@ -438,6 +465,8 @@ traffic_replace = true
 solver = "tabu"
 time_limit = "250ms"
 seed = 7
+advise = true
+move_cooldown = "2m"
 
 [controller.isns]
 server = "10.0.0.9"
@@ -461,10 +490,16 @@ max_flows = 1024
 xdp_mode = "generic"
 pin_dir = "/sys/fs/bpf/x"
 keep_pins = true
+metrics_listen = "127.0.0.1:7391"
 
 [status]
 controller = "https://ctl:7390"
 token_file = "/etc/sanlb/read-token"
+ca_file = "/etc/sanlb/ca.pem"
+
+[control]
+controller = "https://ctl:7390"
+token_file = "/etc/sanlb/token"
 ca_file = "/etc/sanlb/ca.pem"
 "#
         .parse()
@@ -493,10 +528,17 @@ ca_file = "/etc/sanlb/ca.pem"
             c.isns.hosts[&"198.18.0.11".parse::<IpAddr>().unwrap()],
             "iqn.2026-11.test.sanlb:h1"
         );
+        assert!(c.advise);
+        assert_eq!(c.move_cooldown, Duration::from_secs(120));
+        assert_eq!(
+            cfg.control.token_file.as_deref(),
+            Some(Path::new("/etc/sanlb/token"))
+        );
         let a = &cfg.agent;
         assert_eq!(a.ports, vec![3260, 3261]);
         assert_eq!(a.xdp_mode, XdpAttachMode::Generic);
         assert_eq!(a.capacity, 2.5);
+        assert_eq!(a.metrics_listen, Some("127.0.0.1:7391".parse().unwrap()));
         assert_eq!(a.garp_interval, Duration::from_millis(100));
         assert_eq!(
             cfg.status.ca_file.as_deref(),

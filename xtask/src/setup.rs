@@ -40,6 +40,14 @@ const PACKAGES: &[&str] = &[
     // The HA control plane's tests and failover benchmark run a real etcd
     // (sanlb/tests/cluster.rs, sanlb/benches/failover.rs).
     "etcd-server",
+    // The status page's browser test (headless Chromium over WebDriver) and
+    // the metrics' checks: promtool, and a Prometheus that scrapes the lab
+    // and answers the Grafana dashboard's queries (sanlb/tests/control/page.rs,
+    // xtask/tests/observe.rs).
+    "chromium",
+    "chromium-driver",
+    "prometheus",
+    "curl",
 ];
 
 /// The bpf-linker release this workspace is built and tested with.

@@ -9,7 +9,9 @@ use std::{
 
 use reqwest::StatusCode;
 
-use crate::proto::{ApiError, Report, ReportReply, Share, Status};
+use crate::proto::{
+    ApiError, ControlsStatus, PinRequest, Report, ReportReply, Share, Status, UnpinRequest,
+};
 
 /// Errors talking to the controller.
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +184,28 @@ impl Client {
     pub async fn status(&self) -> Result<Status, ClientError> {
         let url = format!("{}/v1/status", self.base);
         self.send(self.http.get(&url).timeout(self.timeout), url)
+            .await
+    }
+
+    /// `POST /v1/pause` (`resume: false`) or `/v1/resume`.
+    pub async fn pause(&self, resume: bool) -> Result<ControlsStatus, ClientError> {
+        let path = if resume { "resume" } else { "pause" };
+        let url = format!("{}/v1/{path}", self.base);
+        self.send(self.http.post(&url).timeout(self.timeout), url)
+            .await
+    }
+
+    /// `POST /v1/pin`.
+    pub async fn pin(&self, req: &PinRequest) -> Result<ControlsStatus, ClientError> {
+        let url = format!("{}/v1/pin", self.base);
+        self.send(self.http.post(&url).json(req).timeout(self.timeout), url)
+            .await
+    }
+
+    /// `POST /v1/unpin`.
+    pub async fn unpin(&self, req: &UnpinRequest) -> Result<ControlsStatus, ClientError> {
+        let url = format!("{}/v1/unpin", self.base);
+        self.send(self.http.post(&url).json(req).timeout(self.timeout), url)
             .await
     }
 }

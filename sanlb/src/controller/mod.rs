@@ -15,7 +15,10 @@
 //! | Storage Name Server mode: the map published to an iSNS server | `isns.rs` |
 //! | counters → rates over the window | `rates.rs` |
 //! | when and whether a new map is adopted | `rebalance.rs` |
+//! | advise mode, pause, pins, the move cool-down | `controls.rs` |
 //! | the status read model | `view.rs` |
+//! | the load history of the status page | `trend.rs` |
+//! | the status page (`/`) and its sessions | `page.rs`, `page/` |
 //! | lease checks, the rebalance period, solves off the timer path | `timers.rs` |
 //! | the state file | `store.rs` |
 //! | generations, shares, the order of the steps | this file |
@@ -27,17 +30,20 @@
 //! restarted controller resumes it and never hands out an older one.
 
 mod config;
+pub mod controls;
 mod gateways;
 pub mod http;
 pub mod isns;
 pub mod metrics;
 mod ownership;
+pub mod page;
 mod pairs;
 pub mod rates;
 mod rebalance;
 pub mod server;
 pub mod store;
 mod timers;
+mod trend;
 mod view;
 
 use std::{
@@ -169,6 +175,11 @@ pub struct Events {
     pub catch_ups: u64,
     /// Pair moves whose old gateway was told to end their connections.
     pub pair_evictions: u64,
+    /// Solver times (the histogram of `/metrics`).
+    pub solve_times: metrics::Histogram,
+    /// Requests refused other than the agents' (status, metrics, the page,
+    /// controls), by (endpoint, reason).
+    pub refused: BTreeMap<(&'static str, String), u64>,
 }
 
 /// The controller's state machine.
@@ -203,6 +214,8 @@ pub struct Controller {
     exhausted: bool,
     persist_failed: bool,
     notify: tokio::sync::watch::Sender<u64>,
+    controls: controls::Controls,
+    trend: trend::Trend,
 }
 
 impl Controller {
@@ -238,6 +251,8 @@ impl Controller {
             exhausted: false,
             persist_failed: false,
             notify: tokio::sync::watch::channel(0).0,
+            controls: controls::Controls::default(),
+            trend: trend::Trend::default(),
             cfg,
         };
         let fresh = match store.as_ref().map(Store::load).transpose()?.flatten() {
@@ -324,6 +339,7 @@ impl Controller {
             self.rates.seed(&rates);
         }
         self.history = saved.history.into();
+        self.restore_controls(saved.controls, now);
         tracing::info!(
             generation = self.generation,
             gateways = self.gateways.len(),
@@ -369,6 +385,7 @@ impl Controller {
                     address,
                 })
                 .collect(),
+            controls: self.saved_controls(),
         }
     }
 
@@ -392,9 +409,19 @@ impl Controller {
         &self.events
     }
 
-    /// Counts a refused request.
+    /// Counts a refused request of an agent (`/v1/report`, `/v1/share`).
     pub fn count_error(&mut self, reason: &str) {
         *self.events.errors.entry(reason.to_owned()).or_default() += 1;
+    }
+
+    /// Counts a refused request of anyone else (`endpoint`: `status`,
+    /// `metrics`, `page`, `control`, …): not a report error.
+    pub fn count_refused(&mut self, endpoint: &'static str, reason: &str) {
+        *self
+            .events
+            .refused
+            .entry((endpoint, reason.to_owned()))
+            .or_default() += 1;
     }
 
     /// Whether `addr` is a storage entity's address (data addresses never
@@ -604,6 +631,7 @@ impl Controller {
     /// What `gateway` should own now.
     pub fn share(&self, gateway: &str) -> Share {
         let steering = self.ready
+            && !self.cfg.advise
             && !self.persist_failed
             && !self.dirty
             && !self.exhausted
@@ -628,12 +656,17 @@ impl Controller {
     /// bypasses dead old owners and abandons moves an alive owner did not
     /// release within a lease. Returns whether a failover is due.
     pub fn expire(&mut self, now: Instant) -> bool {
+        self.seen(now);
         if !self.ready {
             if now.saturating_duration_since(self.started) < self.cfg.lease {
                 return false;
             }
             self.ready = true;
-            tracing::info!("start-up grace over: steering addresses");
+            if self.cfg.advise {
+                tracing::info!("start-up grace over: advising (advise mode steers nothing)");
+            } else {
+                tracing::info!("start-up grace over: steering addresses");
+            }
             self.bump();
         }
         let lease = self.cfg.lease;
@@ -710,6 +743,7 @@ impl Controller {
         self.rates.close_interval(|n| gws.alive(n));
         self.settled = self.settled.saturating_add(1);
         self.intervals += 1;
+        self.sample_trend();
         // Rates are refreshed on disk once per window (and with every new
         // generation): a restart loses at most one window of them.
         if let Some(store) = &self.store

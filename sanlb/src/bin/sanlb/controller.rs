@@ -134,6 +134,8 @@ pub fn run(args: ControllerArgs, file: &ControllerSection) -> anyhow::Result<Exi
             data_port: args.data_port.unwrap_or(file.data_port),
             target_names,
         },
+        advise: args.advise || file.advise,
+        move_cooldown: args.move_cooldown.unwrap_or(file.move_cooldown),
     };
     cfg.validate()
         .map_err(|e| bad_input(anyhow::anyhow!(flag_error(&e))))?;
@@ -148,6 +150,9 @@ pub fn run(args: ControllerArgs, file: &ControllerSection) -> anyhow::Result<Exi
         if d.is_zero() {
             return Err(bad_input(anyhow::anyhow!("{flag} must be > 0")));
         }
+    }
+    if cfg.advise {
+        tracing::warn!("advise mode: every decision is computed and shown, none is enforced");
     }
     let state = args.state.unwrap_or_else(|| file.state.clone());
     let controller = Controller::new(cfg, Some(Store::new(&state)), std::time::Instant::now())
