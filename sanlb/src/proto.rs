@@ -5,6 +5,7 @@
 //! | `POST /v1/report` | [`Report`] | [`ReportReply`] (the sender's [`Share`]) |
 //! | `GET /v1/share?gateway=G&after=N&wait_ms=T` | — | [`Share`] once its generation > N, or at T |
 //! | `GET /v1/status` | — | [`Status`] |
+//! | `POST /v1/heartbeat`, `/v1/drain`, `/v1/undrain` | see `faults.rs` | |
 //! | `GET /metrics` | — | Prometheus text format |
 //!
 //! Every request carries `Authorization: Bearer <token>`; errors are
@@ -233,6 +234,10 @@ map_only!(EnforceCounters, wire_enforce);
 map_only!(Report, wire_report);
 use wire::{EnforceCounters as wire_enforce, Flow as wire_flow, Report as wire_report};
 
+// Heartbeats, probes, conflicts, drains: after `map_only!`, which they use.
+mod faults;
+pub use self::faults::*;
+
 /// Why a report is refused before anything is counted: a field has a value
 /// the protocol does not allow.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -428,6 +433,9 @@ pub struct GatewayStatus {
     /// forgotten.
     #[serde(default)]
     pub forget_in_ms: Option<u64>,
+    /// Liveness, link, drain and conflicts (issue 14).
+    #[serde(default)]
+    pub health: GatewayHealth,
 }
 
 /// A second agent run under a gateway name (see `controller` docs).

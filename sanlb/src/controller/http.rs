@@ -58,14 +58,17 @@ impl AppState {
     }
 }
 
-/// The router: `/v1/report`, `/v1/share`, `/v1/status`, `/metrics`, all
-/// behind the bearer token.
+/// The router: `/v1/report`, `/v1/share`, `/v1/status`, `/metrics`,
+/// `/v1/heartbeat`, `/v1/drain`, `/v1/undrain`, all behind the bearer token.
 pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/report", post(report))
         .route("/v1/share", get(share))
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics_text))
+        .route("/v1/heartbeat", post(super::faults::api::heartbeat))
+        .route("/v1/drain", post(super::faults::api::drain))
+        .route("/v1/undrain", post(super::faults::api::undrain))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -12,14 +12,14 @@ use super::Controller;
 /// Content type of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-struct Out(String);
+pub(super) struct Out(String);
 
 impl Out {
-    fn head(&mut self, name: &str, kind: &str, help: &str) {
+    pub(super) fn head(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+    pub(super) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
         self.0.push_str(name);
         if !labels.is_empty() {
             self.0.push('{');
@@ -34,7 +34,7 @@ impl Out {
         let _ = writeln!(self.0, " {}", number(value));
     }
 
-    fn one(&mut self, name: &str, kind: &str, help: &str, value: f64) {
+    pub(super) fn one(&mut self, name: &str, kind: &str, help: &str, value: f64) {
         self.head(name, kind, help);
         self.sample(name, &[], value);
     }
@@ -224,7 +224,7 @@ pub fn render(c: &Controller, now: Instant) -> String {
     o.one(
         "sanlb_moves_abandoned_total",
         "counter",
-        "Moves abandoned because an alive old owner did not release within a lease.",
+        "Moves abandoned because an old owner that may hold the address did not release it within the release timeout.",
         k.abandoned as f64,
     );
     o.head(
@@ -245,7 +245,7 @@ pub fn render(c: &Controller, now: Instant) -> String {
     o.one(
         "sanlb_gateway_deaths_total",
         "counter",
-        "Gateways declared dead after a silent lease.",
+        "Gateways declared dead: silent for a lease and not serving on the data path (or holding nothing).",
         k.deaths as f64,
     );
     o.one(
@@ -314,6 +314,7 @@ pub fn render(c: &Controller, now: Instant) -> String {
         "Failed writes of the state file.",
         k.persist_failures as f64,
     );
+    c.render_fault_metrics(&mut o);
     o.0
 }
 

@@ -10,6 +10,7 @@
 //! | --- | --- |
 //! | settings and their checks | `config.rs` |
 //! | gateways, their reports and leases | `gateways.rs` |
+//! | heartbeats, probes of silent gateways, link state, drains, conflicts | `faults.rs` |
 //! | the break-before-make ownership state machine | `ownership.rs` |
 //! | counters → rates over the window | `rates.rs` |
 //! | when and whether a new map is adopted | `rebalance.rs` |
@@ -25,6 +26,7 @@
 //! restarted controller resumes it and never hands out an older one.
 
 mod config;
+mod faults;
 mod gateways;
 pub mod http;
 pub mod metrics;
@@ -42,6 +44,7 @@ use std::{
     time::Instant,
 };
 
+pub use self::faults::{DrainError, FaultEvents};
 pub use self::gateways::BootConflict;
 pub use self::{
     config::{Config, ConfigError},
@@ -148,6 +151,8 @@ pub struct Events {
     pub routes_refused: u64,
     /// Generations caught up to from a gateway that had seen more.
     pub catch_ups: u64,
+    /// Heartbeats, probes, conflicts, drains.
+    pub faults: FaultEvents,
 }
 
 /// The controller's state machine.
@@ -180,6 +185,7 @@ pub struct Controller {
     exhausted: bool,
     persist_failed: bool,
     notify: tokio::sync::watch::Sender<u64>,
+    faults: faults::Faults,
 }
 
 impl Controller {
@@ -214,6 +220,7 @@ impl Controller {
             exhausted: false,
             persist_failed: false,
             notify: tokio::sync::watch::channel(0).0,
+            faults: faults::Faults::default(),
             cfg,
         };
         let fresh = match store.as_ref().map(Store::load).transpose()?.flatten() {
@@ -264,9 +271,15 @@ impl Controller {
         }
         self.generation = saved.generation;
         for g in saved.gateways {
-            // A fresh lease: nobody could report while we were down.
-            self.gateways
-                .insert(g.name, Gateway::new(g.capacity, g.alive, now));
+            // A fresh lease: nobody could report while we were down. One
+            // that was silent is suspect again: probed before its routes
+            // move (it may have been serving).
+            let mut gw = Gateway::new(g.capacity, g.alive, now);
+            if !g.alive {
+                gw.health.silence = faults::Silence::Suspect;
+            }
+            Self::restore_drain(&mut gw, g.drained.as_ref());
+            self.gateways.insert(g.name, gw);
         }
         for r in saved.routes {
             self.routes.insert(
@@ -310,6 +323,7 @@ impl Controller {
                     name: n.clone(),
                     capacity: g.capacity,
                     alive: g.alive,
+                    drained: Self::saved_drain(g),
                 })
                 .collect(),
             routes: self
@@ -500,6 +514,7 @@ impl Controller {
                 }
             }
             self.acknowledge(&r.gateway);
+            self.end_handoff(&r.gateway);
         }
         self.flush();
         Ok(ReportReply {
@@ -560,22 +575,21 @@ impl Controller {
         }
     }
 
-    /// Liveness: ends the start-up grace, declares silent gateways dead,
-    /// bypasses dead old owners and abandons moves an alive owner did not
-    /// release within a lease. Returns whether a failover is due.
+    /// Liveness: ends the start-up grace, makes gateways silent for a lease
+    /// suspect and probes them (`faults.rs`), bypasses dead old owners and
+    /// abandons moves an old owner did not release within the release
+    /// timeout. Returns whether a failover is due.
     pub fn expire(&mut self, now: Instant) -> bool {
         if !self.ready {
-            if now.saturating_duration_since(self.started) < self.cfg.lease {
+            if now.saturating_duration_since(self.started) < self.cfg.startup_grace {
                 return false;
             }
             self.ready = true;
             tracing::info!("start-up grace over: steering addresses");
             self.bump();
         }
-        let lease = self.cfg.lease;
-        for name in self.gateways.expire(now, lease) {
-            tracing::warn!(gateway = %name, lease_ms = lease.as_millis() as u64, "gateway silent for a lease: dead");
-            self.events.deaths += 1;
+        for name in self.gateways.expire(now, self.cfg.lease) {
+            self.on_silent(&name, now);
             self.epoch += 1;
         }
         // Long gone and carrying nothing: forgotten, so that the state and
@@ -590,18 +604,25 @@ impl Controller {
             self.events.forgotten += 1;
             self.epoch += 1;
         }
+        self.judge(now);
         let next = self.generation + 1;
         let gateways = &self.gateways;
-        let expired = self
-            .routes
-            .expire_moves(|n| gateways.alive(n), now, lease, next);
+        // A move's old owner that may still hold the address (alive with
+        // its NIC up, or silent and not judged dead) must release it; one
+        // that cannot hold it is bypassed.
+        let expired = self.routes.expire_moves(
+            |n| gateways.get(n).is_some_and(Gateway::present),
+            now,
+            self.cfg.release_timeout,
+            next,
+        );
         if !expired.bypassed.is_empty() || !expired.abandoned.is_empty() {
             let g = self.bump();
             for key in &expired.bypassed {
                 tracing::warn!(target = %key.1, generation = g, "old owner dead: bypassed");
             }
             for key in &expired.abandoned {
-                tracing::warn!(target = %key.1, generation = g, "old owner did not release within a lease: move abandoned");
+                tracing::warn!(target = %key.1, generation = g, "old owner did not release within the release timeout: move abandoned");
             }
             self.events.bypassed += expired.bypassed.len() as u64;
             self.events.abandoned += expired.abandoned.len() as u64;
@@ -615,7 +636,7 @@ impl Controller {
     }
 
     fn needs_failover(&self) -> bool {
-        self.ready && self.gateways.any_alive() && self.routes.stranded(|n| self.gateways.alive(n))
+        self.ready && self.any_takes_routes() && self.stranded()
     }
 
     /// Ends an interval: one sample into the window; persists the rates.

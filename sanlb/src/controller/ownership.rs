@@ -129,6 +129,10 @@ impl Routes {
     }
 
     /// Keys in order.
+    #[expect(
+        dead_code,
+        reason = "unused since issue 14; kept with the other accessors"
+    )]
     pub fn keys(&self) -> impl Iterator<Item = &RouteKey> {
         self.map.keys()
     }
@@ -263,6 +267,10 @@ impl Routes {
     }
 
     /// Some route is on no gateway, or on one `alive` says is dead.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "only the unit tests use it since issue 14")
+    )]
     pub fn stranded(&self, alive: impl Fn(&str) -> bool) -> bool {
         self.map.values().any(|r| match r.ownership.assigned() {
             None => true,

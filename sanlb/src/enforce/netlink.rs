@@ -27,16 +27,19 @@ use rtnetlink::{
         address::{
             AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressProtocol,
         },
-        link::{LinkAttribute, LinkLayerType},
+        link::{LinkAttribute, LinkFlags, LinkLayerType},
     },
 };
 use tokio::task::JoinHandle;
 
 use super::{
-    AddressOwner, EnforceError,
+    AddressOwner, EnforceError, LinkState, ProbeSpec,
     announce::{Mac, PacketSocket},
-    host_prefix_len, validate_storage_addr,
+    host_prefix_len,
+    probe::{self, Nic},
+    validate_storage_addr,
 };
+use crate::proto::{MacAddr, ProbedAddress};
 
 /// Announcement rounds per acquire unless configured: the first one flips the
 /// hosts' neighbour entries; the repeats cover a lost frame.
@@ -142,6 +145,8 @@ pub struct NetlinkOwner {
 struct Link {
     index: u32,
     mac: Mac,
+    /// `IFF_UP` and `IFF_LOWER_UP` (a carrier).
+    up: bool,
 }
 
 /// One address configured in the namespace.
@@ -211,10 +216,12 @@ impl NetlinkOwner {
             LinkAttribute::Address(mac) => Mac::try_from(mac.as_slice()).ok(),
             _ => None,
         });
+        let flags = msg.header.flags;
         match mac {
             Some(mac) if msg.header.link_layer_type == LinkLayerType::Ether => Ok(Link {
                 index: msg.header.index,
                 mac,
+                up: flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::LowerUp),
             }),
             _ => Err(EnforceError::NotEthernet(iface.clone())),
         }
@@ -519,6 +526,112 @@ impl AddressOwner for NetlinkOwner {
                 Err(error)
             }
         }
+    }
+
+    async fn link(&self) -> Result<LinkState, EnforceError> {
+        let link = self.link().await?;
+        Ok(LinkState {
+            up: link.up,
+            mac: Some(MacAddr(link.mac)),
+        })
+    }
+
+    async fn probe(&self, spec: &ProbeSpec) -> Result<Vec<ProbedAddress>, EnforceError> {
+        for a in &spec.addrs {
+            validate_storage_addr(*a)?;
+        }
+        let link = self.link().await?;
+        // The NIC's own addresses (not sanlb's) are the sources of the
+        // service checks: a global one of each family.
+        let own = self.configured().await?;
+        let own = own
+            .iter()
+            .filter(|c| c.index == link.index && c.proto != Some(self.cfg.proto));
+        let mut nic = Nic {
+            index: link.index,
+            mac: link.mac,
+            own_v4: None,
+            own_v6: None,
+        };
+        for c in own {
+            match c.addr {
+                IpAddr::V4(a) if nic.own_v4.is_none() && !a.is_loopback() => nic.own_v4 = Some(a),
+                IpAddr::V6(a) if nic.own_v6.is_none() && validate_storage_addr(c.addr).is_ok() => {
+                    nic.own_v6 = Some(a)
+                }
+                _ => {}
+            }
+        }
+        probe::probe(nic, spec)
+            .await
+            .map_err(|source| EnforceError::Os {
+                what: format!(
+                    "probing {} addresses on {}",
+                    spec.addrs.len(),
+                    self.cfg.iface
+                ),
+                source,
+            })
+    }
+
+    async fn reannounce(&self, addr: IpAddr) -> Result<(), EnforceError> {
+        validate_storage_addr(addr)?;
+        let _serial = self.ops.lock().await;
+        let link = self.link().await?;
+        let held = self
+            .configured()
+            .await?
+            .iter()
+            .any(|c| c.addr == addr && self.is_ours(c, &link));
+        if !held || self.cfg.garp_count == 0 {
+            return Ok(());
+        }
+        self.stop_burst(addr).await;
+        self.packets
+            .announce(link.index, link.mac, addr)
+            .map_err(|source| EnforceError::Os {
+                what: format!("announcing {addr} on {}", self.cfg.iface),
+                source,
+            })?;
+        if self.cfg.garp_count > 1 {
+            self.spawn_burst(addr, link);
+        }
+        tracing::info!(iface = %self.cfg.iface, %addr, "announced again");
+        Ok(())
+    }
+
+    async fn remove_unmanaged(&self, addr: IpAddr) -> Result<(), EnforceError> {
+        validate_storage_addr(addr)?;
+        let _serial = self.ops.lock().await;
+        let link = self.link().await?;
+        let iface = self.cfg.iface.clone();
+        let refuse = |why: String| EnforceError::NotRemovable {
+            addr,
+            iface: iface.clone(),
+            why,
+        };
+        let configured = self.configured().await?;
+        let Some(c) = configured
+            .iter()
+            .find(|c| c.addr == addr && c.index == link.index)
+        else {
+            return Ok(());
+        };
+        if c.prefix_len != host_prefix_len(addr) {
+            return Err(refuse(format!(
+                "configured as /{}, not a host prefix (it may be the NIC's own address)",
+                c.prefix_len
+            )));
+        }
+        self.del(c).await?;
+        tracing::error!(
+            %iface,
+            %addr,
+            proto = ?c.proto,
+            "REMOVED an address sanlb does not manage, on the controller's order: another \
+             gateway is assigned it and both answered for it"
+        );
+        Ok(())
     }
 }
 

@@ -4,7 +4,7 @@ use std::{process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use sanlb::{
-    agent::{Agent, AgentConfig, Client},
+    agent::{Agent, AgentConfig, Client, FaultConfig},
     dataplane::{Dataplane, DataplaneConfig},
     enforce::{NetlinkOwner, OwnerConfig},
 };
@@ -78,7 +78,15 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                 interval: args.interval,
                 long_poll: LONG_POLL,
             };
-            let mut agent = Agent::new(agent_cfg, client, dp, owner);
+            let faults = FaultConfig {
+                heartbeat: args.heartbeat,
+                self_probe: args.self_probe,
+                probe_window: args.probe_window,
+                service_port: args.ports.first().copied(),
+                on_stop: args.on_stop.into(),
+                handoff_timeout: args.handoff_timeout,
+            };
+            let mut agent = Agent::new(agent_cfg, client, dp, owner).with_faults(faults);
             rt.block_on(agent.run(shutdown_signal()));
             // Fail-static: the addresses stay on the NIC for the next run.
             agent.into_counters()

@@ -27,6 +27,10 @@ pub enum Command {
     Status(StatusArgs),
     /// The best gateway map for a traffic matrix given a priori.
     Plan(PlanArgs),
+    /// Move a gateway's storage addresses away (break-before-make) and keep it empty.
+    Drain(DrainArgs),
+    /// Let a drained gateway take storage addresses again.
+    Undrain(DrainArgs),
 }
 
 /// The one duration grammar of every flag (sanlb_common::duration): `2.5`
@@ -148,6 +152,61 @@ pub struct AgentArgs {
     /// Time between those messages.
     #[arg(long, value_parser = duration, default_value = "200ms")]
     pub garp_interval: Duration,
+    /// Heartbeat period (liveness for the controller, and where it asks for
+    /// probes); 0 sends none.
+    #[arg(long, value_parser = duration, default_value = "100ms")]
+    pub heartbeat: Duration,
+    /// Period of the probes of the addresses this gateway holds, for a
+    /// second station answering (a duplicate owner); 0 never.
+    #[arg(long, value_parser = duration, default_value = "2s")]
+    pub self_probe: Duration,
+    /// How long a probe collects answers (each of its two phases).
+    #[arg(long, value_parser = duration, default_value = "100ms")]
+    pub probe_window: Duration,
+    /// On SIGTERM: keep the addresses held (fail-static), or hand them off
+    /// to the other gateways first (drains this gateway through the
+    /// controller and waits until it holds nothing).
+    #[arg(long, value_enum, default_value_t = OnStopArg::Keep)]
+    pub on_stop: OnStopArg,
+    /// Longest wait of a hand-off on stop; then the agent exits keeping
+    /// what it still holds.
+    #[arg(long, value_parser = duration, default_value = "30s")]
+    pub handoff_timeout: Duration,
+}
+
+/// `--on-stop`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnStopArg {
+    /// Leave the addresses on the NIC (fail-static).
+    Keep,
+    /// Drain this gateway through the controller and wait until it holds nothing.
+    Handoff,
+}
+
+impl From<OnStopArg> for sanlb::agent::OnStop {
+    fn from(o: OnStopArg) -> Self {
+        match o {
+            OnStopArg::Keep => Self::Keep,
+            OnStopArg::Handoff => Self::Handoff,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct DrainArgs {
+    /// The controller (http://HOST:PORT).
+    #[arg(long, value_name = "URL")]
+    pub controller: String,
+    /// File holding the bearer token.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Wait at most this long until the gateway holds nothing (drain) or
+    /// for nothing (undrain); 0 returns at once.
+    #[arg(long, value_parser = duration, default_value = "0")]
+    pub wait: Duration,
+    /// The gateway.
+    #[arg(value_name = "GATEWAY", value_parser = gateway_name)]
+    pub gateway: String,
 }
 
 /// `--xdp-mode` values: [`XdpAttachMode`] for the command line.
@@ -201,9 +260,25 @@ pub struct ControllerArgs {
     /// Smallest fall of the cost for which a new map is adopted.
     #[arg(long, default_value_t = 0.01)]
     pub min_gain: f64,
-    /// Silence after which a gateway is dead and its routes move.
-    #[arg(long, value_parser = duration, default_value = "3s")]
+    /// Silence (no heartbeat, no report) after which a gateway is suspect:
+    /// its addresses are probed on the data path, and move only if it does
+    /// not serve them.
+    #[arg(long, value_parser = duration, default_value = "300ms")]
     pub lease: Duration,
+    /// After a start, how long nothing is steered while the agents report in.
+    #[arg(long, value_parser = duration, default_value = "3s")]
+    pub startup_grace: Duration,
+    /// How long an old owner has to release a moving address before the
+    /// move is abandoned.
+    #[arg(long, value_parser = duration, default_value = "3s")]
+    pub release_timeout: Duration,
+    /// How long a probe of a silent gateway may take before another gateway
+    /// is asked.
+    #[arg(long, value_parser = duration, default_value = "1s")]
+    pub probe_timeout: Duration,
+    /// How often a silent gateway that still serves is probed again.
+    #[arg(long, value_parser = duration, default_value = "1s")]
+    pub reprobe: Duration,
     /// Dead gateways that own nothing are forgotten after this long (they
     /// stay in status until then).
     #[arg(long, value_parser = duration, default_value = "1h")]

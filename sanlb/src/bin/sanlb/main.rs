@@ -4,6 +4,7 @@ mod agent;
 mod args;
 mod controller;
 mod counters;
+mod drain;
 mod plan;
 mod status;
 
@@ -20,6 +21,8 @@ fn main() -> ExitCode {
         args::Command::Controller(c) => controller::run(c),
         args::Command::Status(s) => status::run(s),
         args::Command::Plan(p) => plan::run(p),
+        args::Command::Drain(d) => drain::run(d, true),
+        args::Command::Undrain(d) => drain::run(d, false),
     };
     match result {
         Ok(code) => code,
