@@ -136,8 +136,23 @@ pub struct NetlinkOwner {
     connection: JoinHandle<()>,
     packets: Arc<PacketSocket>,
     ops: tokio::sync::Mutex<()>,
+    /// Address dumps, one at a time: the kernel refuses a second dump on a
+    /// netlink socket while one runs (EBUSY), and reports, probes and
+    /// self-probes list addresses from different tasks.
+    dumps: tokio::sync::Mutex<()>,
     /// Announcement repeats under way, by address.
     bursts: Mutex<HashMap<IpAddr, JoinHandle<()>>>,
+    /// The network namespace it was created in (its inode): probes open
+    /// their sockets when they run, and must run there.
+    netns: Option<u64>,
+}
+
+/// The inode of the calling thread's network namespace.
+fn current_netns() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .ok()
+        .map(|m| m.ino())
 }
 
 /// The NIC as netlink sees it now.
@@ -192,7 +207,9 @@ impl NetlinkOwner {
             connection,
             packets: Arc::new(packets),
             ops: tokio::sync::Mutex::new(()),
+            dumps: tokio::sync::Mutex::new(()),
             bursts: Mutex::new(HashMap::new()),
+            netns: current_netns(),
         })
     }
 
@@ -229,6 +246,7 @@ impl NetlinkOwner {
 
     /// Every address configured in the namespace, on any interface.
     async fn configured(&self) -> Result<Vec<Configured>, EnforceError> {
+        let _one_dump = self.dumps.lock().await;
         let mut dump = pin!(self.handle.address().get().execute());
         let mut out = Vec::new();
         while let Some(msg) = dump
@@ -539,6 +557,15 @@ impl AddressOwner for NetlinkOwner {
     async fn probe(&self, spec: &ProbeSpec) -> Result<Vec<ProbedAddress>, EnforceError> {
         for a in &spec.addrs {
             validate_storage_addr(*a)?;
+        }
+        if current_netns() != self.netns {
+            return Err(EnforceError::Os {
+                what: format!(
+                    "probing on {}: called from another network namespace than the owner's",
+                    self.cfg.iface
+                ),
+                source: io::ErrorKind::InvalidInput.into(),
+            });
         }
         let link = self.link().await?;
         // The NIC's own addresses (not sanlb's) are the sources of the

@@ -750,8 +750,9 @@ async fn check_service(
     let start = Instant::now();
     let deadline = start + window;
     let open = std::sync::Mutex::new(&mut *seen);
-    let pending = || {
-        open.lock()
+    let settled = || {
+        !open
+            .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
             .flat_map(|m| m.values())
@@ -782,13 +783,13 @@ async fn check_service(
     let receive = async {
         let rx4 = async {
             match &tcp4 {
-                Some(s) => collect(s, deadline, &on, &pending).await,
+                Some(s) => collect(s, deadline, &on, &settled).await,
                 None => Ok(()),
             }
         };
         let rx6 = async {
             match &tcp6 {
-                Some(s) => collect(s, deadline, &on, &pending).await,
+                Some(s) => collect(s, deadline, &on, &settled).await,
                 None => Ok(()),
             }
         };
