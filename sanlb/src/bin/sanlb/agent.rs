@@ -28,6 +28,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                 args.token_file.as_deref().expect("clap requires it"),
             )?;
             let client = Client::new(url, &token, REQUEST_TIMEOUT)?;
+            if args.probe_window.is_zero() || args.probe_window > Duration::from_secs(5) {
+                anyhow::bail!(
+                    "--probe-window must be in (0, 5s], not {:?}",
+                    args.probe_window
+                );
+            }
             if !args.capacity.is_finite() || args.capacity <= 0.0 {
                 anyhow::bail!(
                     "--capacity must be a finite number > 0, not {}",
