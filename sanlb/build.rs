@@ -5,6 +5,7 @@
 use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
+    commit();
     let metadata = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()
@@ -44,4 +45,33 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `SANLB_COMMIT`, the commit `sanlb --version` names: the short hash, or
+/// `unknown` outside a git checkout. Rebuilt when HEAD moves.
+fn commit() {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let hash = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=SANLB_COMMIT={hash}");
+    // HEAD names the branch; the branch's ref (or packed-refs) its commit.
+    let mut watch = vec!["HEAD".to_owned(), "packed-refs".to_owned()];
+    if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watch.push(r);
+    }
+    for w in watch {
+        if let Some(p) = git(&["rev-parse", "--git-path", &w]) {
+            let p = std::path::Path::new(&p);
+            if p.exists() {
+                // Relative paths are relative to the package (the cwd).
+                println!("cargo:rerun-if-changed={}", p.display());
+            }
+        }
+    }
 }

@@ -21,9 +21,11 @@
 //! - [`probe`]: what the kernel says about a namespace (addresses with their
 //!   protocol, neighbours) and a TCP name service to see which gateway
 //!   answers;
-//! - [`capture`]: a raw capture with ARP and Neighbor Advertisement parsers.
+//! - [`capture`]: a raw capture with ARP and Neighbor Advertisement parsers;
+//! - [`etcd`]: a real etcd on loopback for the HA control plane.
 
 pub mod capture;
+pub mod etcd;
 pub mod frames;
 pub mod model;
 pub mod ns_runtime;

@@ -3,6 +3,11 @@
 //! - `controller/loopback_ingest`: reports over real HTTP on loopback from
 //!   8 concurrent clients, each report 1,000 flows; prints reports/s and the
 //!   p50/p99 latency seen by the clients (client and server share the CPUs).
+//! - `controller/loopback_gateways`: 200 simulated gateways on loopback,
+//!   each with its own client (connection), reporting 200 flows once a
+//!   second for 10 s, spread over the second as real agents are; prints the
+//!   p50/p99/max latency the gateways see (client and server share the
+//!   CPUs).
 //! - `controller/router_ingest`: the same reports, pre-serialised, through
 //!   the axum router in-process one at a time (JSON parsing, validation,
 //!   ingest, reply; no client, no socket): what one server core sustains.
@@ -159,6 +164,59 @@ fn loopback_ingest() {
     });
 }
 
+fn loopback_gateways() {
+    const GWS: usize = 200;
+    const FLOWS: usize = 200;
+    const SECONDS: u64 = 10;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = Controller::new(config(), None, Instant::now()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = Server::start(c, TOKEN.into(), listener).unwrap();
+        let url = format!("http://{}", server.addr());
+        let start = tokio::time::Instant::now() + Duration::from_millis(200);
+        let tasks: Vec<_> = (0..GWS)
+            .map(|g| {
+                let client = Client::new(&url, TOKEN, Duration::from_secs(30)).unwrap();
+                tokio::spawn(async move {
+                    // Each gateway's second starts at its own offset.
+                    let offset = Duration::from_micros((g as u64 * 1_000_000) / GWS as u64);
+                    let mut lat = Vec::new();
+                    for seq in 0..=SECONDS {
+                        tokio::time::sleep_until(start + offset + Duration::from_secs(seq)).await;
+                        let mut r = report(g, seq);
+                        r.flows.truncate(FLOWS);
+                        let t = Instant::now();
+                        client.report(&r).await.expect("report accepted");
+                        // The first is a baseline (and a new connection).
+                        if seq > 0 {
+                            lat.push(t.elapsed());
+                        }
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all.sort();
+        println!(
+            "controller/loopback_gateways: {GWS} gateways × {FLOWS} flows, one report/s each for {SECONDS} s: latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} reports)",
+            percentile(&all, 0.50).as_secs_f64() * 1000.0,
+            percentile(&all, 0.99).as_secs_f64() * 1000.0,
+            all.last().unwrap().as_secs_f64() * 1000.0,
+            all.len()
+        );
+        server.stop().await;
+    });
+}
+
 fn router_ingest() {
     use axum::{body::Body, http::Request};
     use tower::ServiceExt as _;
@@ -265,6 +323,12 @@ fn main() {
         .is_none_or(|f| "controller/loopback_ingest".contains(f))
     {
         loopback_ingest();
+    }
+    if filter
+        .as_deref()
+        .is_none_or(|f| "controller/loopback_gateways".contains(f))
+    {
+        loopback_gateways();
     }
     if filter
         .as_deref()

@@ -8,10 +8,14 @@
 //! 3. optimise: [`optimize`], pure, and [`plan`], its a-priori front end;
 //! 4. enforce: [`enforce`], address ownership on a gateway's NIC.
 //!
+//! [`config`] reads `/etc/sanlb/sanlb.toml`, the settings of every role.
+//!
 //! `docs/architecture.md` has the map of the code and its invariants.
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod cluster;
+pub mod config;
 pub mod controller;
 pub mod counters;
 pub mod dataplane;

@@ -7,7 +7,12 @@ use std::process::Command;
 const SANLB: &str = env!("CARGO_BIN_EXE_sanlb");
 
 fn run(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(SANLB).args(args).output().unwrap();
+    // /dev/null: every default, whatever /etc/sanlb/sanlb.toml holds.
+    let out = Command::new(SANLB)
+        .env("SANLB_CONFIG", "/dev/null")
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -10,7 +10,12 @@ use std::{
 const SANLB: &str = env!("CARGO_BIN_EXE_sanlb");
 
 fn run(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(SANLB).args(args).output().unwrap();
+    // /dev/null: every default, whatever /etc/sanlb/sanlb.toml holds.
+    let out = Command::new(SANLB)
+        .env("SANLB_CONFIG", "/dev/null")
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -81,7 +86,7 @@ fn controller_refuses_bad_configuration() {
         "--target",
         "198.18.1.1",
     ]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(2), "a bad token file is bad input");
     assert!(err.contains("expected one printable token"), "{err}");
     let bad = dir.path().join("bad.csv");
     std::fs::write(&bad, "h,198.18.1.1\n198.18.0.1,lots\n").unwrap();
@@ -147,7 +152,7 @@ fn agent_with_a_controller_needs_a_gateway_and_a_token() {
         "--token-file",
         &token,
     ]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(2), "a bad URL is bad input");
     assert!(
         err.contains("controller URL \"ftp://x\": expected http://HOST:PORT"),
         "{err}"
@@ -163,7 +168,7 @@ fn status_of_an_unreachable_controller_names_it() {
         .port();
     let url = format!("http://127.0.0.1:{port}");
     let (code, _, err) = run(&["status", "--controller", &url]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(3), "unreachable: {err}");
     assert!(err.contains(&format!("{url}/v1/status")), "{err}");
 }
 
@@ -232,7 +237,7 @@ fn a_controller_process_answers_status_and_stops_on_sigterm() {
         "{out}"
     );
     let (code, _, err) = run(&["status", "--controller", &url]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(4), "refused: {err}");
     assert!(err.contains("401 Unauthorized: no bearer token"), "{err}");
     // SIGTERM: a clean exit, the state on disk.
     // SAFETY: signalling the child this test started.

@@ -5,6 +5,7 @@
 
 mod bench_throughput;
 mod demo;
+mod package;
 mod setup;
 mod util;
 
@@ -51,6 +52,12 @@ enum Cmd {
     /// The SAN lab: a skewed IP SAN in network namespaces rebalances itself
     /// live (root).
     Demo(demo::DemoArgs),
+    /// Build the Debian package target/debian/sanlb_<version>_amd64.deb.
+    Package {
+        /// Then install it, verify its units and binary, and purge it (root).
+        #[arg(long)]
+        check: bool,
+    },
     /// Set up, then run the benchmarks: `cargo bench`, then (as root) the
     /// throughput one (`cargo xtask bench throughput` runs only that).
     Bench {
@@ -69,6 +76,7 @@ fn main() -> ExitCode {
         Cmd::Run { release, args } => run(release, &args),
         Cmd::Test { unprivileged, args } => test(unprivileged, &args),
         Cmd::Bench { args } => bench(&args),
+        Cmd::Package { check } => package::run(check),
         Cmd::Demo(args) => setup::run().and_then(|()| demo::run(args)),
     };
     match result {

@@ -29,17 +29,51 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "gcc",
     "pkg-config",
+    // `cargo xtask package --check`: dpkg-deb is in dpkg; systemd-analyze
+    // verifies the units; setpriv (util-linux) runs the agent with the
+    // unit's capabilities only (sanlb/tests/cli_service.rs).
+    "systemd",
+    "util-linux",
+    // etcd-client's build script compiles etcd's protobufs with protoc.
+    "protobuf-compiler",
+    "libprotobuf-dev",
+    // The HA control plane's tests and failover benchmark run a real etcd
+    // (sanlb/tests/cluster.rs, sanlb/benches/failover.rs).
+    "etcd-server",
 ];
 
 /// The bpf-linker release this workspace is built and tested with.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
+/// The cargo-deb release `cargo xtask package` uses.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
 pub fn run() -> Result<()> {
     apt()?;
     nightly()?;
     bpf_linker()?;
+    cargo_deb()?;
     Ok(())
+}
+
+/// cargo-deb builds the Debian package (`cargo xtask package`, run by CI).
+fn cargo_deb() -> Result<()> {
+    let current = util::cargo(&["deb", "--version"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if current.contains(CARGO_DEB_VERSION) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-deb {CARGO_DEB_VERSION} (about 3 min)");
+    util::status(&mut util::cargo(&[
+        "install",
+        "cargo-deb",
+        "--locked",
+        "--version",
+        CARGO_DEB_VERSION,
+    ]))
 }
 
 fn apt() -> Result<()> {
@@ -65,10 +99,14 @@ fn apt() -> Result<()> {
     // hold the default control socket. The lab gives each of its tgtd a
     // control port of its own, so it does not depend on this, but a fresh
     // install should not leave a daemon running that nobody asked for.
-    if missing.contains(&"tgt") && Path::new("/run/systemd/system").exists() {
-        let _ = Command::new("systemctl")
-            .args(["disable", "--now", "tgt.service"])
-            .status();
+    // The same for etcd-server's etcd.service (the tests start their own
+    // etcd on a free loopback port with a temporary data directory).
+    for (package, unit) in [("tgt", "tgt.service"), ("etcd-server", "etcd.service")] {
+        if missing.contains(&package) && Path::new("/run/systemd/system").exists() {
+            let _ = Command::new("systemctl")
+                .args(["disable", "--now", unit])
+                .status();
+        }
     }
     Ok(())
 }

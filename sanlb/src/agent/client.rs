@@ -1,6 +1,11 @@
-//! HTTP client of the controller's `/v1/` API (agents and `sanlb status`).
+//! HTTP(S) client of the controller's `/v1/` API (agents and `sanlb
+//! status`). `https://` URLs trust the CA file given, else Debian's CA store
+//! (`/etc/ssl/certs`).
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use reqwest::StatusCode;
 
@@ -12,9 +17,20 @@ use crate::proto::{
 /// Errors talking to the controller.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The URL is not an `http://` URL.
-    #[error("controller URL {0:?}: expected http://HOST:PORT")]
+    /// The URL is not an `http://` or `https://` URL.
+    #[error("controller URL {0:?}: expected http://HOST:PORT or https://HOST:PORT")]
     Url(String),
+    /// The CA file cannot be read or holds no certificate.
+    #[error("CA file {path}: {message}")]
+    Ca {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A CA file was given for an `http://` URL, which would not use it.
+    #[error("controller URL {0:?}: a CA file is for https:// URLs")]
+    CaWithoutTls(String),
     /// The request did not complete (connection refused, timeout…).
     #[error("{url}: request failed")]
     Transport {
@@ -49,17 +65,56 @@ impl Client {
     /// Talks to `base` (`http://host:port`) with `token`; requests other
     /// than long polls give up after `timeout`.
     pub fn new(base: &str, token: &str, timeout: Duration) -> Result<Self, ClientError> {
+        Self::with_ca(base, token, timeout, None)
+    }
+
+    /// As [`Client::new`], for `http://` or `https://` URLs; an `https://`
+    /// controller's certificate must chain to a certificate of `ca` (PEM)
+    /// if given, else to one of the system's CA store.
+    pub fn with_ca(
+        base: &str,
+        token: &str,
+        timeout: Duration,
+        ca: Option<&Path>,
+    ) -> Result<Self, ClientError> {
         let base = base.trim_end_matches('/');
-        if !base.starts_with("http://") || base.len() <= "http://".len() {
+        let rest = base
+            .strip_prefix("https://")
+            .or_else(|| base.strip_prefix("http://"));
+        if rest.is_none_or(str::is_empty) {
             return Err(ClientError::Url(base.to_owned()));
         }
-        let http = reqwest::Client::builder()
+        let https = base.starts_with("https://");
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(timeout)
-            .build()
-            .map_err(|source| ClientError::Transport {
-                url: base.to_owned(),
-                source,
-            })?;
+            // Below the controller's idle limit (its header timeout, 10 s by
+            // default), so a request never goes out on a connection the
+            // controller is closing.
+            .pool_idle_timeout(Duration::from_secs(5))
+            .https_only(https);
+        if let Some(path) = ca {
+            if !https {
+                return Err(ClientError::CaWithoutTls(base.to_owned()));
+            }
+            let ca_err = |message: String| ClientError::Ca {
+                path: path.to_owned(),
+                message,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| ca_err(crate::error_chain(&e)))?;
+            if certs.is_empty() {
+                return Err(ca_err("no PEM certificate in it".into()));
+            }
+            builder = builder.tls_built_in_root_certs(false);
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder.build().map_err(|source| ClientError::Transport {
+            url: base.to_owned(),
+            source,
+        })?;
         Ok(Self {
             http,
             base: base.to_owned(),

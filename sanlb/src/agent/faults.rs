@@ -40,7 +40,8 @@ use crate::{
 pub const SELF_PROBE_BATCH: usize = 256;
 
 /// What the agent does on SIGTERM.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OnStop {
     /// Leave the addresses on the NIC (fail-static): the gateway keeps
     /// serving them while no agent runs, and the controller, finding it

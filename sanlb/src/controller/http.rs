@@ -1,4 +1,10 @@
 //! The controller's HTTP API (see [`crate::proto`] for the endpoints).
+//!
+//! Who may do what: the agents' token may do everything; the read-only
+//! token only `GET /v1/status` and `GET /metrics`; `GET /healthz` needs no
+//! token and says nothing but whether the server is up. Every refusal,
+//! including unknown paths (404), wrong methods (405) and oversized heads
+//! (431), has a `{"error": …}` body.
 
 use std::{
     net::SocketAddr,
@@ -8,33 +14,64 @@ use std::{
 
 use axum::{
     Json, Router,
+    body::Body,
     extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State, rejection::JsonRejection},
     http::{StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use http_body_util::BodyExt as _;
 use serde::Deserialize;
 
-use super::{Controller, IngestError, metrics};
+use super::{Controller, IngestError, metrics, server::DEFAULT_BODY_TIMEOUT};
 use crate::proto::{
     ApiError, MAX_BODY_BYTES, MAX_NAME_LEN, MAX_WAIT_MS, Report, ReportReply, Share, Status, shown,
 };
+
+/// Most header fields a request may carry (`431` beyond).
+pub const MAX_HEADERS: usize = 100;
+/// Most bytes of header fields (names and values) a request may carry
+/// (`431` beyond).
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Who may call what, and how long a request body may take.
+#[derive(Clone, Debug)]
+pub struct Access {
+    /// The agents' token: every endpoint.
+    pub token: String,
+    /// A token that may only read (`/v1/status`, `/metrics`).
+    pub read_token: Option<String>,
+    /// Longest wait for a request's whole body (`408` after).
+    pub body_timeout: Duration,
+}
 
 /// What the handlers share.
 #[derive(Debug)]
 pub struct AppState {
     controller: Mutex<Controller>,
-    token: String,
+    access: Access,
     closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
     /// Serves `controller` to clients presenting `token`.
     pub fn new(controller: Controller, token: String) -> Arc<Self> {
+        Self::with_access(
+            controller,
+            Access {
+                token,
+                read_token: None,
+                body_timeout: DEFAULT_BODY_TIMEOUT,
+            },
+        )
+    }
+
+    /// Serves `controller` as `access` says.
+    pub fn with_access(controller: Controller, access: Access) -> Arc<Self> {
         Arc::new(Self {
             controller: Mutex::new(controller),
-            token,
+            access,
             closing: tokio::sync::watch::channel(false).0,
         })
     }
@@ -42,6 +79,11 @@ impl AppState {
     /// Ends long polls and timers: the server is going down.
     pub fn close(&self) {
         self.closing.send_replace(true);
+    }
+
+    /// Whether [`AppState::close`] was called.
+    pub fn is_closing(&self) -> bool {
+        *self.closing.borrow()
     }
 
     /// Resolves once [`AppState::close`] was called.
@@ -59,9 +101,10 @@ impl AppState {
 }
 
 /// The router: `/v1/report`, `/v1/share`, `/v1/status`, `/metrics`,
-/// `/v1/heartbeat`, `/v1/drain`, `/v1/undrain`, all behind the bearer token.
+/// `/v1/heartbeat`, `/v1/drain`, `/v1/undrain` behind the tokens, `/healthz`
+/// open.
 pub fn app(state: Arc<AppState>) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/v1/report", post(report))
         .route("/v1/share", get(share))
         .route("/v1/status", get(status))
@@ -69,8 +112,17 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/heartbeat", post(super::faults::api::heartbeat))
         .route("/v1/drain", post(super::faults::api::drain))
         .route("/v1/undrain", post(super::faults::api::undrain))
+        .method_not_allowed_fallback(method_not_allowed)
+        // Outermost first when a request comes in: auth, then the body.
+        .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .method_not_allowed_fallback(method_not_allowed)
+        .merge(api)
+        .fallback(not_found)
+        .layer(middleware::from_fn(head_limits))
         .with_state(state)
 }
 
@@ -93,14 +145,30 @@ fn same_token(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// What a path needs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Read,
+    Agent,
+}
+
+fn need(path: &str) -> Need {
+    match path {
+        "/v1/status" | "/metrics" => Need::Read,
+        _ => Need::Agent,
+    }
+}
+
 async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let ok = presented.is_some_and(|t| same_token(t.as_bytes(), state.token.as_bytes()));
-    if ok {
+    let access = &state.access;
+    let is = |t: &str| presented.is_some_and(|p| same_token(p.as_bytes(), t.as_bytes()));
+    let reader = access.read_token.as_deref().is_some_and(is);
+    if is(&access.token) || (reader && need(req.uri().path()) == Need::Read) {
         return next.run(req).await;
     }
     let peer = req
@@ -108,12 +176,21 @@ async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.to_string())
         .unwrap_or_else(|| "unknown".into());
+    let path = req.uri().path().to_owned();
+    if reader {
+        tracing::warn!(%peer, %path, "refused: the read-only token cannot {} {path}", req.method());
+        state.lock().count_error("forbidden");
+        return error(
+            StatusCode::FORBIDDEN,
+            format!("the read-only token cannot {} {path}", req.method()),
+        );
+    }
     let why = if presented.is_some() {
         "wrong bearer token"
     } else {
         "no bearer token"
     };
-    tracing::warn!(%peer, path = %req.uri().path(), "refused: {why}");
+    tracing::warn!(%peer, %path, "refused: {why}");
     state.lock().count_error("unauthorized");
     let mut resp = error(StatusCode::UNAUTHORIZED, why);
     resp.headers_mut().insert(
@@ -121,6 +198,89 @@ async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
         header::HeaderValue::from_static("Bearer"),
     );
     resp
+}
+
+/// Reads the whole body before the handler, within the body deadline and
+/// the size limit, so a slow client cannot hold a connection with a
+/// trickle and no handler waits on the network.
+async fn read_body(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
+    let deadline = state.access.body_timeout;
+    let bytes = match tokio::time::timeout(deadline, limited.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            tracing::warn!(path = %parts.uri.path(), "refused: body larger than {MAX_BODY_BYTES} bytes");
+            state.lock().count_error("body_too_large");
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body larger than {MAX_BODY_BYTES} bytes"),
+            );
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "reading a request body");
+            state.lock().count_error("body_read");
+            return error(StatusCode::BAD_REQUEST, format!("reading the body: {e}"));
+        }
+        Err(_) => {
+            tracing::warn!(path = %parts.uri.path(), "refused: body not received within {deadline:?}");
+            state.lock().count_error("body_timeout");
+            let mut resp = error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("body not received within {deadline:?}"),
+            );
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            return resp;
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// `431` with a reason, below hyper's own ceilings (which answer with an
+/// empty body).
+async fn head_limits(req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum();
+    if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+        return error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "{} header fields of {bytes} bytes: at most {MAX_HEADERS} fields of {MAX_HEADER_BYTES} bytes",
+                headers.len()
+            ),
+        );
+    }
+    next.run(req).await
+}
+
+async fn not_found(req: Request) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {}", req.uri().path()),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+/// Up or stopping, nothing more: no token, so no data.
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    if state.is_closing() {
+        (StatusCode::SERVICE_UNAVAILABLE, "stopping\n").into_response()
+    } else {
+        (StatusCode::OK, "ok\n").into_response()
+    }
 }
 
 async fn report(

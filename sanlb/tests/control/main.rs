@@ -14,3 +14,4 @@ mod http;
 mod loopback;
 mod moves;
 mod netns;
+mod serving;

@@ -3,61 +3,82 @@
 use std::{process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
+use futures_util::FutureExt as _;
 use sanlb::{
     agent::{Agent, AgentConfig, Client, FaultConfig},
+    config::AgentSection,
     dataplane::{Dataplane, DataplaneConfig},
     enforce::{NetlinkOwner, OwnerConfig},
 };
 
-use crate::args::AgentArgs;
+use crate::{FAILURE, args::AgentArgs, bad_input};
 
 /// Long poll for new shares between reports.
 const LONG_POLL: Duration = Duration::from_secs(30);
 /// Timeout of a report.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: AgentArgs, file: &AgentSection) -> anyhow::Result<ExitCode> {
+    let iface = args
+        .dp
+        .iface
+        .clone()
+        .or_else(|| file.iface.clone())
+        .ok_or_else(|| bad_input(anyhow::anyhow!("give --iface (or iface in [agent])")))?;
+    let controller_url = args.controller.clone().or_else(|| file.controller.clone());
+    let gateway = args.gateway.clone().or_else(|| file.gateway.clone());
+    let token_file = args.token_file.clone().or_else(|| file.token_file.clone());
+    let ca_file = args.ca_file.clone().or_else(|| file.ca_file.clone());
+    let capacity = args.capacity.unwrap_or(file.capacity);
+    let keep_pins = args.keep_pins || file.keep_pins;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     // Everything that can fail on input is checked before attaching.
-    let controller = match &args.controller {
+    let controller = match &controller_url {
         Some(url) => {
-            let token = crate::controller::read_token(
-                args.token_file.as_deref().expect("clap requires it"),
-            )?;
-            let client = Client::new(url, &token, REQUEST_TIMEOUT)?;
-            if args.probe_window.is_zero() || args.probe_window > Duration::from_secs(5) {
-                anyhow::bail!(
-                    "--probe-window must be in (0, 5s], not {:?}",
-                    args.probe_window
-                );
+            let (Some(gateway), Some(token_file)) = (&gateway, &token_file) else {
+                return Err(bad_input(anyhow::anyhow!(
+                    "--controller needs --gateway and --token-file (or gateway and token_file in [agent])"
+                )));
+            };
+            let token = crate::controller::read_token(token_file)?;
+            let client = Client::with_ca(url, &token, REQUEST_TIMEOUT, ca_file.as_deref())
+                .map_err(bad_input)?;
+            let window = args.probe_window.unwrap_or(file.probe_window);
+            if window.is_zero() || window > Duration::from_secs(5) {
+                return Err(bad_input(anyhow::anyhow!(
+                    "--probe-window must be in (0, 5s], not {window:?}"
+                )));
             }
-            if !args.capacity.is_finite() || args.capacity <= 0.0 {
-                anyhow::bail!(
-                    "--capacity must be a finite number > 0, not {}",
-                    args.capacity
-                );
+            if !capacity.is_finite() || capacity <= 0.0 {
+                return Err(bad_input(anyhow::anyhow!(
+                    "--capacity must be a finite number > 0, not {capacity}"
+                )));
             }
             // The owner's sockets and tasks live on this runtime.
             let _rt = rt.enter();
             let owner = NetlinkOwner::new(OwnerConfig {
-                garp_count: args.garp_count,
-                garp_interval: args.garp_interval,
-                ..OwnerConfig::new(&args.dp.iface)
+                garp_count: args.garp_count.unwrap_or(file.garp_count),
+                garp_interval: args.garp_interval.unwrap_or(file.garp_interval),
+                ..OwnerConfig::new(&iface)
             })
-            .with_context(|| format!("managing storage addresses on {}", args.dp.iface))?;
-            Some((client, owner))
+            .with_context(|| format!("managing storage addresses on {iface}"))?;
+            Some((client, owner, gateway.clone()))
         }
         None => None,
     };
     let cfg = DataplaneConfig {
-        iface: args.dp.iface.clone(),
-        ports: args.ports.clone(),
-        max_flows: args.max_flows,
-        pin_dir: args.dp.pin_dir.clone(),
-        xdp_mode: args.xdp_mode.into(),
+        iface: iface.clone(),
+        ports: if args.ports.is_empty() {
+            file.ports.clone()
+        } else {
+            args.ports.clone()
+        },
+        max_flows: args.max_flows.unwrap_or(file.max_flows),
+        pin_dir: args.dp.pin_dir.clone().or_else(|| file.pin_dir.clone()),
+        xdp_mode: args.xdp_mode.map_or(file.xdp_mode, Into::into),
     };
     let dp = Dataplane::attach(&cfg).with_context(|| format!("starting on {}", cfg.iface))?;
     let attachment = dp.attachment();
@@ -70,37 +91,49 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         "counting iSCSI traffic (ingress: {}, egress: tc)",
         attachment.ingress
     );
-    let dp = match controller {
+    let (dp, code) = match controller {
         None => {
             rt.block_on(shutdown_signal());
-            dp
+            (dp, ExitCode::SUCCESS)
         }
-        Some((client, owner)) => {
-            let gateway = args.gateway.clone().expect("clap requires it");
-            tracing::info!(%gateway, controller = args.controller.as_deref().unwrap_or_default(), "reporting");
+        Some((client, owner, gateway)) => {
+            tracing::info!(%gateway, controller = controller_url.as_deref().unwrap_or_default(), "reporting");
             let agent_cfg = AgentConfig {
                 gateway,
-                capacity: args.capacity,
-                interval: args.interval,
+                capacity,
+                interval: args.interval.unwrap_or(file.interval),
                 long_poll: LONG_POLL,
             };
             let faults = FaultConfig {
-                heartbeat: args.heartbeat,
-                self_probe: args.self_probe,
-                probe_window: args.probe_window,
-                service_port: args.ports.first().copied(),
-                on_stop: args.on_stop.into(),
-                handoff_timeout: args.handoff_timeout,
+                heartbeat: args.heartbeat.unwrap_or(file.heartbeat),
+                self_probe: args.self_probe.unwrap_or(file.self_probe),
+                probe_window: args.probe_window.unwrap_or(file.probe_window),
+                service_port: cfg.ports.first().copied(),
+                on_stop: args.on_stop.map_or(file.on_stop, Into::into),
+                handoff_timeout: args.handoff_timeout.unwrap_or(file.handoff_timeout),
             };
             let mut agent = Agent::new(agent_cfg, client, dp, owner).with_faults(faults);
-            rt.block_on(agent.run(shutdown_signal()));
-            // Fail-static: the addresses stay on the NIC for the next run.
-            agent.into_counters()
+            // A panic in the loop (a bug) must not leave the programs
+            // attached and the pins behind: detach, then exit non-zero for
+            // the service manager to restart the agent.
+            let ended = rt.block_on(
+                std::panic::AssertUnwindSafe(agent.run(shutdown_signal())).catch_unwind(),
+            );
+            let code = match ended {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => {
+                    tracing::error!("the agent's loop panicked: detaching");
+                    ExitCode::from(FAILURE)
+                }
+            };
+            // Fail-static (unless handed off): what is held stays on the
+            // NIC for the next run.
+            (agent.into_counters(), code)
         }
     };
-    tracing::info!(iface = dp.iface(), keep_pins = args.keep_pins, "detaching");
-    dp.detach(args.keep_pins);
-    Ok(ExitCode::SUCCESS)
+    tracing::info!(iface = dp.iface(), keep_pins, "detaching");
+    dp.detach(keep_pins);
+    Ok(code)
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -4,15 +4,49 @@ use std::{net::IpAddr, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
-use sanlb::{dataplane::XdpAttachMode, optimize::Solver, proto::Mode};
-use sanlb_common::{DEFAULT_ISCSI_PORT, DEFAULT_MAX_FLOWS};
+use sanlb::{config::LogFormat, dataplane::XdpAttachMode, optimize::Solver, proto::Mode};
+
+/// `sanlb --version`: the package version and the commit it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SANLB_COMMIT"), ")");
 
 /// Balance iSCSI traffic across the gateways of an IP SAN.
 #[derive(Parser, Debug)]
-#[command(name = "sanlb", version, about)]
+#[command(
+    name = "sanlb",
+    version = VERSION,
+    about,
+    after_help = "\
+Settings come from the flags, then the config file (/etc/sanlb/sanlb.toml, or --config),
+then the defaults. Exit status: 0 success, 1 failure, 2 bad flags or configuration;
+`sanlb status` also 3 controller unreachable, 4 request refused (see sanlb-status(1))."
+)]
 pub struct Cli {
+    /// Configuration file [default: /etc/sanlb/sanlb.toml if it exists].
+    #[arg(long, global = true, value_name = "FILE", env = "SANLB_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log line format [default: the config file's, else text].
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    /// Human-readable; colours only on a terminal.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(f: LogFormatArg) -> Self {
+        match f {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -27,10 +61,15 @@ pub enum Command {
     Status(StatusArgs),
     /// The best gateway map for a traffic matrix given a priori.
     Plan(PlanArgs),
+    /// Create a bearer token file (mode 0600) for the controller and its clients.
+    Token(TokenArgs),
     /// Move a gateway's storage addresses away (break-before-make) and keep it empty.
     Drain(DrainArgs),
     /// Let a drained gateway take storage addresses again.
     Undrain(DrainArgs),
+    /// Write the man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
 }
 
 /// The one duration grammar of every flag (sanlb_common::duration): `2.5`
@@ -106,72 +145,79 @@ impl From<SolverArg> for Solver {
 /// Where the data plane lives.
 #[derive(Args, Debug, Clone)]
 pub struct DataplaneArgs {
-    /// The host-facing NIC.
+    /// The host-facing NIC [default: [agent] iface of the config file].
     #[arg(long, value_name = "NIC")]
-    pub iface: String,
+    pub iface: Option<String>,
     /// Directory of the pinned maps [default: /sys/fs/bpf/sanlb/<NIC>].
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
 }
 
+// Flags without a value here take it from the config file, else from the
+// defaults written in sanlb::config (shown in brackets).
+
 #[derive(Args, Debug)]
 pub struct AgentArgs {
     #[command(flatten)]
     pub dp: DataplaneArgs,
-    /// iSCSI TCP port; repeat for several.
-    #[arg(long = "port", value_name = "PORT", default_values_t = [DEFAULT_ISCSI_PORT])]
+    /// iSCSI TCP port; repeat for several [default: 3260].
+    #[arg(long = "port", value_name = "PORT")]
     pub ports: Vec<u16>,
-    /// Size of the LRU (initiator, target) table.
-    #[arg(long, default_value_t = DEFAULT_MAX_FLOWS)]
-    pub max_flows: u32,
-    /// Where to count ingress traffic.
-    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
-    pub xdp_mode: XdpModeArg,
+    /// Size of the LRU (initiator, target) table [default: 65536].
+    #[arg(long)]
+    pub max_flows: Option<u32>,
+    /// Where to count ingress traffic [default: auto: per NIC].
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpModeArg>,
     /// Leave the maps pinned on exit (the programs are detached either way).
     #[arg(long)]
     pub keep_pins: bool,
-    /// Report to this controller (http://HOST:PORT) and apply its map;
-    /// without it the agent only counts.
-    #[arg(long, value_name = "URL", requires_all = ["gateway", "token_file"])]
+    /// Report to this controller (http://HOST:PORT or https://HOST:PORT) and
+    /// apply its map; without it the agent only counts.
+    #[arg(long, value_name = "URL")]
     pub controller: Option<String>,
-    /// This gateway's name in reports: 1–64 characters of [A-Za-z0-9._-].
+    /// This gateway's name in reports (with --controller): 1–64 characters
+    /// of [A-Za-z0-9._-].
     #[arg(long, value_name = "NAME", value_parser = gateway_name)]
     pub gateway: Option<String>,
-    /// File holding the controller's bearer token.
+    /// File holding the agents' bearer token (with --controller).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-    /// Relative capacity of this gateway.
-    #[arg(long, default_value_t = 1.0)]
-    pub capacity: f64,
-    /// Report period.
-    #[arg(long, value_parser = duration, default_value = "1s")]
-    pub interval: Duration,
-    /// Gratuitous ARP / unsolicited NA messages sent on acquiring an address.
-    #[arg(long, default_value_t = sanlb::enforce::DEFAULT_GARP_COUNT)]
-    pub garp_count: u32,
-    /// Time between those messages.
-    #[arg(long, value_parser = duration, default_value = "200ms")]
-    pub garp_interval: Duration,
+    /// CA certificates (PEM) of an https:// controller [default: the system's].
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Relative capacity of this gateway [default: 1].
+    #[arg(long)]
+    pub capacity: Option<f64>,
+    /// Report period [default: 1s].
+    #[arg(long, value_parser = duration)]
+    pub interval: Option<Duration>,
+    /// Gratuitous ARP / unsolicited NA messages sent on acquiring an address [default: 3].
+    #[arg(long)]
+    pub garp_count: Option<u32>,
+    /// Time between those messages [default: 200ms].
+    #[arg(long, value_parser = duration)]
+    pub garp_interval: Option<Duration>,
     /// Heartbeat period (liveness for the controller, and where it asks for
-    /// probes); 0 sends none.
-    #[arg(long, value_parser = duration, default_value = "100ms")]
-    pub heartbeat: Duration,
+    /// probes); 0 sends none [default: 100ms].
+    #[arg(long, value_parser = duration)]
+    pub heartbeat: Option<Duration>,
     /// Period of the probes of the addresses this gateway holds, for a
-    /// second station answering (a duplicate owner); 0 never.
-    #[arg(long, value_parser = duration, default_value = "2s")]
-    pub self_probe: Duration,
-    /// How long a probe collects answers (each of its two phases).
-    #[arg(long, value_parser = duration, default_value = "100ms")]
-    pub probe_window: Duration,
+    /// second station answering (a duplicate owner); 0 never [default: 2s].
+    #[arg(long, value_parser = duration)]
+    pub self_probe: Option<Duration>,
+    /// How long a probe collects answers (each of its two phases) [default: 100ms].
+    #[arg(long, value_parser = duration)]
+    pub probe_window: Option<Duration>,
     /// On SIGTERM: keep the addresses held (fail-static), or hand them off
     /// to the other gateways first (drains this gateway through the
-    /// controller and waits until it holds nothing).
-    #[arg(long, value_enum, default_value_t = OnStopArg::Keep)]
-    pub on_stop: OnStopArg,
-    /// Longest wait of a hand-off on stop; then the agent exits keeping
-    /// what it still holds.
-    #[arg(long, value_parser = duration, default_value = "30s")]
-    pub handoff_timeout: Duration,
+    /// controller and waits until it holds nothing) [default: keep].
+    #[arg(long, value_enum)]
+    pub on_stop: Option<OnStopArg>,
+    /// Longest hand-off on stop; then the agent exits keeping what it still
+    /// holds [default: 30s].
+    #[arg(long, value_parser = duration)]
+    pub handoff_timeout: Option<Duration>,
 }
 
 /// `--on-stop`.
@@ -190,23 +236,6 @@ impl From<OnStopArg> for sanlb::agent::OnStop {
             OnStopArg::Handoff => Self::Handoff,
         }
     }
-}
-
-#[derive(Args, Debug)]
-pub struct DrainArgs {
-    /// The controller (http://HOST:PORT).
-    #[arg(long, value_name = "URL")]
-    pub controller: String,
-    /// File holding the bearer token.
-    #[arg(long, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
-    /// Wait at most this long until the gateway holds nothing (drain) or
-    /// for nothing (undrain); 0 returns at once.
-    #[arg(long, value_parser = duration, default_value = "0")]
-    pub wait: Duration,
-    /// The gateway.
-    #[arg(value_name = "GATEWAY", value_parser = gateway_name)]
-    pub gateway: String,
 }
 
 /// `--xdp-mode` values: [`XdpAttachMode`] for the command line.
@@ -236,56 +265,75 @@ impl From<XdpModeArg> for XdpAttachMode {
 
 #[derive(Args, Debug)]
 pub struct ControllerArgs {
-    /// Address to listen on.
+    /// Address to listen on (required here or in the config file).
     #[arg(long, value_name = "ADDR")]
-    pub listen: SocketAddr,
-    /// State file (map, generation, gateways, rates), replaced atomically.
+    pub listen: Option<SocketAddr>,
+    /// State file (map, generation, gateways, rates), replaced atomically
+    /// [default: /var/lib/sanlb/controller.json].
     #[arg(long, value_name = "FILE")]
-    pub state: PathBuf,
-    /// File holding the bearer token clients must present.
+    pub state: Option<PathBuf>,
+    /// File holding the agents' bearer token (required here or in the config file).
     #[arg(long, value_name = "FILE")]
-    pub token_file: PathBuf,
-    /// Rebalance period, and length of one window sample.
-    #[arg(long, value_parser = duration, default_value = "5s")]
-    pub interval: Duration,
-    /// Number of intervals the rates are averaged over.
-    #[arg(long, default_value_t = 6)]
-    pub window: usize,
-    /// Weight of the normalised variance of utilisation.
-    #[arg(long, default_value_t = sanlb::optimize::DEFAULT_W_VAR)]
-    pub w_var: f64,
-    /// Weight of one move.
-    #[arg(long, default_value_t = sanlb::optimize::DEFAULT_W_CHANGE)]
-    pub w_change: f64,
-    /// Smallest fall of the cost for which a new map is adopted.
-    #[arg(long, default_value_t = 0.01)]
-    pub min_gain: f64,
+    pub token_file: Option<PathBuf>,
+    /// File holding a read-only token (/v1/status, /metrics).
+    #[arg(long, value_name = "FILE")]
+    pub read_token_file: Option<PathBuf>,
+    /// Certificate chain (PEM): serve HTTPS (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Connections served at once [default: 1024].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Longest wait for a request's headers; also the keep-alive idle limit [default: 10s].
+    #[arg(long, value_parser = duration)]
+    pub header_timeout: Option<Duration>,
+    /// Longest wait for a request's body [default: 30s].
+    #[arg(long, value_parser = duration)]
+    pub body_timeout: Option<Duration>,
+    /// Rebalance period, and length of one window sample [default: 5s].
+    #[arg(long, value_parser = duration)]
+    pub interval: Option<Duration>,
+    /// Number of intervals the rates are averaged over [default: 6].
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// Weight of the normalised variance of utilisation [default: 1].
+    #[arg(long)]
+    pub w_var: Option<f64>,
+    /// Weight of one move [default: 0.01].
+    #[arg(long)]
+    pub w_change: Option<f64>,
+    /// Smallest fall of the cost for which a new map is adopted [default: 0.01].
+    #[arg(long)]
+    pub min_gain: Option<f64>,
     /// Silence (no heartbeat, no report) after which a gateway is suspect:
-    /// its addresses are probed on the data path, and move only if it does
-    /// not serve them.
-    #[arg(long, value_parser = duration, default_value = "300ms")]
-    pub lease: Duration,
-    /// After a start, how long nothing is steered while the agents report in.
-    #[arg(long, value_parser = duration, default_value = "3s")]
-    pub startup_grace: Duration,
+    /// its addresses are probed on the data path and move only if it does
+    /// not serve them [default: 300ms].
+    #[arg(long, value_parser = duration)]
+    pub lease: Option<Duration>,
+    /// After a start, how long nothing is steered while the agents report in [default: 3s].
+    #[arg(long, value_parser = duration)]
+    pub startup_grace: Option<Duration>,
     /// How long an old owner has to release a moving address before the
-    /// move is abandoned.
-    #[arg(long, value_parser = duration, default_value = "3s")]
-    pub release_timeout: Duration,
+    /// move is abandoned [default: 3s].
+    #[arg(long, value_parser = duration)]
+    pub release_timeout: Option<Duration>,
     /// How long a probe of a silent gateway may take before another gateway
-    /// is asked.
-    #[arg(long, value_parser = duration, default_value = "1s")]
-    pub probe_timeout: Duration,
-    /// How often a silent gateway that still serves is probed again.
-    #[arg(long, value_parser = duration, default_value = "1s")]
-    pub reprobe: Duration,
+    /// is asked [default: 1s].
+    #[arg(long, value_parser = duration)]
+    pub probe_timeout: Option<Duration>,
+    /// How often a silent gateway that still serves is probed again [default: 1s].
+    #[arg(long, value_parser = duration)]
+    pub reprobe: Option<Duration>,
     /// Dead gateways that own nothing are forgotten after this long (they
-    /// stay in status until then).
-    #[arg(long, value_parser = duration, default_value = "1h")]
-    pub forget_after: Duration,
-    /// Unit of assignment.
-    #[arg(long, value_enum, default_value_t = ModeArg::Target)]
-    pub mode: ModeArg,
+    /// stay in status until then) [default: 1h].
+    #[arg(long, value_parser = duration)]
+    pub forget_after: Option<Duration>,
+    /// Unit of assignment [default: target].
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
     /// Address range of storage entities (repeatable): targets inside are managed.
     #[arg(long = "storage", value_name = "CIDR")]
     pub storage: Vec<IpNet>,
@@ -296,30 +344,61 @@ pub struct ControllerArgs {
     #[arg(long, value_name = "FILE")]
     pub traffic: Option<PathBuf>,
     /// Use only the a-priori matrix instead of seeding the measured window with it.
-    #[arg(long, requires = "traffic")]
+    #[arg(long)]
     pub traffic_replace: bool,
-    /// Optimiser algorithm.
-    #[arg(long, value_enum, default_value_t = SolverArg::Auto)]
-    pub solver: SolverArg,
-    /// Time limit of one optimisation.
-    #[arg(long, value_parser = duration, default_value = "1s")]
-    pub time_limit: Duration,
-    /// Seed of the randomised solvers.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Optimiser algorithm [default: auto].
+    #[arg(long, value_enum)]
+    pub solver: Option<SolverArg>,
+    /// Time limit of one optimisation [default: 1s].
+    #[arg(long, value_parser = duration)]
+    pub time_limit: Option<Duration>,
+    /// Seed of the randomised solvers [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "\
+Exit status: 0 printed, 1 failure (writing the output), 2 bad flags, configuration or
+token file, 3 controller unreachable (refused, timed out, TLS failure), 4 the controller
+refused the request (401 wrong token, 403 token not allowed, other errors).")]
 pub struct StatusArgs {
-    /// The controller (http://HOST:PORT).
+    /// The controller (http://HOST:PORT or https://HOST:PORT).
     #[arg(long, value_name = "URL")]
-    pub controller: String,
-    /// File holding the bearer token.
+    pub controller: Option<String>,
+    /// File holding a bearer token (the read-only one suffices).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// CA certificates (PEM) of an https:// controller [default: the system's].
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// The raw /v1/status JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+The controller and token come from the flags, else from [status] in the config file.
+Exit status: 0 done, 1 --wait ran out, 2 bad flags, configuration or token file,
+3 controller unreachable, 4 the controller refused (404 unknown gateway).")]
+pub struct DrainArgs {
+    /// The controller (http://HOST:PORT or https://HOST:PORT).
+    #[arg(long, value_name = "URL")]
+    pub controller: Option<String>,
+    /// File holding the agents' bearer token (the read-only one cannot drain).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificates (PEM) of an https:// controller [default: the system's].
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Wait at most this long until the gateway holds nothing (drain only);
+    /// 0 returns at once.
+    #[arg(long, value_parser = duration, default_value = "0")]
+    pub wait: Duration,
+    /// The gateway.
+    #[arg(value_name = "GATEWAY", value_parser = gateway_name)]
+    pub gateway: String,
 }
 
 #[derive(Args, Debug)]
@@ -382,4 +461,27 @@ pub struct PlanArgs {
     /// JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Exit status: 0 created, 1 not created (the file exists, or cannot be written)."
+)]
+pub struct TokenArgs {
+    /// The file to create (mode 0600), e.g. /etc/sanlb/token.
+    #[arg(value_name = "FILE")]
+    pub path: PathBuf,
+    /// Replace the file if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Write man pages (sanlb.1, sanlb-SUBCOMMAND.1) here.
+    #[arg(long, value_name = "DIR")]
+    pub man: Option<PathBuf>,
+    /// Write bash, zsh and fish completions here.
+    #[arg(long, value_name = "DIR")]
+    pub completions: Option<PathBuf>,
 }

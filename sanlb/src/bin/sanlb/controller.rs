@@ -4,95 +4,170 @@ use std::{path::Path, process::ExitCode};
 
 use anyhow::Context as _;
 use sanlb::{
-    controller::ConfigError,
-    controller::{Config, Controller, server::Server, store::Store},
-    optimize::Options,
+    config::ControllerSection,
+    controller::{
+        Config, ConfigError, Controller,
+        server::{self, Limits, Options, Server},
+        store::Store,
+    },
+    optimize::Options as SolverOptions,
     traffic,
 };
 
-use crate::args::ControllerArgs;
+use crate::{FAILURE, args::ControllerArgs, bad_input};
 
 /// Reads a bearer token: the file's content without surrounding whitespace.
+/// A missing or malformed file is bad input (exit 2).
 pub fn read_token(path: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the token file {}", path.display()))?;
+        .with_context(|| format!("reading the token file {}", path.display()))
+        .map_err(bad_input)?;
     let token = text.trim();
     if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        anyhow::bail!(
+        return Err(bad_input(anyhow::anyhow!(
             "token file {}: expected one printable token",
             path.display()
-        );
+        )));
     }
     Ok(token.to_owned())
 }
 
-pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
-    let token = read_token(&args.token_file)?;
-    // A bad a-priori matrix is bad input, like in `sanlb plan`: exit 2.
-    let traffic = match args.traffic.as_deref() {
-        None => None,
+pub fn run(args: ControllerArgs, file: &ControllerSection) -> anyhow::Result<ExitCode> {
+    let listen = args
+        .listen
+        .or(file.listen)
+        .ok_or_else(|| bad_input(anyhow::anyhow!("give --listen (or listen in [controller])")))?;
+    let token_file = args
+        .token_file
+        .or_else(|| file.token_file.clone())
+        .ok_or_else(|| {
+            bad_input(anyhow::anyhow!(
+                "give --token-file (or token_file in [controller])"
+            ))
+        })?;
+    let token = read_token(&token_file)?;
+    let read_token = match args
+        .read_token_file
+        .or_else(|| file.read_token_file.clone())
+    {
         Some(p) => {
-            let parsed = std::fs::read_to_string(p)
-                .map_err(|e| format!("{}: {e}", p.display()))
-                .and_then(|text| traffic::parse_csv(p, &text).map_err(|e| e.to_string()));
-            match parsed {
-                Ok(matrix) => Some(matrix),
-                Err(e) => {
-                    eprintln!("sanlb: {e}");
-                    return Ok(ExitCode::from(2));
-                }
+            let t = read_token(&p)?;
+            if t == token {
+                return Err(bad_input(anyhow::anyhow!(
+                    "read token file {}: the read-only token must differ from the agents' token",
+                    p.display()
+                )));
             }
+            Some(t)
+        }
+        None => None,
+    };
+    let tls = match (
+        args.tls_cert.or_else(|| file.tls_cert.clone()),
+        args.tls_key.or_else(|| file.tls_key.clone()),
+    ) {
+        (Some(cert), Some(key)) => Some(server::tls_config(&cert, &key).map_err(bad_input)?),
+        (None, None) => None,
+        _ => {
+            return Err(bad_input(anyhow::anyhow!(
+                "tls_cert and tls_key go together: give both or neither"
+            )));
         }
     };
+    let limits = Limits {
+        max_connections: args.max_connections.unwrap_or(file.max_connections),
+        header_timeout: args.header_timeout.unwrap_or(file.header_timeout),
+        body_timeout: args.body_timeout.unwrap_or(file.body_timeout),
+    };
+    let traffic_replace = args.traffic_replace || file.traffic_replace;
+    // A bad a-priori matrix is bad input, like in `sanlb plan`: exit 2.
+    let traffic = match args.traffic.or_else(|| file.traffic.clone()) {
+        None if traffic_replace => {
+            return Err(bad_input(anyhow::anyhow!(
+                "--traffic-replace needs --traffic (or traffic in [controller])"
+            )));
+        }
+        None => None,
+        Some(p) => {
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| bad_input(anyhow::anyhow!("{}: {e}", p.display())))?;
+            Some(traffic::parse_csv(&p, &text).map_err(bad_input)?)
+        }
+    };
+    let mut storage = file.storage.clone();
+    storage.extend(args.storage);
+    let mut targets = file.targets.clone();
+    targets.extend(args.targets);
     let cfg = Config {
-        interval: args.interval,
-        window: args.window,
-        w_var: args.w_var,
-        w_change: args.w_change,
-        min_gain: args.min_gain,
-        lease: args.lease,
-        startup_grace: args.startup_grace,
-        release_timeout: args.release_timeout,
-        probe_timeout: args.probe_timeout,
-        reprobe: args.reprobe,
-        forget_after: args.forget_after,
-        mode: args.mode.into(),
-        storage: args.storage,
-        targets: args.targets,
+        interval: args.interval.unwrap_or(file.interval),
+        window: args.window.unwrap_or(file.window),
+        w_var: args.w_var.unwrap_or(file.w_var),
+        w_change: args.w_change.unwrap_or(file.w_change),
+        min_gain: args.min_gain.unwrap_or(file.min_gain),
+        lease: args.lease.unwrap_or(file.lease),
+        startup_grace: args.startup_grace.unwrap_or(file.startup_grace),
+        release_timeout: args.release_timeout.unwrap_or(file.release_timeout),
+        probe_timeout: args.probe_timeout.unwrap_or(file.probe_timeout),
+        reprobe: args.reprobe.unwrap_or(file.reprobe),
+        forget_after: args.forget_after.unwrap_or(file.forget_after),
+        mode: args.mode.map_or(file.mode, Into::into),
+        storage,
+        targets,
         traffic,
-        traffic_replace: args.traffic_replace,
-        solver: Options {
-            solver: args.solver.into(),
-            time_limit: args.time_limit,
-            seed: args.seed,
+        traffic_replace,
+        solver: SolverOptions {
+            solver: args.solver.map_or(file.solver, Into::into),
+            time_limit: args.time_limit.unwrap_or(file.time_limit),
+            seed: args.seed.unwrap_or(file.seed),
         },
     };
-    if let Err(e) = cfg.validate() {
-        eprintln!("sanlb: {}", flag_error(&e));
-        return Ok(ExitCode::from(2));
+    cfg.validate()
+        .map_err(|e| bad_input(anyhow::anyhow!(flag_error(&e))))?;
+    if limits.max_connections == 0 {
+        return Err(bad_input(anyhow::anyhow!("--max-connections must be ≥ 1")));
     }
-    let controller = Controller::new(
-        cfg,
-        Some(Store::new(&args.state)),
-        std::time::Instant::now(),
-    )
-    .with_context(|| format!("starting from {}", args.state.display()))?;
+    for (flag, d) in [
+        ("--header-timeout", limits.header_timeout),
+        ("--body-timeout", limits.body_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(bad_input(anyhow::anyhow!("{flag} must be > 0")));
+        }
+    }
+    let state = args.state.unwrap_or_else(|| file.state.clone());
+    let controller = Controller::new(cfg, Some(Store::new(&state)), std::time::Instant::now())
+        .with_context(|| format!("starting from {}", state.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the runtime")?;
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen)
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("listening on {}", args.listen))?;
-        let server = Server::start(controller, token, listener)?;
-        crate::agent::shutdown_signal().await;
-        tracing::info!("stopping");
-        server.stop().await;
-        anyhow::Ok(())
-    })?;
-    Ok(ExitCode::SUCCESS)
+            .with_context(|| format!("listening on {listen}"))?;
+        let options = Options {
+            read_token,
+            tls,
+            limits,
+        };
+        let mut server = Server::start_with(controller, token, listener, options)?;
+        tokio::select! {
+            () = crate::agent::shutdown_signal() => {
+                tracing::info!("stopping");
+                server.stop().await;
+                anyhow::Ok(ExitCode::SUCCESS)
+            }
+            failure = server.failed() => {
+                // Half alive is worse than dead: save what can be saved and
+                // let the service manager restart the process.
+                tracing::error!("{failure}: stopping");
+                server.stop().await;
+                crate::say(format_args!("{failure}"));
+                anyhow::Ok(ExitCode::from(FAILURE))
+            }
+        }
+    })
 }
 
 /// A configuration error in the words of the command line: the library

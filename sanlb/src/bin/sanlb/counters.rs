@@ -1,33 +1,47 @@
 //! `sanlb counters`.
 
-use std::process::ExitCode;
+use std::{io::Write as _, process::ExitCode};
 
 use anyhow::Context as _;
-use sanlb::{counters, dataplane};
+use sanlb::{config::AgentSection, counters, dataplane};
 
-use crate::args::CountersArgs;
+use crate::{args::CountersArgs, bad_input};
 
-pub fn run(args: CountersArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: CountersArgs, file: &AgentSection) -> anyhow::Result<ExitCode> {
+    let iface = args
+        .dp
+        .iface
+        .clone()
+        .or_else(|| file.iface.clone())
+        .ok_or_else(|| bad_input(anyhow::anyhow!("give --iface (or iface in [agent])")))?;
     let dir = args
         .dp
         .pin_dir
         .clone()
-        .unwrap_or_else(|| dataplane::default_pin_dir(&args.dp.iface));
+        .or_else(|| file.pin_dir.clone())
+        .unwrap_or_else(|| dataplane::default_pin_dir(&iface));
     let maps = dataplane::PinnedMaps::open(&dir)?;
-    if dataplane::agent_running(&args.dp.iface) == Some(false) {
-        eprintln!(
-            "sanlb counters: warning: no agent counts on {} now: these are the counts a stopped agent left pinned in {} (they no longer change)",
-            args.dp.iface,
+    if dataplane::agent_running(&iface) == Some(false) {
+        // A closed stderr must not fail the command.
+        let _ = writeln!(
+            std::io::stderr(),
+            "sanlb counters: warning: no agent counts on {iface} now: these are the counts a stopped agent left pinned in {} (they no longer change)",
             dir.display()
         );
     }
     let snap = maps
         .snapshot()
         .with_context(|| format!("reading {}", dir.display()))?;
-    if args.json {
-        println!("{}", counters::render_json(&snap)?);
+    let text = if args.json {
+        counters::render_json(&snap)? + "\n"
     } else {
-        print!("{}", counters::render_table(&args.dp.iface, &snap));
+        counters::render_table(&iface, &snap)
+    };
+    match std::io::stdout().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        r => {
+            r.context("writing the counters")?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
-    Ok(ExitCode::SUCCESS)
 }

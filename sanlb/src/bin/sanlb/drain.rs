@@ -6,16 +6,49 @@ use std::{
 };
 
 use anyhow::Context as _;
-use sanlb::{agent::Client, proto::DrainRequest};
+use sanlb::{
+    agent::{Client, ClientError},
+    config::StatusSection,
+    proto::DrainRequest,
+};
 
-use crate::args::DrainArgs;
+use crate::{Exit, FAILURE, REFUSED, UNREACHABLE, args::DrainArgs, bad_input};
 
-pub fn run(args: DrainArgs, drain: bool) -> anyhow::Result<ExitCode> {
-    let token = match &args.token_file {
+/// A failed request as its exit status: 4 refused, 3 unreachable.
+fn exit(e: ClientError) -> anyhow::Error {
+    let code = match e {
+        ClientError::Refused { .. } => REFUSED,
+        _ => UNREACHABLE,
+    };
+    Exit {
+        code,
+        error: e.into(),
+    }
+    .into()
+}
+
+pub fn run(args: DrainArgs, file: &StatusSection, drain: bool) -> anyhow::Result<ExitCode> {
+    let url = args
+        .controller
+        .clone()
+        .or_else(|| file.controller.clone())
+        .ok_or_else(|| {
+            bad_input(anyhow::anyhow!(
+                "give --controller (or controller in [status])"
+            ))
+        })?;
+    let token = match args.token_file.as_ref().or(file.token_file.as_ref()) {
         Some(p) => crate::controller::read_token(p)?,
         None => String::new(),
     };
-    let client = Client::new(&args.controller, &token, Duration::from_secs(5))?;
+    let ca = args.ca_file.as_ref().or(file.ca_file.as_ref());
+    let client = Client::with_ca(
+        &url,
+        &token,
+        Duration::from_secs(5),
+        ca.map(|p| p.as_path()),
+    )
+    .map_err(bad_input)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -24,13 +57,15 @@ pub fn run(args: DrainArgs, drain: bool) -> anyhow::Result<ExitCode> {
         gateway: args.gateway.clone(),
         boot_id: None,
     };
-    let reply = rt.block_on(async {
-        if drain {
-            client.drain(&req).await
-        } else {
-            client.undrain(&req).await
-        }
-    })?;
+    let reply = rt
+        .block_on(async {
+            if drain {
+                client.drain(&req).await
+            } else {
+                client.undrain(&req).await
+            }
+        })
+        .map_err(exit)?;
     println!(
         "{}: {}, {} routes assigned, {} addresses held",
         reply.gateway,
@@ -44,27 +79,30 @@ pub fn run(args: DrainArgs, drain: bool) -> anyhow::Result<ExitCode> {
     if !drain || args.wait.is_zero() {
         return Ok(ExitCode::SUCCESS);
     }
-    // Until it holds nothing and nothing is assigned to it.
+    // Until nothing is assigned to it and it reports holding nothing.
     let deadline = Instant::now() + args.wait;
     loop {
-        let st = rt.block_on(client.status())?;
-        let g = st.gateways.iter().find(|g| g.name == args.gateway);
+        let st = rt.block_on(client.status()).map_err(exit)?;
         let assigned = st
             .map
             .iter()
             .filter(|m| m.ownership.assigned() == Some(args.gateway.as_str()))
             .count();
-        let held = g.map_or(0, |g| g.owned.len());
+        let held = st
+            .gateways
+            .iter()
+            .find(|g| g.name == args.gateway)
+            .map_or(0, |g| g.owned.len());
         if assigned == 0 && held == 0 {
             println!("{}: empty", args.gateway);
             return Ok(ExitCode::SUCCESS);
         }
         if Instant::now() >= deadline {
-            eprintln!(
-                "sanlb: {} still has {assigned} routes and holds {held} addresses after {:?}",
+            crate::say(format_args!(
+                "{} still has {assigned} routes and holds {held} addresses after {:?}",
                 args.gateway, args.wait
-            );
-            return Ok(ExitCode::FAILURE);
+            ));
+            return Ok(ExitCode::from(FAILURE));
         }
         std::thread::sleep(Duration::from_millis(100));
     }

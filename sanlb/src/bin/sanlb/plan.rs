@@ -27,7 +27,10 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     };
     for (flag, value) in [("--w-var", args.w_var), ("--w-change", args.w_change)] {
         if let Some(v) = value.filter(|v| !(0.0..=optimize::MAX_WEIGHT).contains(v)) {
-            eprintln!("sanlb plan: {flag} {v}: must be a number in [0, 1e12]");
+            let _ = writeln!(
+                std::io::stderr(),
+                "sanlb plan: {flag} {v}: must be a number in [0, 1e12]"
+            );
             return Ok(ExitCode::from(BAD_INPUT));
         }
     }
@@ -38,7 +41,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let problem = match plan::load(&input, weights) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("sanlb plan: {e}");
+            let _ = writeln!(std::io::stderr(), "sanlb plan: {e}");
             return Ok(ExitCode::from(BAD_INPUT));
         }
     };
@@ -50,7 +53,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let solution = match optimize::solve(&problem, &options) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("sanlb plan: {e}");
+            let _ = writeln!(std::io::stderr(), "sanlb plan: {e}");
             return Ok(ExitCode::from(BAD_INPUT));
         }
     };
@@ -60,8 +63,11 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     } else {
         plan::render_table(&problem, &solution)
     };
-    std::io::stdout()
-        .write_all(text.as_bytes())
-        .context("writing the plan")?;
-    Ok(ExitCode::SUCCESS)
+    match std::io::stdout().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        r => {
+            r.context("writing the plan")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

@@ -1,32 +1,65 @@
 //! `sanlb status`.
 
-use std::{fmt::Write as _, process::ExitCode, time::Duration};
+use std::{fmt::Write as _, io::Write as _, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use sanlb::{
-    agent::Client,
+    agent::{Client, ClientError},
+    config::StatusSection,
     proto::{GatewayState, GatewayStatus, Ownership, Status},
 };
 
-use crate::args::StatusArgs;
+use crate::{Exit, REFUSED, UNREACHABLE, args::StatusArgs, bad_input};
 
-pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let token = match &args.token_file {
+pub fn run(args: StatusArgs, file: &StatusSection) -> anyhow::Result<ExitCode> {
+    let url = args
+        .controller
+        .clone()
+        .or_else(|| file.controller.clone())
+        .ok_or_else(|| {
+            bad_input(anyhow::anyhow!(
+                "give --controller (or controller in [status])"
+            ))
+        })?;
+    let token = match args.token_file.as_ref().or(file.token_file.as_ref()) {
         Some(p) => crate::controller::read_token(p)?,
         None => String::new(),
     };
-    let client = Client::new(&args.controller, &token, Duration::from_secs(5))?;
+    let ca = args.ca_file.as_ref().or(file.ca_file.as_ref());
+    let client = Client::with_ca(
+        &url,
+        &token,
+        Duration::from_secs(5),
+        ca.map(|p| p.as_path()),
+    )
+    .map_err(bad_input)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let status = rt.block_on(client.status())?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+    let status = rt.block_on(client.status()).map_err(|e| {
+        let code = match e {
+            ClientError::Refused { .. } => REFUSED,
+            _ => UNREACHABLE,
+        };
+        anyhow::Error::from(Exit {
+            code,
+            error: e.into(),
+        })
+    })?;
+    let text = if args.json {
+        serde_json::to_string_pretty(&status)? + "\n"
     } else {
-        print!("{}", render(&args.controller, &status));
+        render(&url, &status)
+    };
+    match std::io::stdout().write_all(text.as_bytes()) {
+        // `sanlb status | head`: the reader has what it wanted.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        r => {
+            r.context("writing the status")?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Rates in one unit, MiB/s, as everywhere sanlb shows rates.
@@ -106,12 +139,11 @@ fn render(url: &str, st: &Status) -> String {
             last
         );
     }
-    let silent: Vec<&GatewayStatus> = st
+    for g in st
         .gateways
         .iter()
         .filter(|g| g.health.state == GatewayState::Serving)
-        .collect();
-    for g in silent {
+    {
         let _ = writeln!(
             o,
             "  {}: agent silent, gateway serving (for {:.1}s): its {} addresses stay",
