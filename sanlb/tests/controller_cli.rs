@@ -393,7 +393,7 @@ fn drain_and_undrain_commands() {
         "{err}"
     );
     let (code, _, err) = cmd("drain", &["gw9"]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(4), "refused: {err}");
     assert!(
         err.contains("404") && err.contains("no gateway gw9"),
         "{err}"
