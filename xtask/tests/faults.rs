@@ -299,12 +299,14 @@ impl Probe {
         }
     }
 
-    /// The gateways holding each address (`ip -4 -o addr` in each).
+    /// The gateways holding each address on a NIC that is up (`ip -4 -o
+    /// addr show up` in each: a gateway whose link is down holds its
+    /// addresses but cannot answer for them).
     fn holders(&self) -> Vec<Vec<String>> {
         let mut out = vec![Vec::new(); self.addrs.len()];
         for (name, ns) in &self.gateways {
             let mut cmd = Command::new("ip");
-            cmd.args(["-n", ns, "-4", "-o", "addr", "show", "dev", NIC]);
+            cmd.args(["-n", ns, "-4", "-o", "addr", "show", "dev", NIC, "up"]);
             let text = proc::run(&mut cmd).unwrap_or_default();
             for (i, a) in self.addrs.iter().enumerate() {
                 let needle = format!(" {a}/");
