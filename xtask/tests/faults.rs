@@ -106,8 +106,12 @@ impl Setup {
         s
     }
 
-    /// Starts (again) the agent of `gw`.
+    /// Starts (again) the agent of `gw`; a previous run still going is
+    /// stopped first (SIGTERM: one agent per NIC).
     fn start_agent(&mut self, gw: &str, extra: &[&str]) {
+        if let Some(mut old) = self.agents.remove(gw) {
+            old.stop(Duration::from_secs(30)).unwrap();
+        }
         let mut args: Vec<String> = [
             "--controller",
             &url(),
@@ -123,9 +127,7 @@ impl Setup {
         args.extend(extra.iter().map(|s| s.to_string()));
         let g = self.lab.gateway(gw).unwrap();
         let a = agent::start(&self.lab, &self.sanlb, g, &args).unwrap();
-        if let Some(mut old) = self.agents.insert(gw.to_owned(), a) {
-            old.kill().unwrap();
-        }
+        self.agents.insert(gw.to_owned(), a);
     }
 
     /// `sanlb ARGS --controller URL --token-file TOKEN` in the management
@@ -801,7 +803,8 @@ fn regression_14_agent_restarts_drain_and_undrain_under_load() {
             .unwrap()
             .stop(Duration::from_secs(30))
             .unwrap();
-        assert!(status.success(), "the handing-off agent: {status}");
+        let a = &s.agents[&gw];
+        assert!(status.success(), "the handing-off agent: {status}: {}", a.stderr());
         eprintln!(
             "hand-off of {gw} ({held} addresses): the agent exited after {:.2} s",
             began.elapsed().as_secs_f64()
