@@ -97,6 +97,11 @@ pub(super) struct Shared {
     assigned: Mutex<Option<BTreeSet<IpAddr>>>,
     /// Sends a heartbeat now.
     kick: Notify,
+    /// Reports now (the report loop waits on it): the controller is heard
+    /// again, or the NIC came back up. Its reply carries the share, so a
+    /// gateway whose addresses failed over while it was cut off releases
+    /// them within a round trip instead of at its next report.
+    pub(super) report_now: Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -186,6 +191,7 @@ async fn heartbeats<A: AddressOwner + 'static>(
         if last_link != Some(link.up) {
             if last_link.is_some() || !link.up {
                 if link.up {
+                    shared.report_now.notify_one();
                     tracing::info!(%gateway, "host-facing link up");
                 } else {
                     tracing::warn!(%gateway, "host-facing link down");
@@ -214,8 +220,9 @@ async fn heartbeats<A: AddressOwner + 'static>(
         let reply = match client.heartbeat(&hb, timeout).await {
             Ok(r) => {
                 if failing {
-                    tracing::info!("heartbeats answered again");
+                    tracing::info!("heartbeats answered again: reporting now");
                     failing = false;
+                    shared.report_now.notify_one();
                 }
                 r
             }

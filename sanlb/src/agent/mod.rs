@@ -375,9 +375,17 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
             Duration::ZERO
         ));
         let mut unreachable = false;
+        let shared = Arc::clone(&self.shared);
         loop {
             tokio::select! {
                 () = &mut shutdown => return,
+                // Heard again after a silence, or the NIC back up: the
+                // report's reply carries the share (see `faults.rs`).
+                () = shared.report_now.notified() => {
+                    if let Err(e) = self.cycle().await {
+                        tracing::debug!(error = %crate::error_chain(&e), "report on reconnection failed");
+                    }
+                }
                 _ = tick.tick() => {
                     match self.cycle().await {
                         Ok(()) => {
