@@ -804,7 +804,11 @@ fn regression_14_agent_restarts_drain_and_undrain_under_load() {
             .stop(Duration::from_secs(30))
             .unwrap();
         let a = &s.agents[&gw];
-        assert!(status.success(), "the handing-off agent: {status}: {}", a.stderr());
+        assert!(
+            status.success(),
+            "the handing-off agent: {status}: {}",
+            a.stderr()
+        );
         eprintln!(
             "hand-off of {gw} ({held} addresses): the agent exited after {:.2} s",
             began.elapsed().as_secs_f64()
