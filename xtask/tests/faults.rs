@@ -813,7 +813,11 @@ fn regression_14_agent_restarts_drain_and_undrain_under_load() {
             "hand-off of {gw} ({held} addresses): the agent exited after {:.2} s",
             began.elapsed().as_secs_f64()
         );
-        assert!(s.owners().values().all(|o| o.len() == 1 && o[0] != gw));
+        wait_for(
+            Duration::from_secs(5),
+            "every address on another gateway",
+            || s.owners().values().all(|o| o.len() == 1 && o[0] != gw),
+        );
         s.start_agent(&gw, &[]);
         wait_for(Duration::from_secs(10), "the next run up", || {
             s.state(&gw) == "up"
@@ -831,7 +835,13 @@ fn regression_14_agent_restarts_drain_and_undrain_under_load() {
             "drain of {other}: empty after {:.2} s",
             began.elapsed().as_secs_f64()
         );
-        assert!(s.owners().values().all(|o| o.len() == 1 && o[0] != other));
+        // Empty means released and acknowledged: the new owners acquire
+        // just after (break-before-make).
+        wait_for(
+            Duration::from_secs(5),
+            "every address on another gateway",
+            || s.owners().values().all(|o| o.len() == 1 && o[0] != other),
+        );
         // Longer than two intervals: nothing comes back.
         thread::sleep(Duration::from_secs(5));
         assert!(s.owners().values().all(|o| o.len() == 1 && o[0] != other));
