@@ -396,8 +396,17 @@ fn watch<R>(probe: Probe, body: impl FnOnce() -> R) -> (R, Tally) {
             }
             t
         });
-        let r = body();
-        stop.store(true, Ordering::Relaxed);
+        // Stops the sampler also when `body` panics (the scope waits for it).
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let r = {
+            let _stop = Stop(&stop);
+            body()
+        };
         (r, sampler.join().unwrap())
     })
 }
