@@ -213,6 +213,10 @@ fn saves_per_adopted_map() {
         w_change: DEFAULT_W_CHANGE,
         min_gain: 0.01,
         lease: Duration::from_secs(3),
+        startup_grace: Duration::from_secs(3),
+        release_timeout: Duration::from_secs(3),
+        probe_timeout: Duration::from_secs(1),
+        reprobe: Duration::from_secs(1),
         forget_after: Duration::from_secs(3600),
         mode: Mode::Target,
         storage: vec![],
@@ -319,6 +323,7 @@ fn big_state(generation: u64) -> Saved {
                 name: g.clone(),
                 capacity: 1.0,
                 alive: true,
+                drained: None,
             })
             .collect(),
         routes: (0..64)

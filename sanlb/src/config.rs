@@ -21,12 +21,16 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
-use crate::{controller::server, dataplane::XdpAttachMode, optimize::Solver, proto::Mode};
+use crate::{
+    agent::OnStop, controller::server, dataplane::XdpAttachMode, optimize::Solver, proto::Mode,
+};
 
 /// Where the file is read from unless `--config` names another.
 pub const DEFAULT_PATH: &str = "/etc/sanlb/sanlb.toml";
 /// The controller's state file unless the file or `--state` says otherwise.
 pub const DEFAULT_STATE: &str = "/var/lib/sanlb/controller.json";
+/// Default `lease`: three heartbeats (100 ms apart) missed.
+pub const DEFAULT_LEASE: Duration = Duration::from_millis(300);
 
 /// A configuration file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -140,9 +144,27 @@ pub struct ControllerSection {
     /// Smallest fall of the cost for which a new map is adopted. Default
     /// 0.01.
     pub min_gain: f64,
-    /// Silence after which a gateway is dead. Default `3s`.
+    /// Silence (no heartbeat, no report) after which a gateway is suspect:
+    /// its addresses are probed on the data path and move only if it does
+    /// not serve them. Default `300ms`.
     #[serde(deserialize_with = "duration")]
     pub lease: Duration,
+    /// After a start, how long nothing is steered while the agents report
+    /// in. Default `3s`.
+    #[serde(deserialize_with = "duration")]
+    pub startup_grace: Duration,
+    /// How long an old owner has to release a moving address before the
+    /// move is abandoned. Default `3s`.
+    #[serde(deserialize_with = "duration")]
+    pub release_timeout: Duration,
+    /// How long a probe of a silent gateway may take before another
+    /// gateway is asked. Default `1s`.
+    #[serde(deserialize_with = "duration")]
+    pub probe_timeout: Duration,
+    /// How often a silent gateway that still serves is probed again.
+    /// Default `1s`.
+    #[serde(deserialize_with = "duration")]
+    pub reprobe: Duration,
     /// A dead gateway that owns nothing is forgotten after this long (it
     /// stays in status until then); at least the lease. Default `1h`.
     #[serde(deserialize_with = "duration")]
@@ -238,7 +260,11 @@ impl Default for ControllerSection {
             w_var: crate::optimize::DEFAULT_W_VAR,
             w_change: crate::optimize::DEFAULT_W_CHANGE,
             min_gain: 0.01,
-            lease: Duration::from_secs(3),
+            lease: DEFAULT_LEASE,
+            startup_grace: Duration::from_secs(3),
+            release_timeout: Duration::from_secs(3),
+            probe_timeout: Duration::from_secs(1),
+            reprobe: Duration::from_secs(1),
             forget_after: Duration::from_secs(3600),
             mode: Mode::Target,
             storage: vec![],
@@ -299,10 +325,28 @@ pub struct AgentSection {
     /// Serve the agent's own `/metrics` (no token) on this address, e.g.
     /// `127.0.0.1:7391`. Default none.
     pub metrics_listen: Option<SocketAddr>,
+    /// Heartbeat period; `0s` sends none. Default `100ms`.
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat: Duration,
+    /// Period of the probes of the addresses held, for a second station
+    /// answering; `0s` never. Default `2s`.
+    #[serde(deserialize_with = "duration")]
+    pub self_probe: Duration,
+    /// How long a probe collects answers (each of its two phases). Default
+    /// `100ms`.
+    #[serde(deserialize_with = "duration")]
+    pub probe_window: Duration,
+    /// On SIGTERM: `keep` the addresses (fail-static) or `handoff` them to
+    /// the other gateways first. Default `keep`.
+    pub on_stop: OnStop,
+    /// Longest hand-off on stop. Default `30s`.
+    #[serde(deserialize_with = "duration")]
+    pub handoff_timeout: Duration,
 }
 
 impl Default for AgentSection {
     fn default() -> Self {
+        let faults = crate::agent::FaultConfig::default();
         Self {
             iface: None,
             controller: None,
@@ -319,6 +363,11 @@ impl Default for AgentSection {
             pin_dir: None,
             keep_pins: false,
             metrics_listen: None,
+            heartbeat: faults.heartbeat,
+            self_probe: faults.self_probe,
+            probe_window: faults.probe_window,
+            on_stop: faults.on_stop,
+            handoff_timeout: faults.handoff_timeout,
         }
     }
 }

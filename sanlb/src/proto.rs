@@ -9,6 +9,7 @@
 //! | `POST /v1/pause`, `/v1/resume` | — | [`ControlsStatus`] |
 //! | `POST /v1/pin` | [`PinRequest`] | [`ControlsStatus`] |
 //! | `POST /v1/unpin` | [`UnpinRequest`] | [`ControlsStatus`] |
+//! | `POST /v1/heartbeat`, `/v1/drain`, `/v1/undrain` | see `faults.rs` | |
 //! | `GET /metrics` | — | Prometheus text format |
 //!
 //! Every request carries `Authorization: Bearer <token>`; errors are
@@ -239,6 +240,10 @@ map_only!(Flow, wire_flow);
 map_only!(EnforceCounters, wire_enforce);
 map_only!(Report, wire_report);
 use wire::{EnforceCounters as wire_enforce, Flow as wire_flow, Report as wire_report};
+
+// Heartbeats, probes, conflicts, drains: after `map_only!`, which they use.
+mod faults;
+pub use self::faults::*;
 
 /// Why a report is refused before anything is counted: a field has a value
 /// the protocol does not allow.
@@ -612,6 +617,9 @@ pub struct GatewayStatus {
     /// forgotten.
     #[serde(default)]
     pub forget_in_ms: Option<u64>,
+    /// Liveness, link, drain and conflicts (issue 14).
+    #[serde(default)]
+    pub health: GatewayHealth,
 }
 
 /// `GET /v1/history`: per-gateway load at the end of each of the last

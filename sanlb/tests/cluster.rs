@@ -65,6 +65,7 @@ fn saved(generation: u64) -> Saved {
                 name: name.into(),
                 capacity: 1.0,
                 alive: true,
+                drained: None,
             })
             .to_vec(),
         routes: vec![

@@ -318,3 +318,95 @@ fn regression_11_8_the_agent_refuses_a_gateway_name_the_controller_would() {
         );
     }
 }
+
+/// `sanlb drain` and `sanlb undrain` (issue 14) against a controller
+/// process: a known gateway is drained and undrained, an unknown one is
+/// refused naming it, a bad name never leaves the command line, and
+/// `--wait` gives up with exit 1 when the gateway cannot be emptied (it is
+/// the only one).
+#[test]
+fn drain_and_undrain_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let state = dir.path().join("state.json");
+    let child = Command::new(SANLB)
+        .args(["controller", "--listen", &listen, "--state"])
+        .arg(&state)
+        .args(["--token-file", &token, "--target", "198.18.1.1"])
+        .args(["--lease", "30s", "--startup-grace", "200ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _proc = Proc(child);
+    let url = format!("http://{listen}");
+    // gw1 reports, holding the target.
+    let client = sanlb::agent::Client::new(&url, "cli-test-token", Duration::from_secs(2)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = sanlb::proto::Report {
+        gateway: "gw1".into(),
+        boot_id: "b1".into(),
+        seq: 0,
+        uptime_ms: 0,
+        capacity: 1.0,
+        applied: 0,
+        owned: vec!["198.18.1.1".parse().unwrap()],
+        enforce: Default::default(),
+        flows: vec![],
+    };
+    let end = Instant::now() + Duration::from_secs(20);
+    while rt.block_on(client.report(&report)).is_err() {
+        assert!(Instant::now() < end, "the controller never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cmd = |verb: &str, extra: &[&str]| {
+        run(&[
+            &[verb, "--controller", &url, "--token-file", &token][..],
+            extra,
+        ]
+        .concat())
+    };
+    let (code, out, err) = cmd("drain", &["gw1"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out.trim(),
+        "gw1: drained (operator), 1 routes assigned, 1 addresses held"
+    );
+    let (code, out, _) = run(&["status", "--controller", &url, "--token-file", &token]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("up,drained"), "{out}");
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(saved["gateways"][0]["drained"]["by"], "operator", "{saved}");
+    let (code, _, err) = cmd("drain", &["--wait", "300ms", "gw1"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("gw1 still has 1 routes and holds 1 addresses"),
+        "{err}"
+    );
+    let (code, _, err) = cmd("drain", &["gw9"]);
+    assert_eq!(code, Some(4), "refused: {err}");
+    assert!(
+        err.contains("404") && err.contains("no gateway gw9"),
+        "{err}"
+    );
+    let (code, _, err) = cmd("drain", &["g w"]);
+    assert_eq!(code, Some(2), "{err}");
+    let (code, out, err) = cmd("undrain", &["gw1"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out.trim(),
+        "gw1: not drained, 1 routes assigned, 1 addresses held"
+    );
+    // The drain was persisted with the state, and its end too.
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert!(saved["gateways"][0].get("drained").is_none(), "{saved}");
+}

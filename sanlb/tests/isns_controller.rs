@@ -16,7 +16,10 @@ use std::{
 use sanlb::{
     agent::client::Client,
     isns::{ClientConfig, Portal, Reconciler, ReconcilerConfig},
-    proto::{EnforceCounters, Flow, Report, Status},
+    proto::{
+        EnforceCounters, Flow, Heartbeat, MacAddr, ProbeAnswer, ProbeResult, ProbedAddress, Report,
+        Service, Status,
+    },
 };
 
 mod isnsd;
@@ -83,6 +86,7 @@ impl Controller {
             .arg("--token-file")
             .arg(&token)
             .args(["--interval", "500ms", "--window", "2", "--lease", "1s"])
+            .args(["--move-cooldown", "0s"])
             .args(["--isns", server, "--isns-source", CONTROL])
             .args(["--isns-period", "500ms"])
             .args(["--host", &format!("{}={H1}", h(1))])
@@ -168,9 +172,20 @@ struct World {
     rate: BTreeMap<(IpAddr, IpAddr), u64>,
     /// Cumulative bytes per (gateway, host, address).
     bytes: BTreeMap<(String, IpAddr, IpAddr), u64>,
+    /// What each running gateway holds: who answers a probe (a killed
+    /// gateway is a dead machine and answers none).
+    held: BTreeMap<String, BTreeSet<IpAddr>>,
+}
+
+/// A fake gateway's MAC, from its name.
+fn mac_of(gateway: &str) -> MacAddr {
+    let b = gateway.as_bytes();
+    MacAddr([0x02, 0x5a, 0, 0, b.len() as u8, *b.last().unwrap_or(&0)])
 }
 
 struct FakeAgent {
+    gateway: String,
+    world: Arc<Mutex<World>>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -179,6 +194,7 @@ impl FakeAgent {
     fn spawn(world: Arc<Mutex<World>>, url: &str, gateway: &str) -> FakeAgent {
         let client = Client::new(url, TOKEN, Duration::from_secs(2)).unwrap();
         let gateway = gateway.to_owned();
+        let (me, shared) = (gateway.clone(), world.clone());
         // Every run a boot of its own.
         static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let boot_id = format!(
@@ -188,6 +204,8 @@ impl FakeAgent {
         let (stop, mut rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let mut seq = 0;
+            let mut beat = 0;
+            let mut results: Vec<ProbeResult> = vec![];
             let mut applied = 0;
             let mut owned: BTreeSet<IpAddr> = BTreeSet::new();
             let start = Instant::now();
@@ -233,18 +251,68 @@ impl FakeAgent {
                     }
                     applied = reply.share.generation;
                 }
+                world
+                    .lock()
+                    .unwrap()
+                    .held
+                    .insert(gateway.clone(), owned.clone());
+                // Heartbeat (issue 14: silence is not death) and answer the
+                // probes asked for, from what the running gateways hold.
+                let hb = Heartbeat {
+                    gateway: gateway.clone(),
+                    boot_id: boot_id.clone(),
+                    seq: beat,
+                    link_up: true,
+                    mac: Some(mac_of(&gateway)),
+                    probes: std::mem::take(&mut results),
+                    conflicts: vec![],
+                };
+                beat += 1;
+                if let Ok(reply) = client.heartbeat(&hb, Duration::from_secs(2)).await {
+                    let w = world.lock().unwrap();
+                    results = reply
+                        .probes
+                        .iter()
+                        .map(|p| ProbeResult {
+                            id: p.id,
+                            addresses: p
+                                .addresses
+                                .iter()
+                                .map(|a| ProbedAddress {
+                                    address: *a,
+                                    answers: w
+                                        .held
+                                        .iter()
+                                        .filter(|(g, h)| **g != gateway && h.contains(a))
+                                        .map(|(g, _)| ProbeAnswer {
+                                            mac: mac_of(g),
+                                            service: Service::Open,
+                                        })
+                                        .collect(),
+                                })
+                                .collect(),
+                            failed: false,
+                        })
+                        .collect();
+                }
                 tokio::select! {
                     _ = &mut rx => return,
                     () = tokio::time::sleep(Duration::from_millis(100)) => {}
                 }
             }
         });
-        FakeAgent { stop, task }
+        FakeAgent {
+            gateway: me,
+            world: shared,
+            stop,
+            task,
+        }
     }
 
     async fn kill(self) {
         let _ = self.stop.send(());
         let _ = self.task.await;
+        self.world.lock().unwrap().held.remove(&self.gateway);
     }
 }
 

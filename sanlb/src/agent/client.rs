@@ -10,7 +10,8 @@ use std::{
 use reqwest::StatusCode;
 
 use crate::proto::{
-    ApiError, ControlsStatus, PinRequest, Report, ReportReply, Share, Status, UnpinRequest,
+    ApiError, ControlsStatus, DrainReply, DrainRequest, Heartbeat, HeartbeatReply, PinRequest,
+    Report, ReportReply, Share, Status, UnpinRequest,
 };
 
 /// Errors talking to the controller.
@@ -178,6 +179,32 @@ impl Client {
             ])
             .timeout(wait + self.timeout);
         self.send(req, url).await
+    }
+
+    /// `POST /v1/heartbeat`, given up after `timeout` (shorter than other
+    /// requests: a heartbeat that is late is worth nothing).
+    pub async fn heartbeat(
+        &self,
+        hb: &Heartbeat,
+        timeout: Duration,
+    ) -> Result<HeartbeatReply, ClientError> {
+        let url = format!("{}/v1/heartbeat", self.base);
+        self.send(self.http.post(&url).json(hb).timeout(timeout), url)
+            .await
+    }
+
+    /// `POST /v1/drain`.
+    pub async fn drain(&self, req: &DrainRequest) -> Result<DrainReply, ClientError> {
+        let url = format!("{}/v1/drain", self.base);
+        self.send(self.http.post(&url).json(req).timeout(self.timeout), url)
+            .await
+    }
+
+    /// `POST /v1/undrain`.
+    pub async fn undrain(&self, req: &DrainRequest) -> Result<DrainReply, ClientError> {
+        let url = format!("{}/v1/undrain", self.base);
+        self.send(self.http.post(&url).json(req).timeout(self.timeout), url)
+            .await
     }
 
     /// `GET /v1/status`.

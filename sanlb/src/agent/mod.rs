@@ -20,8 +20,12 @@
 //!   portal answers from the share before its addresses are reconciled, and
 //!   the share is acknowledged only once the connections it names are
 //!   ended (`pairs.rs`).
+//!
+//! Beside the reports it heartbeats, probes and hands off (`faults.rs`,
+//! issue 14).
 
 pub mod client;
+mod faults;
 pub mod metrics;
 pub mod pairs;
 
@@ -29,17 +33,19 @@ use std::{
     collections::BTreeSet,
     future::Future,
     net::IpAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 pub use client::{Client, ClientError};
+pub use faults::{FaultConfig, OnStop, SELF_PROBE_BATCH};
 pub use pairs::{PairOptions, SessionEnder, ShareDirector, SockDiag};
 use tracing::Instrument as _;
 
 use crate::{
     dataplane::{Dataplane, DataplaneError, PinnedMaps, Snapshot, Stats},
     enforce::{AddressOwner, reconcile},
-    proto::{EnforceCounters, Flow, MAX_FLOWS_PER_REPORT, Report, Share},
+    proto::{DrainRequest, EnforceCounters, Flow, MAX_FLOWS_PER_REPORT, Report, Share},
 };
 
 /// Errors of the agent loop.
@@ -141,7 +147,7 @@ pub struct Agent<C, A> {
     cfg: AgentConfig,
     client: Client,
     counters: C,
-    owner: A,
+    owner: Arc<A>,
     boot_id: String,
     started: Instant,
     seq: u64,
@@ -159,16 +165,19 @@ pub struct Agent<C, A> {
     pairs: Option<pairs::PairSide>,
     no_pairs_warned: bool,
     stats: metrics::SharedStats,
+    faults: FaultConfig,
+    shared: Arc<faults::Shared>,
 }
 
 impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
-    /// An agent that starts a new boot now.
+    /// An agent that starts a new boot now, with the default
+    /// [`FaultConfig`] (change it with [`Agent::with_faults`]).
     pub fn new(cfg: AgentConfig, client: Client, counters: C, owner: A) -> Self {
         Self {
             cfg,
             client,
             counters,
-            owner,
+            owner: Arc::new(owner),
             boot_id: new_boot_id(),
             started: Instant::now(),
             seq: 0,
@@ -182,7 +191,15 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
             pairs: None,
             no_pairs_warned: false,
             stats: metrics::SharedStats::default(),
+            faults: FaultConfig::default(),
+            shared: Arc::default(),
         }
+    }
+
+    /// Heartbeats, probes and the hand-off on stop as `faults` says.
+    pub fn with_faults(mut self, faults: FaultConfig) -> Self {
+        self.faults = faults;
+        self
     }
 
     /// Serves pair mode when a share carries a pair map (without this,
@@ -216,7 +233,6 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
         let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut s);
     }
-
     /// Generation of the last share applied completely.
     pub fn applied(&self) -> u64 {
         self.applied
@@ -300,6 +316,10 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
                     });
                     flows.truncate(MAX_FLOWS_PER_REPORT);
                 }
+                // A flow that carried no iSCSI byte yet says nothing about
+                // load: a connection being set up, or another gateway's
+                // probe of the storage port (a SYN and its answer).
+                flows.retain(|f| f.to_target_bytes != 0 || f.to_initiator_bytes != 0);
                 self.last_flows = flows;
                 self.last_read_ms = self.started.elapsed().as_millis() as u64;
             }
@@ -379,7 +399,7 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
         // The owner logs every acquire and release with its timing; the span
         // adds the generation they belong to.
         let span = tracing::info_span!("share", generation);
-        let report = match reconcile(&self.owner, &want).instrument(span).await {
+        let report = match reconcile(&*self.owner, &want).instrument(span).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(generation, error = %crate::error_chain(&e), "share not applied");
@@ -406,6 +426,9 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
         if !pairs_ok {
             self.enforce.failed += 1;
         }
+        if report.is_complete() {
+            self.shared.set_assigned(want);
+        }
         if report.is_complete() && pairs_ok && generation > self.applied {
             self.applied = generation;
             return true;
@@ -414,8 +437,66 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
     }
 
     /// Runs until `shutdown` resolves: a report every interval, and a long
-    /// poll that picks up new shares between reports.
-    pub async fn run(&mut self, shutdown: impl Future<Output = ()>) {
+    /// poll that picks up new shares between reports; heartbeats and
+    /// probes beside them. With [`OnStop::Handoff`] it then drains its
+    /// gateway and returns once it holds nothing.
+    pub async fn run(&mut self, shutdown: impl Future<Output = ()>)
+    where
+        A: 'static,
+    {
+        let _faults = faults::spawn(
+            Arc::clone(&self.owner),
+            self.client.clone(),
+            self.cfg.gateway.clone(),
+            self.boot_id.clone(),
+            self.faults.clone(),
+            Arc::clone(&self.shared),
+        );
+        self.run_loop(shutdown).await;
+        if self.faults.on_stop == OnStop::Handoff {
+            self.hand_off().await;
+        }
+    }
+
+    /// Drains its own gateway through the controller and reports (applying
+    /// each share: releases only) until it holds nothing, at most
+    /// [`FaultConfig::handoff_timeout`]. Anything left stays on the NIC.
+    async fn hand_off(&mut self) {
+        let deadline = Instant::now() + self.faults.handoff_timeout;
+        let req = DrainRequest {
+            gateway: self.cfg.gateway.clone(),
+            boot_id: Some(self.boot_id.clone()),
+        };
+        match self.client.drain(&req).await {
+            Ok(r) => tracing::info!(
+                routes = r.routes,
+                held = r.held,
+                "stopping: handing the addresses off"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "stopping: no hand-off, keeping the addresses held");
+                return;
+            }
+        }
+        loop {
+            if let Err(e) = self.cycle().await {
+                tracing::debug!(error = %crate::error_chain(&e), "hand-off report failed");
+            }
+            if self.owner.owned().await.is_ok_and(|o| o.is_empty()) {
+                // Acknowledge the last release, then go.
+                let _ = self.cycle().await;
+                tracing::info!("handed off: holding nothing");
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(timeout = ?self.faults.handoff_timeout, "hand-off not finished in time: keeping what is still held");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn run_loop(&mut self, shutdown: impl Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut tick = tokio::time::interval(self.cfg.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -428,9 +509,17 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
             Duration::ZERO
         ));
         let mut unreachable = false;
+        let shared = Arc::clone(&self.shared);
         loop {
             tokio::select! {
                 () = &mut shutdown => return,
+                // Heard again after a silence, or the NIC back up: the
+                // report's reply carries the share (see `faults.rs`).
+                () = shared.report_now.notified() => {
+                    if let Err(e) = self.cycle().await {
+                        tracing::debug!(error = %crate::error_chain(&e), "report on reconnection failed");
+                    }
+                }
                 _ = tick.tick() => {
                     match self.cycle().await {
                         Ok(()) => {

@@ -186,6 +186,7 @@ mod tests {
                 name: "gw1".into(),
                 capacity: 1.0,
                 alive: true,
+                drained: None,
             }],
             routes: vec![SavedRoute {
                 host: None,

@@ -20,9 +20,20 @@ pub struct Config {
     pub w_change: f64,
     /// Smallest fall of the cost that justifies a new map.
     pub min_gain: f64,
-    /// Silence after which a gateway is dead; also the start-up grace and
-    /// the time an alive owner has to release.
+    /// Silence (no heartbeat, no report) after which a gateway is suspect:
+    /// its addresses are probed on the data path before any moves.
     pub lease: Duration,
+    /// After a start, how long the controller steers nothing while the
+    /// agents report in.
+    pub startup_grace: Duration,
+    /// How long an old owner that may still hold a moving address has to
+    /// release it before the move is abandoned.
+    pub release_timeout: Duration,
+    /// How long a probe of a silent gateway may take before another
+    /// gateway is asked.
+    pub probe_timeout: Duration,
+    /// How often a silent gateway found serving is probed again.
+    pub reprobe: Duration,
     /// Dead gateways that own nothing are forgotten after this long.
     pub forget_after: Duration,
     /// Unit of assignment.
@@ -76,8 +87,16 @@ impl Config {
         if self.interval.is_zero() {
             return bad("interval", "must be > 0");
         }
-        if self.lease.is_zero() {
-            return bad("lease", "must be > 0");
+        for (setting, d) in [
+            ("lease", self.lease),
+            ("startup_grace", self.startup_grace),
+            ("release_timeout", self.release_timeout),
+            ("probe_timeout", self.probe_timeout),
+            ("reprobe", self.reprobe),
+        ] {
+            if d.is_zero() {
+                return bad(setting, "must be > 0");
+            }
         }
         if self.forget_after < self.lease {
             return bad("forget_after", "must be at least the lease");

@@ -28,6 +28,8 @@ pub struct Gateway {
     pub enforce: EnforceCounters,
     /// Another agent reporting under this name while its own is live.
     pub conflict: Option<Contender>,
+    /// Heartbeats, link, probes, drain, conflicts (`faults.rs`).
+    pub health: super::faults::Health,
 }
 
 /// A second live agent under one gateway name (a misconfiguration or an
@@ -68,6 +70,7 @@ impl Gateway {
             owned: BTreeSet::new(),
             enforce: EnforceCounters::default(),
             conflict: None,
+            health: super::faults::Health::new(now),
         }
     }
 }
@@ -89,12 +92,21 @@ impl Gateways {
         self.map.get(name)
     }
 
+    /// One gateway, to change.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Gateway> {
+        self.map.get_mut(name)
+    }
+
     /// Whether `name` is known and alive.
     pub fn alive(&self, name: &str) -> bool {
         self.map.get(name).is_some_and(|g| g.alive)
     }
 
     /// Whether any gateway is alive.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "only the unit tests use it since issue 14")
+    )]
     pub fn any_alive(&self) -> bool {
         self.map.values().any(|g| g.alive)
     }
@@ -184,6 +196,9 @@ impl Gateways {
         g.last_seen = now;
         let revived = !g.alive;
         g.alive = true;
+        if revived {
+            g.health.revive(now);
+        }
         if counted {
             g.capacity = r.capacity;
             if g.boot_id != r.boot_id {

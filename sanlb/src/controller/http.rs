@@ -152,8 +152,9 @@ impl AppState {
     }
 }
 
-/// The router: `/v1/report`, `/v1/share`, `/v1/status`, `/metrics` behind
-/// the tokens, `/healthz` open.
+/// The router: `/v1/report`, `/v1/share`, `/v1/status`, `/metrics`,
+/// `/v1/heartbeat`, `/v1/drain`, `/v1/undrain` behind the tokens, `/healthz`
+/// open.
 pub fn app(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/v1/report", post(report))
@@ -165,6 +166,9 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/pin", post(pin))
         .route("/v1/unpin", post(unpin))
         .route("/metrics", get(metrics_text))
+        .route("/v1/heartbeat", post(super::faults::api::heartbeat))
+        .route("/v1/drain", post(super::faults::api::drain))
+        .route("/v1/undrain", post(super::faults::api::undrain))
         .method_not_allowed_fallback(method_not_allowed)
         // Outermost first when a request comes in: auth, then the body.
         .layer(middleware::from_fn_with_state(state.clone(), read_body))
@@ -217,11 +221,13 @@ fn need(path: &str) -> Need {
 /// endpoints (report errors), else the endpoint (`sanlb_http_refused_total`).
 fn endpoint(path: &str) -> Option<&'static str> {
     match path {
-        "/v1/report" | "/v1/share" => None,
+        "/v1/report" | "/v1/share" | "/v1/heartbeat" => None,
         "/v1/status" => Some("status"),
         "/v1/history" => Some("history"),
         "/metrics" => Some("metrics"),
-        "/v1/pause" | "/v1/resume" | "/v1/pin" | "/v1/unpin" => Some("control"),
+        "/v1/pause" | "/v1/resume" | "/v1/pin" | "/v1/unpin" | "/v1/drain" | "/v1/undrain" => {
+            Some("control")
+        }
         _ => Some("other"),
     }
 }

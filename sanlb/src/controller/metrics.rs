@@ -287,7 +287,7 @@ pub fn render(c: &Controller, now: Instant) -> String {
     o.one(
         "sanlb_moves_abandoned_total",
         "counter",
-        "Moves abandoned because an alive old owner did not release within a lease.",
+        "Moves abandoned because an old owner that may hold the address did not release it within the release timeout.",
         k.abandoned as f64,
     );
     o.head(
@@ -368,7 +368,7 @@ pub fn render(c: &Controller, now: Instant) -> String {
     o.one(
         "sanlb_gateway_deaths_total",
         "counter",
-        "Gateways declared dead after a silent lease.",
+        "Gateways declared dead: silent for a lease and not serving on the data path (or holding nothing).",
         k.deaths as f64,
     );
     o.one(
@@ -481,6 +481,7 @@ pub fn render(c: &Controller, now: Instant) -> String {
             k.pair_evictions as f64,
         );
     }
+    c.render_fault_metrics(&mut o);
     o.0
 }
 

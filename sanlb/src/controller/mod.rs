@@ -10,6 +10,7 @@
 //! | --- | --- |
 //! | settings and their checks | `config.rs` |
 //! | gateways, their reports and leases | `gateways.rs` |
+//! | heartbeats, probes of silent gateways, link state, drains, conflicts | `faults.rs` |
 //! | the break-before-make ownership state machine | `ownership.rs` |
 //! | pair mode: data addresses, portals, pair moves, pair shares | `pairs.rs` |
 //! | Storage Name Server mode: the map published to an iSNS server | `isns.rs` |
@@ -31,6 +32,7 @@
 
 mod config;
 pub mod controls;
+mod faults;
 mod gateways;
 pub mod http;
 pub mod isns;
@@ -52,6 +54,7 @@ use std::{
     time::Instant,
 };
 
+pub use self::faults::{DrainError, FaultEvents};
 pub use self::gateways::BootConflict;
 pub use self::{
     config::{Config, ConfigError},
@@ -180,6 +183,8 @@ pub struct Events {
     /// Requests refused other than the agents' (status, metrics, the page,
     /// controls), by (endpoint, reason).
     pub refused: BTreeMap<(&'static str, String), u64>,
+    /// Heartbeats, probes, conflicts, drains.
+    pub faults: FaultEvents,
 }
 
 /// The controller's state machine.
@@ -216,6 +221,7 @@ pub struct Controller {
     notify: tokio::sync::watch::Sender<u64>,
     controls: controls::Controls,
     trend: trend::Trend,
+    faults: faults::Faults,
 }
 
 impl Controller {
@@ -253,6 +259,7 @@ impl Controller {
             notify: tokio::sync::watch::channel(0).0,
             controls: controls::Controls::default(),
             trend: trend::Trend::default(),
+            faults: faults::Faults::default(),
             cfg,
         };
         let fresh = match store.as_ref().map(Store::load).transpose()?.flatten() {
@@ -302,9 +309,15 @@ impl Controller {
         }
         self.generation = saved.generation;
         for g in saved.gateways {
-            // A fresh lease: nobody could report while we were down.
-            self.gateways
-                .insert(g.name, Gateway::new(g.capacity, g.alive, now));
+            // A fresh lease: nobody could report while we were down. One
+            // that was silent is suspect again: probed before its routes
+            // move (it may have been serving).
+            let mut gw = Gateway::new(g.capacity, g.alive, now);
+            if !g.alive {
+                gw.health.silence = faults::Silence::Suspect;
+            }
+            Self::restore_drain(&mut gw, g.drained.as_ref());
+            self.gateways.insert(g.name, gw);
         }
         for r in saved.routes {
             self.routes.insert(
@@ -362,6 +375,7 @@ impl Controller {
                     name: n.clone(),
                     capacity: g.capacity,
                     alive: g.alive,
+                    drained: Self::saved_drain(g),
                 })
                 .collect(),
             routes: self
@@ -586,6 +600,7 @@ impl Controller {
                 self.allocate_data();
                 self.advance_pairs(now);
             }
+            self.end_handoff(&r.gateway);
         }
         self.flush();
         Ok(ReportReply {
@@ -652,13 +667,14 @@ impl Controller {
         }
     }
 
-    /// Liveness: ends the start-up grace, declares silent gateways dead,
-    /// bypasses dead old owners and abandons moves an alive owner did not
-    /// release within a lease. Returns whether a failover is due.
+    /// Liveness: ends the start-up grace, makes gateways silent for a lease
+    /// suspect and probes them (`faults.rs`), bypasses dead old owners and
+    /// abandons moves an old owner did not release within the release
+    /// timeout. Returns whether a failover is due.
     pub fn expire(&mut self, now: Instant) -> bool {
         self.seen(now);
         if !self.ready {
-            if now.saturating_duration_since(self.started) < self.cfg.lease {
+            if now.saturating_duration_since(self.started) < self.cfg.startup_grace {
                 return false;
             }
             self.ready = true;
@@ -669,10 +685,8 @@ impl Controller {
             }
             self.bump();
         }
-        let lease = self.cfg.lease;
-        for name in self.gateways.expire(now, lease) {
-            tracing::warn!(gateway = %name, lease_ms = lease.as_millis() as u64, "gateway silent for a lease: dead");
-            self.events.deaths += 1;
+        for name in self.gateways.expire(now, self.cfg.lease) {
+            self.on_silent(&name, now);
             self.epoch += 1;
         }
         // Long gone and carrying nothing: forgotten, so that the state and
@@ -688,18 +702,25 @@ impl Controller {
             self.events.forgotten += 1;
             self.epoch += 1;
         }
+        self.judge(now);
         let next = self.generation + 1;
         let gateways = &self.gateways;
-        let expired = self
-            .routes
-            .expire_moves(|n| gateways.alive(n), now, lease, next);
+        // A move's old owner that may still hold the address (alive with
+        // its NIC up, or silent and not judged dead) must release it; one
+        // that cannot hold it is bypassed.
+        let expired = self.routes.expire_moves(
+            |n| gateways.get(n).is_some_and(Gateway::present),
+            now,
+            self.cfg.release_timeout,
+            next,
+        );
         if !expired.bypassed.is_empty() || !expired.abandoned.is_empty() {
             let g = self.bump();
             for key in &expired.bypassed {
                 tracing::warn!(target = %key.1, generation = g, "old owner dead: bypassed");
             }
             for key in &expired.abandoned {
-                tracing::warn!(target = %key.1, generation = g, "old owner did not release within a lease: move abandoned");
+                tracing::warn!(target = %key.1, generation = g, "old owner did not release within the release timeout: move abandoned");
             }
             self.events.bypassed += expired.bypassed.len() as u64;
             self.events.abandoned += expired.abandoned.len() as u64;
@@ -720,7 +741,7 @@ impl Controller {
     }
 
     fn needs_failover(&self) -> bool {
-        if !self.ready || !self.gateways.any_alive() {
+        if !self.ready || !self.any_takes_routes() {
             return false;
         }
         if self.pair_mode() {
@@ -728,13 +749,15 @@ impl Controller {
             // address lets them go.
             return self.routes.iter().any(|(k, r)| {
                 k.0.is_some()
-                    && r.ownership
-                        .assigned()
-                        .is_none_or(|g| !self.gateways.alive(g))
+                    && r.ownership.assigned().is_none_or(|g| {
+                        self.gateways
+                            .get(g)
+                            .is_none_or(|g| !(g.takes_routes() || g.pins(k.1)))
+                    })
                     && self.placeable(k)
             });
         }
-        self.routes.stranded(|n| self.gateways.alive(n))
+        self.stranded()
     }
 
     /// Ends an interval: one sample into the window; persists the rates.

@@ -422,6 +422,10 @@ impl Routes {
     }
 
     /// Some route is on no gateway, or on one `alive` says is dead.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "only the unit tests use it since issue 14")
+    )]
     pub fn stranded(&self, alive: impl Fn(&str) -> bool) -> bool {
         self.map.values().any(|r| match r.ownership.assigned() {
             None => true,

@@ -3,10 +3,7 @@
 //! decision on the proposal (adopt, keep, or drop as superseded), with its
 //! reason kept for status.
 
-use std::{
-    collections::BTreeSet,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use super::{
     Controller,
@@ -72,29 +69,42 @@ impl Rebalance {
 
 impl Controller {
     /// The map in force as an optimisation problem: every route with its
-    /// rate and the gateway it is assigned to, dead gateways drained (not
-    /// removed, so that moving off them counts and `current` still names
-    /// them). Dead gateways that carry nothing are left out unless
-    /// `all_gateways` (status shows them; a solve need not see them). Route
-    /// `i` is `keys[i]`. In pair mode the routes are the pairs (portals are
-    /// placed by their own rule), each allowed only on gateways with a data
-    /// address for its entity; a pair no alive gateway can carry is left
-    /// out and stays where it is.
+    /// rate and the gateway it is assigned to; gateways that take no routes
+    /// (dead, link down, drained, silent) with capacity 0 (not removed, so
+    /// that moving off them counts and `current` still names them). For a
+    /// solve (`all_gateways` false), gateways that take no routes and carry
+    /// nothing are left out, and so are the routes a silent gateway pins
+    /// (they stay where they are whatever the map says); status sees all,
+    /// a silent gateway with its capacity. Route `i` is `keys[i]`. In pair
+    /// mode the routes are the pairs (portals are placed by their own rule),
+    /// each allowed only on gateways with a data address for its entity; a
+    /// pair no gateway can carry is left out and stays where it is.
     pub(super) fn problem(&self, all_gateways: bool) -> (Problem, Vec<RouteKey>) {
         let rates = self.rates();
         let gateways = self
             .gateways
             .iter()
-            .filter(|(n, g)| all_gateways || g.alive || self.routes.involves(n))
+            .filter(|(n, g)| all_gateways || g.takes_routes() || self.routes.involves(n))
             .map(|(n, g)| Gateway {
                 name: n.clone(),
-                capacity: if g.alive { g.capacity } else { 0.0 },
+                capacity: if g.takes_routes() || (all_gateways && g.silent_holding()) {
+                    g.capacity
+                } else {
+                    0.0
+                },
             })
             .collect();
         let pair = self.cfg.mode == Mode::Pair;
+        // Routes a silent gateway pins stay where they are (issue 14).
+        let pinned = |k: &RouteKey, r: &super::ownership::RouteState| {
+            !all_gateways
+                && matches!(&r.ownership, crate::proto::Ownership::Owned { gateway }
+                    if self.gateways.get(gateway).is_some_and(|g| g.pins(k.1)))
+        };
         let (keys, routes): (Vec<RouteKey>, Vec<Route>) = self
             .routes
             .iter()
+            .filter(|(k, r)| !pinned(k, r))
             .filter(|(k, _)| !pair || (k.0.is_some() && self.placeable(k)))
             .map(|(k, r)| {
                 let route = Route {
@@ -117,9 +127,11 @@ impl Controller {
     }
 
     /// The problem for a rebalance, or `None` when there is nothing to do:
-    /// grace not over, no alive gateway, no route, or (periodic only) moves
-    /// still in flight or fewer than `window` intervals since the last
-    /// adopted map.
+    /// grace not over, no gateway that takes routes, no route (that is not
+    /// pinned), or (periodic only) moves still in flight, fewer than
+    /// `window` intervals since the last adopted map, or a gateway silent
+    /// (its traffic is not measured while its agent is silent: the map
+    /// waits, failovers aside).
     pub fn start_rebalance(&mut self, trigger: Trigger) -> Option<Rebalance> {
         self.start_rebalance_at(trigger, Instant::now())
     }
@@ -128,11 +140,13 @@ impl Controller {
     /// Pins and cool-downs restrict the routes (`controls.rs`); in advise
     /// mode a failover or pin decision is computed once per state.
     pub fn start_rebalance_at(&mut self, trigger: Trigger, now: Instant) -> Option<Rebalance> {
-        if !self.ready || self.routes.is_empty() || !self.gateways.any_alive() {
+        if !self.ready || self.routes.is_empty() || !self.any_takes_routes() {
             return None;
         }
         if trigger == Trigger::Interval
-            && (self.routes.moves_in_flight() > 0 || self.settled < self.cfg.window)
+            && (self.routes.moves_in_flight() > 0
+                || self.settled < self.cfg.window
+                || self.gateways.iter().any(|(_, g)| g.silent_holding()))
         {
             return None;
         }
@@ -140,6 +154,9 @@ impl Controller {
             return None;
         }
         let (mut problem, keys) = self.problem(false);
+        if keys.is_empty() {
+            return None;
+        }
         self.constrain(&mut problem, &keys, trigger, now);
         Some(Rebalance {
             problem,
@@ -294,21 +311,22 @@ impl Controller {
     fn apply(&mut self, job: &Rebalance, solution: &Solution, now: Instant) {
         let g = self.bump();
         self.settled = 0;
-        let alive: BTreeSet<String> = self
-            .gateways
-            .iter()
-            .filter(|(_, g)| g.alive)
-            .map(|(n, _)| n.clone())
-            .collect();
+        let gateways = &self.gateways;
         for (key, &gi) in job.keys.iter().zip(&solution.assignment) {
             let to = &job.problem.gateways[gi].name;
             let moved = match self.cfg.mode {
-                Mode::Target => self
-                    .routes
-                    .assign(key, to, |n| alive.contains(n), true, g, now),
+                // The old owner must release first if it may hold the
+                // address on the data path (alive with its NIC up, or silent
+                // and not known to have stopped serving it).
+                Mode::Target => {
+                    let may_hold = |n: &str| gateways.get(n).is_some_and(|g| g.may_hold(key.1));
+                    self.routes.assign(key, to, may_hold, true, g, now)
+                }
+                // A pair's old gateway ends its connections when it can be
+                // told to (alive); a dead one's end with it.
                 Mode::Pair => self
                     .routes
-                    .assign_pair(key, to, |n| alive.contains(n), g, now),
+                    .assign_pair(key, to, |n| gateways.alive(n), g, now),
             };
             if moved {
                 self.events.moves += 1;

@@ -74,6 +74,22 @@ pub struct SavedGateway {
     pub capacity: f64,
     /// Alive when saved.
     pub alive: bool,
+    /// Drained, and by whom (absent: not drained).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained: Option<SavedDrain>,
+}
+
+/// A drain as persisted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SavedDrain {
+    /// An operator's, until undrained.
+    Operator,
+    /// The hand-off of the agent run `boot_id`, until another run reports.
+    Handoff {
+        /// The run.
+        boot_id: String,
+    },
 }
 
 /// A route as persisted.
@@ -162,6 +178,15 @@ impl Saved {
             }
             if !names.insert(g.name.as_str()) {
                 return Err(format!("gateway {} listed twice", g.name));
+            }
+            if let Some(SavedDrain::Handoff { boot_id }) = &g.drained
+                && !crate::proto::valid_boot_id(boot_id)
+            {
+                return Err(format!(
+                    "gateway {}: hand-off drain of boot \"{}\": not a boot id (1–64 printable ASCII characters)",
+                    g.name,
+                    shown(boot_id)
+                ));
             }
         }
         if self.routes.len() > MAX_ROUTES {
@@ -404,11 +429,15 @@ mod tests {
                     name: "gw1".into(),
                     capacity: 2.0,
                     alive: true,
+                    drained: None,
                 },
                 SavedGateway {
                     name: "gw2".into(),
                     capacity: 1.0,
                     alive: false,
+                    drained: Some(SavedDrain::Handoff {
+                        boot_id: "b2".into(),
+                    }),
                 },
             ],
             routes: vec![SavedRoute {

@@ -53,6 +53,9 @@ pub(super) async fn run(state: Arc<AppState>) {
     rebalance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lease = tokio::time::interval(lease_tick(cfg.lease));
     lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Poked when a failover may be due before the next lease tick (a dead
+    // verdict, a link down, a drain).
+    let wake = state.lock().wake_handle();
     let (done_tx, mut done_rx) = mpsc::channel::<Solved>(4);
     let mut in_flight = InFlight::default();
     loop {
@@ -69,20 +72,8 @@ pub(super) async fn run(state: Arc<AppState>) {
                     c.start_rebalance_at(Trigger::Interval, now)
                 }
             }
-            _ = lease.tick() => {
-                let mut c = state.lock();
-                let now = std::time::Instant::now();
-                let failover = c.expire(now);
-                if failover && !in_flight.failover {
-                    c.start_rebalance_at(Trigger::Failover, now)
-                } else if !failover && !in_flight.pin && c.pins_unmet() {
-                    // A pin not met (new, or its gateway back): only the
-                    // pinned routes move, also while paused.
-                    c.start_rebalance_at(Trigger::Pin, now)
-                } else {
-                    None
-                }
-            }
+            _ = lease.tick() => lease_check(&state, &in_flight),
+            () = wake.notified() => lease_check(&state, &in_flight),
             Some((job, result)) = done_rx.recv() => {
                 *in_flight.slot(job.trigger()) = false;
                 match result {
@@ -103,6 +94,22 @@ pub(super) async fn run(state: Arc<AppState>) {
             *in_flight.slot(job.trigger()) = true;
             spawn_solve(job, done_tx.clone());
         }
+    }
+}
+
+/// Lease checks; a failover solve when one is due and none runs.
+fn lease_check(state: &AppState, in_flight: &InFlight) -> Option<Rebalance> {
+    let mut c = state.lock();
+    let now = std::time::Instant::now();
+    let failover = c.expire(now);
+    if failover && !in_flight.failover {
+        c.start_rebalance_at(Trigger::Failover, now)
+    } else if !failover && !in_flight.pin && c.pins_unmet() {
+        // A pin not met (new, or its gateway back): only the pinned routes
+        // move, also while paused.
+        c.start_rebalance_at(Trigger::Pin, now)
+    } else {
+        None
     }
 }
 

@@ -76,6 +76,7 @@ impl Controller {
                         refused: c.refused,
                         last_ms: now.saturating_duration_since(c.last).as_millis() as u64,
                     }),
+                    health: self.health_status(n, g, now),
                     forget_in_ms: (!g.alive && !self.routes.involves(n)).then(|| {
                         self.cfg
                             .forget_after

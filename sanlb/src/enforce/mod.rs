@@ -36,6 +36,7 @@ use std::{collections::BTreeSet, future::Future, net::IpAddr};
 
 mod announce;
 mod netlink;
+mod probe;
 mod reconcile;
 mod sessions;
 
@@ -43,6 +44,7 @@ pub use netlink::{
     DEFAULT_ADDR_PROTO, DEFAULT_GARP_COUNT, DEFAULT_GARP_INTERVAL, MAX_GARP_COUNT,
     MAX_GARP_INTERVAL, NetlinkOwner, OwnerConfig,
 };
+pub use probe::{LinkState, ProbeSpec};
 pub use reconcile::{ReconcileFailure, ReconcileOp, ReconcileReport, reconcile};
 pub use sessions::{NETLINK_TIMEOUT, TcpConnection, connections, end_connections};
 
@@ -102,6 +104,22 @@ pub enum EnforceError {
     /// [`NetlinkOwner::new`] was called outside a tokio runtime.
     #[error("the address owner of {0:?} must be created inside a tokio runtime")]
     NoRuntime(String),
+    /// This owner cannot do what was asked (probing, say, on an owner
+    /// with no data path).
+    #[error("{0} is not supported by this address owner")]
+    Unsupported(&'static str),
+    /// sanlb refuses to remove an address it does not manage on the
+    /// controller's order: it is not a host prefix on this NIC (the NIC's
+    /// own address, say), or it is not there.
+    #[error("{addr} on {iface}: {why}; not removed")]
+    NotRemovable {
+        /// The address.
+        addr: IpAddr,
+        /// The interface.
+        iface: String,
+        /// Why.
+        why: String,
+    },
     /// A netlink or socket operation failed.
     #[error("{what}")]
     Os {
@@ -122,6 +140,52 @@ pub trait AddressOwner: Send + Sync {
     fn acquire(&self, addr: IpAddr) -> impl Future<Output = Result<(), EnforceError>> + Send;
     /// Removes `addr`. Idempotent; never touches an address sanlb does not manage.
     fn release(&self, addr: IpAddr) -> impl Future<Output = Result<(), EnforceError>> + Send;
+
+    // The data path (issue 14). The defaults describe an owner that cannot
+    // see it: its NIC is taken to be up, with no known MAC, and it cannot
+    // probe; such an agent still reports and heartbeats, but is never asked
+    // to probe.
+
+    /// The NIC's state: up with a carrier, and its MAC.
+    fn link(&self) -> impl Future<Output = Result<LinkState, EnforceError>> + Send {
+        async {
+            Ok(LinkState {
+                up: true,
+                mac: None,
+            })
+        }
+    }
+
+    /// Who answers for `spec.addrs` on the NIC's segment, and whether their
+    /// storage service listens (see `probe.rs`). This NIC's own answers are
+    /// not listed: a self-probe of held addresses lists the other holders.
+    fn probe(
+        &self,
+        spec: &ProbeSpec,
+    ) -> impl Future<Output = Result<Vec<crate::proto::ProbedAddress>, EnforceError>> + Send {
+        let _ = spec;
+        async { Err(EnforceError::Unsupported("probing")) }
+    }
+
+    /// Announces `addr`, which it holds, again (hosts' neighbour entries go
+    /// back to this NIC after another station claimed the address).
+    /// An address it does not hold is not announced.
+    fn reannounce(&self, addr: IpAddr) -> impl Future<Output = Result<(), EnforceError>> + Send {
+        let _ = addr;
+        async { Ok(()) }
+    }
+
+    /// Removes `addr` from the NIC although it lacks sanlb's marker: the
+    /// controller's order after a conflict, when the address is assigned to
+    /// another gateway. The one exception to "sanlb only touches its own
+    /// addresses"; only a host prefix (/32, /128) is ever removed this way.
+    fn remove_unmanaged(
+        &self,
+        addr: IpAddr,
+    ) -> impl Future<Output = Result<(), EnforceError>> + Send {
+        let _ = addr;
+        async { Err(EnforceError::Unsupported("removing unmanaged addresses")) }
+    }
 }
 
 /// Checks that `addr` can be a storage address: a unicast address that one

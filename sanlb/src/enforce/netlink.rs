@@ -27,16 +27,19 @@ use rtnetlink::{
         address::{
             AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressProtocol,
         },
-        link::{LinkAttribute, LinkLayerType},
+        link::{LinkAttribute, LinkFlags, LinkLayerType},
     },
 };
 use tokio::task::JoinHandle;
 
 use super::{
-    AddressOwner, EnforceError,
+    AddressOwner, EnforceError, LinkState, ProbeSpec,
     announce::{Mac, PacketSocket},
-    host_prefix_len, validate_storage_addr,
+    host_prefix_len,
+    probe::{self, Nic},
+    validate_storage_addr,
 };
+use crate::proto::{MacAddr, ProbedAddress};
 
 /// Announcement rounds per acquire unless configured: the first one flips the
 /// hosts' neighbour entries; the repeats cover a lost frame.
@@ -133,8 +136,23 @@ pub struct NetlinkOwner {
     connection: JoinHandle<()>,
     packets: Arc<PacketSocket>,
     ops: tokio::sync::Mutex<()>,
+    /// Address dumps, one at a time: the kernel refuses a second dump on a
+    /// netlink socket while one runs (EBUSY), and reports, probes and
+    /// self-probes list addresses from different tasks.
+    dumps: tokio::sync::Mutex<()>,
     /// Announcement repeats under way, by address.
     bursts: Mutex<HashMap<IpAddr, JoinHandle<()>>>,
+    /// The network namespace it was created in (its inode): probes open
+    /// their sockets when they run, and must run there.
+    netns: Option<u64>,
+}
+
+/// The inode of the calling thread's network namespace.
+fn current_netns() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .ok()
+        .map(|m| m.ino())
 }
 
 /// The NIC as netlink sees it now.
@@ -142,6 +160,8 @@ pub struct NetlinkOwner {
 struct Link {
     index: u32,
     mac: Mac,
+    /// `IFF_UP` and `IFF_LOWER_UP` (a carrier).
+    up: bool,
 }
 
 /// One address configured in the namespace.
@@ -187,7 +207,9 @@ impl NetlinkOwner {
             connection,
             packets: Arc::new(packets),
             ops: tokio::sync::Mutex::new(()),
+            dumps: tokio::sync::Mutex::new(()),
             bursts: Mutex::new(HashMap::new()),
+            netns: current_netns(),
         })
     }
 
@@ -211,10 +233,12 @@ impl NetlinkOwner {
             LinkAttribute::Address(mac) => Mac::try_from(mac.as_slice()).ok(),
             _ => None,
         });
+        let flags = msg.header.flags;
         match mac {
             Some(mac) if msg.header.link_layer_type == LinkLayerType::Ether => Ok(Link {
                 index: msg.header.index,
                 mac,
+                up: flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::LowerUp),
             }),
             _ => Err(EnforceError::NotEthernet(iface.clone())),
         }
@@ -222,6 +246,7 @@ impl NetlinkOwner {
 
     /// Every address configured in the namespace, on any interface.
     async fn configured(&self) -> Result<Vec<Configured>, EnforceError> {
+        let _one_dump = self.dumps.lock().await;
         let mut dump = pin!(self.handle.address().get().execute());
         let mut out = Vec::new();
         while let Some(msg) = dump
@@ -519,6 +544,121 @@ impl AddressOwner for NetlinkOwner {
                 Err(error)
             }
         }
+    }
+
+    async fn link(&self) -> Result<LinkState, EnforceError> {
+        let link = self.link().await?;
+        Ok(LinkState {
+            up: link.up,
+            mac: Some(MacAddr(link.mac)),
+        })
+    }
+
+    async fn probe(&self, spec: &ProbeSpec) -> Result<Vec<ProbedAddress>, EnforceError> {
+        for a in &spec.addrs {
+            validate_storage_addr(*a)?;
+        }
+        if current_netns() != self.netns {
+            return Err(EnforceError::Os {
+                what: format!(
+                    "probing on {}: called from another network namespace than the owner's",
+                    self.cfg.iface
+                ),
+                source: io::ErrorKind::InvalidInput.into(),
+            });
+        }
+        let link = self.link().await?;
+        // The NIC's own addresses (not sanlb's) are the sources of the
+        // service checks: a global one of each family.
+        let own = self.configured().await?;
+        let own = own
+            .iter()
+            .filter(|c| c.index == link.index && c.proto != Some(self.cfg.proto));
+        let mut nic = Nic {
+            index: link.index,
+            mac: link.mac,
+            own_v4: None,
+            own_v6: None,
+        };
+        for c in own {
+            match c.addr {
+                IpAddr::V4(a) if nic.own_v4.is_none() && !a.is_loopback() => nic.own_v4 = Some(a),
+                IpAddr::V6(a) if nic.own_v6.is_none() && validate_storage_addr(c.addr).is_ok() => {
+                    nic.own_v6 = Some(a)
+                }
+                _ => {}
+            }
+        }
+        probe::probe(nic, spec)
+            .await
+            .map_err(|source| EnforceError::Os {
+                what: format!(
+                    "probing {} addresses on {}",
+                    spec.addrs.len(),
+                    self.cfg.iface
+                ),
+                source,
+            })
+    }
+
+    async fn reannounce(&self, addr: IpAddr) -> Result<(), EnforceError> {
+        validate_storage_addr(addr)?;
+        let _serial = self.ops.lock().await;
+        let link = self.link().await?;
+        let held = self
+            .configured()
+            .await?
+            .iter()
+            .any(|c| c.addr == addr && self.is_ours(c, &link));
+        if !held || self.cfg.garp_count == 0 {
+            return Ok(());
+        }
+        self.stop_burst(addr).await;
+        self.packets
+            .announce(link.index, link.mac, addr)
+            .map_err(|source| EnforceError::Os {
+                what: format!("announcing {addr} on {}", self.cfg.iface),
+                source,
+            })?;
+        if self.cfg.garp_count > 1 {
+            self.spawn_burst(addr, link);
+        }
+        tracing::info!(iface = %self.cfg.iface, %addr, "announced again");
+        Ok(())
+    }
+
+    async fn remove_unmanaged(&self, addr: IpAddr) -> Result<(), EnforceError> {
+        validate_storage_addr(addr)?;
+        let _serial = self.ops.lock().await;
+        let link = self.link().await?;
+        let iface = self.cfg.iface.clone();
+        let refuse = |why: String| EnforceError::NotRemovable {
+            addr,
+            iface: iface.clone(),
+            why,
+        };
+        let configured = self.configured().await?;
+        let Some(c) = configured
+            .iter()
+            .find(|c| c.addr == addr && c.index == link.index)
+        else {
+            return Ok(());
+        };
+        if c.prefix_len != host_prefix_len(addr) {
+            return Err(refuse(format!(
+                "configured as /{}, not a host prefix (it may be the NIC's own address)",
+                c.prefix_len
+            )));
+        }
+        self.del(c).await?;
+        tracing::error!(
+            %iface,
+            %addr,
+            proto = ?c.proto,
+            "REMOVED an address sanlb does not manage, on the controller's order: another \
+             gateway is assigned it and both answered for it"
+        );
+        Ok(())
     }
 }
 

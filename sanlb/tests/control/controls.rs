@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::fakes::{HOST, config, target};
+use crate::fakes::{Beats, HOST, config, target};
 use sanlb::{
     controller::{Config, Controller, Trigger, controls::ControlError, metrics, store::Store},
     proto::{EnforceCounters, Flow, Ownership, RebalanceRecord, Report},
@@ -26,6 +26,7 @@ struct Sim {
     rate: BTreeMap<IpAddr, u64>,
     applied: BTreeMap<String, u64>,
     held: BTreeMap<String, Vec<IpAddr>>,
+    beats: Beats,
 }
 
 impl Sim {
@@ -40,6 +41,7 @@ impl Sim {
             rate: BTreeMap::new(),
             applied: BTreeMap::new(),
             held: BTreeMap::new(),
+            beats: Beats::default(),
         }
     }
 
@@ -76,6 +78,8 @@ impl Sim {
         };
         *seq += 1;
         self.c.ingest(&r, self.now).unwrap();
+        self.beats
+            .beat(&mut self.c, self.now, gw, &self.held, LEASE / 2);
     }
 
     fn advance(&mut self, d: Duration) {
@@ -127,16 +131,19 @@ impl Sim {
         self.c.close_interval();
     }
 
-    /// `gw` is silent for a lease while `others` report: it is dead.
+    /// `gw` is silent while `others` report: suspect after a lease, then
+    /// found dead by their probes (it answers none).
     fn kill(&mut self, gw: &str, others: &[&str]) {
-        let _ = gw;
-        for _ in 0..3 {
+        for _ in 0..12 {
             self.advance(LEASE / 3);
             for o in others {
                 self.report(o, 300);
             }
-            self.c.expire(self.now);
+            if self.c.expire(self.now) {
+                return;
+            }
         }
+        panic!("{gw} was never found dead");
     }
 }
 

@@ -2,12 +2,15 @@
 //! controller's state machine on an explicit clock (`moves`, and in pair
 //! mode `pairs`), its HTTP API
 //! through `app()` (`http`), a real controller with agents on loopback
-//! (`loopback`), the agent's loop against fakes (`agent_loop`), and with
-//! real addresses in network namespaces (`netns`, privileged).
+//! (`loopback`), the agent's loop against fakes (`agent_loop`), gateway
+//! faults on loopback (`faults`: silent agents, dead gateways, links down,
+//! drains, duplicates), and with real addresses in network namespaces
+//! (`netns`, privileged).
 
 mod agent_loop;
 mod controls;
 mod fakes;
+mod faults;
 mod hardening;
 mod http;
 mod loopback;

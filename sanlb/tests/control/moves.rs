@@ -8,10 +8,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::fakes::{HOST, config, target};
+use crate::fakes::{HOST, config, mac_of, target};
 use sanlb::{
     controller::{Config, Controller, Trigger, store::Store},
-    proto::{EnforceCounters, Flow, Mode, Ownership, Report},
+    proto::{
+        EnforceCounters, Flow, Heartbeat, Mode, Ownership, ProbeAnswer, ProbeResult, ProbedAddress,
+        Report, Service,
+    },
 };
 
 const LEASE: Duration = Duration::from_millis(900);
@@ -26,6 +29,10 @@ struct Sim {
     rate: BTreeMap<IpAddr, u64>,
     applied: BTreeMap<String, u64>,
     held: BTreeMap<String, Vec<IpAddr>>,
+    /// When each gateway last reported: in this simulation a gateway that
+    /// stopped reporting is a dead machine (it answers no probe).
+    last: BTreeMap<String, Instant>,
+    beats: BTreeMap<String, u64>,
 }
 
 impl Sim {
@@ -40,7 +47,61 @@ impl Sim {
             rate: BTreeMap::new(),
             applied: BTreeMap::new(),
             held: BTreeMap::new(),
+            last: BTreeMap::new(),
+            beats: BTreeMap::new(),
         }
+    }
+
+    /// `gw` heartbeats (with its MAC, so that it can probe); it answers the
+    /// probes it is asked for at once, from what the simulation holds.
+    fn heartbeat(&mut self, gw: &str, probes: Vec<ProbeResult>) {
+        let seq = self.beats.entry(gw.into()).or_default();
+        let hb = Heartbeat {
+            gateway: gw.into(),
+            boot_id: format!("boot-{gw}"),
+            seq: *seq,
+            link_up: true,
+            mac: Some(mac_of(gw)),
+            probes,
+            conflicts: vec![],
+        };
+        *seq += 1;
+        let reply = self.c.heartbeat(&hb, self.now).unwrap();
+        if reply.probes.is_empty() {
+            return;
+        }
+        let results = reply
+            .probes
+            .iter()
+            .map(|p| ProbeResult {
+                id: p.id,
+                addresses: p
+                    .addresses
+                    .iter()
+                    .map(|a| ProbedAddress {
+                        address: *a,
+                        answers: self
+                            .held
+                            .iter()
+                            .filter(|(g, h)| {
+                                *g != gw
+                                    && h.contains(a)
+                                    && self
+                                        .last
+                                        .get(*g)
+                                        .is_some_and(|t| self.now.duration_since(*t) < LEASE / 2)
+                            })
+                            .map(|(g, _)| ProbeAnswer {
+                                mac: mac_of(g),
+                                service: Service::Open,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+                failed: false,
+            })
+            .collect();
+        self.heartbeat(gw, results);
     }
 
     /// `gw` reports `ms` of agent time after its previous report, holding `held[gw]`.
@@ -77,6 +138,8 @@ impl Sim {
         };
         *seq += 1;
         self.c.ingest(&r, self.now).unwrap();
+        self.last.insert(gw.into(), self.now);
+        self.heartbeat(gw, vec![]);
     }
 
     fn advance(&mut self, d: Duration) {
@@ -120,6 +183,9 @@ impl Sim {
 fn two_on_one(store: Option<Store>) -> Sim {
     let mut cfg = config(&[target(1), target(2)]);
     cfg.window = 1;
+    // Suspect after half the release timeout: a silent old owner is
+    // probed (and found dead) within the release timeout.
+    cfg.lease = LEASE / 2;
     let mut s = Sim::new(cfg, store);
     s.rate = [(target(1), 1000), (target(2), 1000)].into();
     s.held.insert("gw1".into(), vec![target(1), target(2)]);

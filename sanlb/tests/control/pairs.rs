@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::fakes::{config, target};
+use crate::fakes::{Beats, config, target};
 use sanlb::{
     controller::{Config, Controller, ControllerError, Trigger, store::Store},
     proto::{EnforceCounters, Flow, Mode, Ownership, Report, Share},
@@ -51,6 +51,7 @@ struct PairSim {
     applied: BTreeMap<String, Share>,
     /// Connections each gateway ended.
     ended: BTreeMap<String, Vec<(IpAddr, IpAddr)>>,
+    beats: Beats,
 }
 
 impl PairSim {
@@ -66,6 +67,7 @@ impl PairSim {
             bytes: BTreeMap::new(),
             applied: BTreeMap::new(),
             ended: BTreeMap::new(),
+            beats: Beats::default(),
         }
     }
 
@@ -134,6 +136,12 @@ impl PairSim {
         };
         *seq += 1;
         self.c.ingest(&r, self.now).unwrap();
+        let held = self
+            .applied
+            .iter()
+            .map(|(g, s)| (g.clone(), s.addresses.clone().unwrap_or_default()))
+            .collect();
+        self.beats.beat(&mut self.c, self.now, gw, &held, LEASE / 2);
     }
 
     fn reports(&mut self, gws: &[&str], ms: u64) {
@@ -257,7 +265,11 @@ fn three_gateways(cfg: Config, store: Option<Store>) -> PairSim {
 /// Three hosts on target 1, 1000 B/s each, logged in through the portal
 /// (all sent to gw1 by default), adopted and measured over one interval.
 fn three_hosts_on_gw1(store: Option<Store>) -> PairSim {
-    let mut s = three_gateways(pair_config(&[target(1)], "198.18.2.0/24"), store);
+    three_hosts_on_gw1_with(pair_config(&[target(1)], "198.18.2.0/24"), store)
+}
+
+fn three_hosts_on_gw1_with(cfg: Config, store: Option<Store>) -> PairSim {
+    let mut s = three_gateways(cfg, store);
     let e = target(1);
     for i in 1..=3 {
         s.rate.insert((host(i), e), 1000);
@@ -534,7 +546,11 @@ fn an_eviction_not_acknowledged_within_a_lease_is_abandoned() {
 
 #[test]
 fn an_eviction_on_a_dead_gateway_is_bypassed() {
-    let mut s = three_hosts_on_gw1(None);
+    let mut cfg = pair_config(&[target(1)], "198.18.2.0/24");
+    // Suspect after half the release timeout: the silent old gateway is
+    // probed (and found dead) before its eviction would be abandoned.
+    cfg.lease = LEASE / 2;
+    let mut s = three_hosts_on_gw1_with(cfg, None);
     let e = target(1);
     assert!(s.rebalance(Trigger::Interval));
     s.apply_all(&GWS);
@@ -547,11 +563,15 @@ fn an_eviction_on_a_dead_gateway_is_bypassed() {
         })
         .collect();
     assert_eq!(evicting.len(), 2);
-    // gw1 dies before it ends anything: its sessions died with it.
-    for _ in 0..4 {
-        s.now += LEASE / 3;
-        s.reports(&["gw2", "gw3"], 300);
+    // gw1 dies before it ends anything: its sessions died with it. Silent
+    // for a lease it is suspect, then found dead by the others' probes.
+    for _ in 0..12 {
+        s.now += LEASE / 6;
+        s.reports(&["gw2", "gw3"], 150);
         s.c.expire(s.now);
+        if s.c.events().bypassed > 0 {
+            break;
+        }
     }
     assert_eq!(s.c.events().bypassed, 2);
     for (h, to) in &evicting {

@@ -5,7 +5,7 @@ use std::{process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use futures_util::FutureExt as _;
 use sanlb::{
-    agent::{Agent, AgentConfig, Client, PairOptions, metrics},
+    agent::{Agent, AgentConfig, Client, FaultConfig, PairOptions, metrics},
     config::AgentSection,
     dataplane::{Dataplane, DataplaneConfig},
     enforce::{NetlinkOwner, OwnerConfig},
@@ -47,6 +47,12 @@ pub fn run(args: AgentArgs, file: &AgentSection) -> anyhow::Result<ExitCode> {
             let token = crate::controller::read_token(token_file)?;
             let client = Client::with_ca(url, &token, REQUEST_TIMEOUT, ca_file.as_deref())
                 .map_err(bad_input)?;
+            let window = args.probe_window.unwrap_or(file.probe_window);
+            if window.is_zero() || window > Duration::from_secs(5) {
+                return Err(bad_input(anyhow::anyhow!(
+                    "--probe-window must be in (0, 5s], not {window:?}"
+                )));
+            }
             if !capacity.is_finite() || capacity <= 0.0 {
                 return Err(bad_input(anyhow::anyhow!(
                     "--capacity must be a finite number > 0, not {capacity}"
@@ -143,7 +149,17 @@ pub fn run(args: AgentArgs, file: &AgentSection) -> anyhow::Result<ExitCode> {
                 counted_ports: Some(cfg.ports.clone()),
                 ..PairOptions::new()
             };
-            let mut agent = Agent::new(agent_cfg, client, dp, owner).with_pairs(pairs);
+            let faults = FaultConfig {
+                heartbeat: args.heartbeat.unwrap_or(file.heartbeat),
+                self_probe: args.self_probe.unwrap_or(file.self_probe),
+                probe_window: args.probe_window.unwrap_or(file.probe_window),
+                service_port: cfg.ports.first().copied(),
+                on_stop: args.on_stop.map_or(file.on_stop, Into::into),
+                handoff_timeout: args.handoff_timeout.unwrap_or(file.handoff_timeout),
+            };
+            let mut agent = Agent::new(agent_cfg, client, dp, owner)
+                .with_pairs(pairs)
+                .with_faults(faults);
             if let Some(l) = metrics {
                 rt.spawn(serve_metrics(l, agent.stats()));
             }
@@ -160,7 +176,8 @@ pub fn run(args: AgentArgs, file: &AgentSection) -> anyhow::Result<ExitCode> {
                     ExitCode::from(FAILURE)
                 }
             };
-            // Fail-static: the addresses stay on the NIC for the next run.
+            // Fail-static (unless handed off): what is held stays on the
+            // NIC for the next run.
             (agent.into_counters(), code)
         }
     };

@@ -72,6 +72,10 @@ pub enum Command {
     Plan(PlanArgs),
     /// Create a bearer token file (mode 0600) for the controller and its clients.
     Token(TokenArgs),
+    /// Move a gateway's storage addresses away (break-before-make) and keep it empty.
+    Drain(DrainArgs),
+    /// Let a drained gateway take storage addresses again.
+    Undrain(DrainArgs),
     /// Write the man pages and shell completions (for packaging).
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -227,6 +231,44 @@ pub struct AgentArgs {
     /// 127.0.0.1:7391 [default: none].
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Heartbeat period (liveness for the controller, and where it asks for
+    /// probes); 0 sends none [default: 100ms].
+    #[arg(long, value_parser = duration)]
+    pub heartbeat: Option<Duration>,
+    /// Period of the probes of the addresses this gateway holds, for a
+    /// second station answering (a duplicate owner); 0 never [default: 2s].
+    #[arg(long, value_parser = duration)]
+    pub self_probe: Option<Duration>,
+    /// How long a probe collects answers (each of its two phases) [default: 100ms].
+    #[arg(long, value_parser = duration)]
+    pub probe_window: Option<Duration>,
+    /// On SIGTERM: keep the addresses held (fail-static), or hand them off
+    /// to the other gateways first (drains this gateway through the
+    /// controller and waits until it holds nothing) [default: keep].
+    #[arg(long, value_enum)]
+    pub on_stop: Option<OnStopArg>,
+    /// Longest hand-off on stop; then the agent exits keeping what it still
+    /// holds [default: 30s].
+    #[arg(long, value_parser = duration)]
+    pub handoff_timeout: Option<Duration>,
+}
+
+/// `--on-stop`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnStopArg {
+    /// Leave the addresses on the NIC (fail-static).
+    Keep,
+    /// Drain this gateway through the controller and wait until it holds nothing.
+    Handoff,
+}
+
+impl From<OnStopArg> for sanlb::agent::OnStop {
+    fn from(o: OnStopArg) -> Self {
+        match o {
+            OnStopArg::Keep => Self::Keep,
+            OnStopArg::Handoff => Self::Handoff,
+        }
+    }
 }
 
 /// `--xdp-mode` values: [`XdpAttachMode`] for the command line.
@@ -299,9 +341,25 @@ pub struct ControllerArgs {
     /// Smallest fall of the cost for which a new map is adopted [default: 0.01].
     #[arg(long)]
     pub min_gain: Option<f64>,
-    /// Silence after which a gateway is dead and its routes move [default: 3s].
+    /// Silence (no heartbeat, no report) after which a gateway is suspect:
+    /// its addresses are probed on the data path and move only if it does
+    /// not serve them [default: 300ms].
     #[arg(long, value_parser = duration)]
     pub lease: Option<Duration>,
+    /// After a start, how long nothing is steered while the agents report in [default: 3s].
+    #[arg(long, value_parser = duration)]
+    pub startup_grace: Option<Duration>,
+    /// How long an old owner has to release a moving address before the
+    /// move is abandoned [default: 3s].
+    #[arg(long, value_parser = duration)]
+    pub release_timeout: Option<Duration>,
+    /// How long a probe of a silent gateway may take before another gateway
+    /// is asked [default: 1s].
+    #[arg(long, value_parser = duration)]
+    pub probe_timeout: Option<Duration>,
+    /// How often a silent gateway that still serves is probed again [default: 1s].
+    #[arg(long, value_parser = duration)]
+    pub reprobe: Option<Duration>,
     /// Dead gateways that own nothing are forgotten after this long (they
     /// stay in status until then) [default: 1h].
     #[arg(long, value_parser = duration)]
@@ -449,6 +507,30 @@ pub struct StatusArgs {
     /// The raw /v1/status JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+The controller and token come from the flags, else from [status] in the config file.
+Exit status: 0 done, 1 --wait ran out, 2 bad flags, configuration or token file,
+3 controller unreachable, 4 the controller refused (404 unknown gateway).")]
+pub struct DrainArgs {
+    /// The controller (http://HOST:PORT or https://HOST:PORT).
+    #[arg(long, value_name = "URL")]
+    pub controller: Option<String>,
+    /// File holding the agents' bearer token (the read-only one cannot drain).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificates (PEM) of an https:// controller [default: the system's].
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Wait at most this long until the gateway holds nothing (drain only);
+    /// 0 returns at once.
+    #[arg(long, value_parser = duration, default_value = "0")]
+    pub wait: Duration,
+    /// The gateway.
+    #[arg(value_name = "GATEWAY", value_parser = gateway_name)]
+    pub gateway: String,
 }
 
 #[derive(Args, Debug)]

@@ -10,6 +10,7 @@ mod args;
 mod control;
 mod controller;
 mod counters;
+mod drain;
 mod generate;
 mod logging;
 mod plan;
@@ -76,6 +77,8 @@ fn main() -> ExitCode {
         args::Command::Agent(_)
             | args::Command::Controller(_)
             | args::Command::Status(_)
+            | args::Command::Drain(_)
+            | args::Command::Undrain(_)
             | args::Command::Counters(_)
             | args::Command::Pause(_)
             | args::Command::Resume(_)
@@ -110,6 +113,8 @@ fn main() -> ExitCode {
         args::Command::Unpin(u) => {
             control::run(control::Action::Unpin(u.target), u.control, &file.control)
         }
+        args::Command::Drain(d) => drain::run(d, &file.status, true),
+        args::Command::Undrain(d) => drain::run(d, &file.status, false),
         args::Command::Plan(p) => plan::run(p),
         args::Command::Token(t) => token::run(t),
         args::Command::Generate(g) => generate::run(g),

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use sanlb::{
     agent::{Client, ClientError},
     config::StatusSection,
-    proto::{Ownership, Status},
+    proto::{GatewayState, GatewayStatus, Ownership, Status},
 };
 
 use crate::{Exit, REFUSED, UNREACHABLE, args::StatusArgs, bad_input};
@@ -78,6 +78,23 @@ pub fn clock(at_ms: u64) -> String {
     format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
+/// The STATE column: liveness (issue 14), and a drain.
+fn state(g: &GatewayStatus) -> String {
+    let s = match g.health.state {
+        GatewayState::Up if g.alive => "up",
+        // An older controller sends no health: its `alive` says it.
+        GatewayState::Up => "DEAD",
+        GatewayState::LinkDown => "LINK-DOWN",
+        GatewayState::Suspect => "SUSPECT",
+        GatewayState::Serving => "SERVING",
+        GatewayState::Dead => "DEAD",
+    };
+    match g.health.drained {
+        Some(_) => format!("{s},drained"),
+        None => s.to_owned(),
+    }
+}
+
 fn render(url: &str, st: &Status) -> String {
     let mut o = String::new();
     let _ = writeln!(
@@ -92,7 +109,7 @@ fn render(url: &str, st: &Status) -> String {
         .fold(0.0, f64::max);
     let _ = writeln!(
         o,
-        "{:<16} {:<5} {:>5} {:>12} {:<20} {:>6} {:>7} {:>8}",
+        "{:<16} {:<17} {:>5} {:>12} {:<20} {:>6} {:>7} {:>8}",
         "GATEWAY", "STATE", "CAP", "LOAD", "", "ROUTES", "APPLIED", "LAST"
     );
     for g in &st.gateways {
@@ -111,9 +128,9 @@ fn render(url: &str, st: &Status) -> String {
             .map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
         let _ = writeln!(
             o,
-            "{:<16} {:<5} {:>5} {:>12} {} {:>6} {:>7} {:>8}",
+            "{:<16} {:<17} {:>5} {:>12} {} {:>6} {:>7} {:>8}",
             g.name,
-            if g.alive { "up" } else { "DEAD" },
+            state(g),
             g.capacity,
             rate(g.load),
             bar(frac, 20),
@@ -121,6 +138,50 @@ fn render(url: &str, st: &Status) -> String {
             g.applied,
             last
         );
+    }
+    for g in st
+        .gateways
+        .iter()
+        .filter(|g| g.health.state == GatewayState::Serving)
+    {
+        let _ = writeln!(
+            o,
+            "  {}: agent silent, gateway serving (for {:.1}s): its {} addresses stay",
+            g.name,
+            g.health.state_ms as f64 / 1000.0,
+            g.health.serving.len()
+        );
+    }
+    let conflicts: Vec<_> = st
+        .gateways
+        .iter()
+        .flat_map(|g| g.health.conflicts.iter().map(move |c| (g, c)))
+        .collect();
+    if !conflicts.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n{:<40} {:<16} {:<18} {:>8}  ALSO ANSWERING",
+            "CONFLICT", "HELD BY", "ITS MAC", "SINCE"
+        );
+        for (g, c) in conflicts {
+            let others: Vec<String> = c
+                .others
+                .iter()
+                .map(|(m, n)| match n {
+                    Some(n) => format!("{m} ({n})"),
+                    None => format!("{m} (not a gateway)"),
+                })
+                .collect();
+            let _ = writeln!(
+                o,
+                "{:<40} {:<16} {:<18} {:>7.1}s  {}",
+                c.address.to_string(),
+                g.name,
+                g.health.mac.map_or_else(|| "-".into(), |m| m.to_string()),
+                c.since_ms as f64 / 1000.0,
+                others.join(", ")
+            );
+        }
     }
     let _ = writeln!(
         o,
