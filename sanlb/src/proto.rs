@@ -398,6 +398,29 @@ pub struct Status {
     pub rebalances: Vec<RebalanceRecord>,
     /// Reports refused since start, by reason.
     pub report_errors: Vec<(String, u64)>,
+    /// The cluster of controllers, when the state lives in etcd (`None`:
+    /// a single controller with its state file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// A controller's place in a cluster of controllers (etcd).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// `leader`, `follower` or `unknown`.
+    pub role: String,
+    /// The leader's advertised URL, when one is known.
+    pub leader: Option<String>,
+    /// The leader's term: the etcd revision of its leader key, growing from
+    /// one term to the next.
+    pub term: Option<i64>,
+    /// This controller's advertised URL.
+    pub advertise: String,
+    /// etcd's endpoints and sanlb's key prefix there.
+    pub etcd: String,
+    /// Why the role is unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One gateway in [`Status`].

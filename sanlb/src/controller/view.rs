@@ -78,6 +78,7 @@ impl Controller {
                 .iter()
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
+            cluster: None,
         }
     }
 }
