@@ -537,8 +537,16 @@ ca_file = "/etc/sanlb/ca.pem"
             ),
             ("[agent]\nports = 3260\n", 2, "ports: "),
             ("[log]\nformat = \"xml\"\n", 2, "unknown variant `xml`"),
-            ("[agent]\ncontroller = 7390\n", 2, "controller: expected a URL"),
-            ("[controller]\netcd = \"http://a:2379,\"\n", 2, "etcd: an empty URL"),
+            (
+                "[agent]\ncontroller = 7390\n",
+                2,
+                "controller: expected a URL",
+            ),
+            (
+                "[controller]\netcd = \"http://a:2379,\"\n",
+                2,
+                "etcd: an empty URL",
+            ),
         ] {
             let e = err(text);
             assert!(

@@ -145,7 +145,10 @@ impl Client {
             return Err(ClientError::Url(String::new()));
         };
         let https = first.url.starts_with("https://");
-        if parsed.iter().any(|b| b.url.starts_with("https://") != https) {
+        if parsed
+            .iter()
+            .any(|b| b.url.starts_with("https://") != https)
+        {
             let all: Vec<&str> = parsed.iter().map(|b| b.url.as_str()).collect();
             return Err(ClientError::MixedSchemes(all.join(",")));
         }
@@ -312,9 +315,7 @@ impl Client {
 
     /// `GET /v1/status`.
     pub async fn status(&self) -> Result<Status, ClientError> {
-        self.send("/v1/status", |url| {
-            self.http.get(url).timeout(self.timeout)
-        })
-        .await
+        self.send("/v1/status", |url| self.http.get(url).timeout(self.timeout))
+            .await
     }
 }

@@ -85,7 +85,12 @@ impl ClusterView {
 
     fn status(&self, role: &Role) -> ClusterStatus {
         let (name, leader, term, reason) = match role {
-            Role::Leader(t) => ("leader", Some(self.advertise.clone()), Some(t.revision()), None),
+            Role::Leader(t) => (
+                "leader",
+                Some(self.advertise.clone()),
+                Some(t.revision()),
+                None,
+            ),
             Role::Follower { leader, revision } => {
                 ("follower", Some(leader.clone()), Some(*revision), None)
             }
@@ -189,7 +194,12 @@ impl Controller {
 
     /// Starts over from `saved` (etcd's state, checked) as the leader of
     /// `term`.
-    fn lead(&mut self, saved: Option<Saved>, term: Term, now: Instant) -> Result<(), ControllerError> {
+    fn lead(
+        &mut self,
+        saved: Option<Saved>,
+        term: Term,
+        now: Instant,
+    ) -> Result<(), ControllerError> {
         let wake = self.waker();
         let revision = term.revision();
         self.restart(Backend::Etcd(Remote::new(wake, Some(term))), saved, now)?;
@@ -250,9 +260,11 @@ pub fn check_state(key: &str, saved: &Saved, mode: crate::proto::Mode) -> Result
         key: key.to_owned(),
         reason,
     };
-    saved
-        .validate()
-        .map_err(|reason| foreign(format!("{reason} (refusing to lead from it; fix or delete the key)")))?;
+    saved.validate().map_err(|reason| {
+        foreign(format!(
+            "{reason} (refusing to lead from it; fix or delete the key)"
+        ))
+    })?;
     if saved.mode != mode {
         return Err(foreign(format!(
             "holds a {}-mode map, the controller runs in {mode} mode (delete the key to start afresh)",
@@ -339,6 +351,9 @@ async fn take_lead(state: &AppState, store: &StateStore, term: &Term) -> Result<
             }
         }
     }
-    tracing::warn!(term = term.revision(), "term over before the state was loaded");
+    tracing::warn!(
+        term = term.revision(),
+        "term over before the state was loaded"
+    );
     Ok(())
 }

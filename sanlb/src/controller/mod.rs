@@ -198,7 +198,12 @@ impl Controller {
     pub fn new(cfg: Config, store: Option<Store>, now: Instant) -> Result<Self, ControllerError> {
         let saved = store.as_ref().map(Store::load).transpose()?.flatten();
         let fresh = saved.is_none();
-        let c = Self::build(cfg, store.map_or(Backend::Memory, Backend::File), saved, now)?;
+        let c = Self::build(
+            cfg,
+            store.map_or(Backend::Memory, Backend::File),
+            saved,
+            now,
+        )?;
         if fresh && let Backend::File(store) = &c.backend {
             // A state file that cannot be written is a start-up error, not
             // a surprise at the first move.

@@ -332,7 +332,8 @@ impl Server {
             controller
                 .stand_by(wake.clone())
                 .map_err(ServeError::StandBy)?;
-            let elector = Elector::start(&c.etcd, c.elector.clone()).map_err(ServeError::Cluster)?;
+            let elector =
+                Elector::start(&c.etcd, c.elector.clone()).map_err(ServeError::Cluster)?;
             view = Some(ClusterView::new(
                 elector.subscribe(),
                 c.elector.advertise.clone(),
@@ -347,7 +348,10 @@ impl Server {
                 "leadership",
                 leadership::run(state.clone(), elector.subscribe(), store.clone()),
             );
-            tasks.spawn("persisting", persist::writer(state.clone(), store.clone(), wake));
+            tasks.spawn(
+                "persisting",
+                persist::writer(state.clone(), store.clone(), wake),
+            );
             (elector, store)
         });
         tasks.spawn(

@@ -145,9 +145,8 @@ pub fn run(args: ControllerArgs, file: &ControllerSection) -> anyhow::Result<Exi
         .context("starting the runtime")?;
     let (controller, cluster) = if etcd.is_empty() {
         let state = args.state.unwrap_or_else(|| file.state.clone());
-        let controller =
-            Controller::new(cfg, Some(Store::new(&state)), std::time::Instant::now())
-                .with_context(|| format!("starting from {}", state.display()))?;
+        let controller = Controller::new(cfg, Some(Store::new(&state)), std::time::Instant::now())
+            .with_context(|| format!("starting from {}", state.display()))?;
         (controller, None)
     } else {
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -216,7 +215,11 @@ async fn join_etcd(
     if let Some(saved) = store.read().await.map_err(cluster_error)? {
         check_state(store.key(), &saved, mode).map_err(cluster_error)?;
     }
-    tracing::info!(etcd = etcd.endpoints(), prefix = etcd.prefix(), "etcd reached");
+    tracing::info!(
+        etcd = etcd.endpoints(),
+        prefix = etcd.prefix(),
+        "etcd reached"
+    );
     Ok(etcd)
 }
 
