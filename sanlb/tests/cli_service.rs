@@ -556,12 +556,12 @@ fn agent_with(caps: &[String]) -> (Option<i32>, bool, bool) {
     let mut pinned = false;
     while Instant::now() < end {
         if let Some(s) = proc.0.try_wait().unwrap() {
-            let cleaned = !pins.join("flows").exists();
+            let cleaned = !pins.join(sanlb::dataplane::PIN_FLOWS4).exists();
             // A refused start may leave the empty directory.
             let _ = std::fs::remove_dir(pins);
             return (s.code(), false, cleaned);
         }
-        if pins.join("flows").exists() {
+        if pins.join(sanlb::dataplane::PIN_FLOWS4).exists() {
             pinned = true;
             std::thread::sleep(Duration::from_millis(300));
             break;
@@ -569,7 +569,7 @@ fn agent_with(caps: &[String]) -> (Option<i32>, bool, bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let code = proc.term();
-    let cleaned = !pins.join("flows").exists();
+    let cleaned = !pins.join(sanlb::dataplane::PIN_FLOWS4).exists();
     let _ = std::fs::remove_dir(pins);
     (code, pinned, cleaned)
 }

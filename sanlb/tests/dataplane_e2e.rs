@@ -3,7 +3,10 @@
 //! in both directions:
 //! - a TCP stream on port 3260 of known size, against each sender's own count
 //!   (TCP_INFO `tcpi_bytes_sent`, which includes retransmissions: they cross
-//!   the wire and are counted);
+//!   the wire and are counted; only when the sender's veth itself dropped
+//!   frames before the hooks — its peer's ring full under load, seen in its
+//!   tx drop counter — is the exact count bounded by the retransmitted bytes
+//!   instead);
 //! - a real iSCSI exchange (tgtd, libiscsi's iscsi-perf), against a capture
 //!   (tcpdump) on the same NIC.
 //!
@@ -61,6 +64,21 @@ fn tcp_info(s: &TcpStream) -> [u8; 256] {
 /// retransmissions included.
 fn bytes_sent(s: &TcpStream) -> u64 {
     u64::from_ne_bytes(tcp_info(s)[200..208].try_into().unwrap())
+}
+
+/// `tcpi_bytes_retrans` (offset 208, since Linux 5.5): payload bytes sent
+/// again.
+fn bytes_retrans(s: &TcpStream) -> u64 {
+    u64::from_ne_bytes(tcp_info(s)[208..216].try_into().unwrap())
+}
+
+/// Frames a veth dropped on transmit (its peer's receive ring was full, as
+/// it can be under load with driver-mode XDP on the peer): they never reach
+/// the peer's hooks, and the sender sends them again.
+fn tx_dropped(ns: &Netns) -> u64 {
+    let text = ns.ip(&["-s", "-j", "link", "show", "dev", "eth0"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v[0]["stats64"]["tx"]["dropped"].as_u64().unwrap_or(0)
 }
 
 /// Waits for all sent data to be acknowledged (tcpi_unacked at offset 24 and
@@ -131,6 +149,7 @@ fn temp_dir(name: &str) -> PathBuf {
 struct Sent {
     bytes: u64,
     segs: u64,
+    retrans: u64,
     _socket: TcpStream,
 }
 
@@ -190,6 +209,7 @@ fn stream(host: &Netns, gw: &Netns, addr: &str, up: usize, down: usize) -> (Sent
     let sent = |s: TcpStream, extra: u64| Sent {
         bytes: bytes_sent(&s),
         segs: segs_out(&s) + extra,
+        retrans: bytes_retrans(&s),
         _socket: s,
     };
     // The SYN-ACK left from the listener's request socket: the accepted
@@ -286,7 +306,9 @@ fn tcp_stream_counts_equal_the_senders_bytes() {
                 .first()
                 .map(|f| f.counters)
                 .unwrap_or_default();
+            let host_drops = tx_dropped(&host);
             let (client, server) = stream(&host, &gw, "198.18.2.1", UP, DOWN);
+            let dropped_on_the_way = tx_dropped(&host) - host_drops;
             assert!(client.bytes >= UP as u64 && server.bytes >= DOWN as u64);
             let f = flows(&pin_dir);
             assert_eq!(f.len(), 1, "{mode} mtu {mtu}: {f:?}");
@@ -301,9 +323,28 @@ fn tcp_stream_counts_equal_the_senders_bytes() {
                 c.to_initiator_bytes - before.to_initiator_bytes,
                 c.to_initiator_packets - before.to_initiator_packets,
             );
-            assert_eq!(up.0, client.bytes, "{mode} mtu {mtu}: bytes to target");
+            if dropped_on_the_way == 0 {
+                assert_eq!(up.0, client.bytes, "{mode} mtu {mtu}: bytes to target");
+            } else {
+                // Frames the host's veth dropped before the gateway's hooks
+                // (its receive ring full under load) are in the sender's
+                // count and its retransmissions, never at the hooks: the
+                // exact figure lies between these two.
+                eprintln!(
+                    "{mode} mtu {mtu}: the host's veth dropped {dropped_on_the_way} frames before the hooks; {} bytes retransmitted",
+                    client.retrans
+                );
+                assert!(
+                    (client.bytes - client.retrans..=client.bytes).contains(&up.0),
+                    "{mode} mtu {mtu}: bytes to target {} not in [{} − {}, {}]",
+                    up.0,
+                    client.bytes,
+                    client.retrans,
+                    client.bytes
+                );
+            }
             assert_eq!(down.0, server.bytes, "{mode} mtu {mtu}: bytes to initiator");
-            if hook == "xdp-generic" {
+            if hook == "xdp-generic" || dropped_on_the_way > 0 {
                 assert!(up.1 <= client.segs, "{mode} mtu {mtu}");
             } else {
                 assert_eq!(up.1, client.segs, "{mode} mtu {mtu}: packets to target");
