@@ -738,3 +738,112 @@ fn without_etcd_nobody_leads_agents_keep_what_they_hold_and_a_leader_returns() {
         c.stop().await;
     });
 }
+
+/// `sanlb controller --etcd …` run to its exit (it must not start).
+fn refused_start(etcd: &str, prefix: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let mut cmd = Command::new(SANLB);
+    cmd.env("SANLB_CONFIG", "/dev/null")
+        .arg("controller")
+        .args(["--etcd", etcd, "--etcd-prefix", prefix])
+        .args(["--etcd-timeout", "1s", "--target", "198.18.1.1"])
+        .arg("--token-file")
+        .arg(&token)
+        .args(extra);
+    if !extra.contains(&"--listen") {
+        cmd.args(["--listen", &format!("127.0.0.1:{}", free_port())]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the controller started ({etcd} {prefix} {extra:?})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status.code(), stderr)
+}
+
+#[test]
+fn bad_etcd_input_at_start_is_a_clear_error_and_starts_nothing() {
+    let _one = serial();
+    // Nothing listens there: exit 1 (a failure, not bad input), the
+    // endpoint named.
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let (code, err) = refused_start(&closed, "/ha/", &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&closed), "{err}");
+    // Not an etcd client URL: bad input (2), naming it.
+    let (code, err) = refused_start("ftp://127.0.0.1:2379", "/ha/", &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("ftp://127.0.0.1:2379"), "{err}");
+    // A listen address agents cannot reach, and no --advertise.
+    let (code, err) = refused_start(&closed, "/ha/", &["--listen", "0.0.0.0:7390"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--advertise"), "{err}");
+    // A prefix of `/` alone would hold every other program's keys.
+    let (code, err) = refused_start(&closed, "/", &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--etcd-prefix"), "{err}");
+
+    let etcd = EtcdServer::start();
+    runtime().block_on(async {
+        let mut kv = Etcd::connect(&[etcd.endpoint()], "/x/", Duration::from_secs(2))
+            .await
+            .unwrap()
+            .client()
+            .kv_client();
+        kv.put("/corrupt/state", "{\"version\":1,\"generation\":", None)
+            .await
+            .unwrap();
+        kv.put("/foreign/config", "someone else's", None)
+            .await
+            .unwrap();
+    });
+    // A corrupt state, a key that is not sanlb's: bad input (2), the key
+    // named; nothing was written (the corrupt value is still there).
+    for (prefix, key) in [
+        ("/corrupt/", "/corrupt/state"),
+        ("/foreign/", "/foreign/config"),
+    ] {
+        let (code, err) = refused_start(&etcd.endpoint(), prefix, &[]);
+        assert_eq!(code, Some(2), "{prefix}: {err}");
+        assert!(err.contains(key), "{prefix}: {err}");
+    }
+    runtime().block_on(async {
+        let mut kv = Etcd::connect(&[etcd.endpoint()], "/x/", Duration::from_secs(2))
+            .await
+            .unwrap()
+            .client()
+            .kv_client();
+        let r = kv
+            .get("/", Some(etcd_client::GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        let keys: Vec<&str> = r.kvs().iter().map(|kv| kv.key_str().unwrap()).collect();
+        assert_eq!(
+            keys,
+            ["/corrupt/state", "/foreign/config"],
+            "nothing written"
+        );
+    });
+}
