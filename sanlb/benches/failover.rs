@@ -12,7 +12,9 @@
 //!
 //! 1. kill → another controller serves as leader (answers agents' reports
 //!    and shares, its state loaded from etcd);
-//! 2. kill → every gateway applied a share of the new leader, which comes
+//! 2. kill → the new leader's first write of the state to etcd (seen by a
+//!    watch of the state key from this process);
+//! 3. kill → every gateway applied a share of the new leader, which comes
 //!    after its start-up grace (one gateway lease, 3 s);
 //!
 //! then restarts the killed controller and waits for it to follow. Last,
@@ -216,7 +218,29 @@ async fn run(runs: usize) {
     })
     .await;
 
+    // Every write of the state, as this process sees it.
+    let etcd = Etcd::connect(&[server.endpoint()], PREFIX, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let writes = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    {
+        let mut wc = etcd.client().watch_client();
+        let mut stream = wc.watch(etcd.state_key(), None).await.unwrap();
+        let writes = writes.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(resp)) = stream.message().await {
+                let now = Instant::now();
+                writes
+                    .lock()
+                    .unwrap()
+                    .extend(resp.events().iter().map(|_| now));
+            }
+        });
+    }
+    let first_write_after = |t: Instant| writes.lock().unwrap().iter().copied().find(|w| *w > t);
+
     let mut serving = Vec::new();
+    let mut written = Vec::new();
     let mut applied = Vec::new();
     for run in 0..runs {
         let (old, before) = wait(
@@ -244,6 +268,8 @@ async fn run(runs: usize) {
         )
         .await;
         applied.push(killed.elapsed());
+        let w = first_write_after(killed).expect("the new leader wrote the state");
+        written.push(w - killed);
         ctls[old].spawn(dir.path(), &server.endpoint());
     }
     // Every address held by one gateway, every one of them.
@@ -259,14 +285,15 @@ async fn run(runs: usize) {
     );
     stats("kill -9 → another controller serves as leader", serving);
     stats(
+        "kill -9 → the new leader's first state write in etcd",
+        written,
+    );
+    stats(
         "kill -9 → every gateway applied the new leader's share",
         applied,
     );
 
     // Writes at the default interval (5 s), steady load.
-    let etcd = Etcd::connect(&[server.endpoint()], PREFIX, Duration::from_secs(2))
-        .await
-        .unwrap();
     let version = async || {
         let mut kv = etcd.client().kv_client();
         let r = kv.get(etcd.state_key(), None).await.unwrap();
