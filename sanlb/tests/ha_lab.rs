@@ -93,6 +93,7 @@ impl Ha {
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=lab={peer}"))
+            .arg("--logger=zap")
             .arg("--log-level=warn");
         let etcd = self.lab.spawn("etcd", cmd).unwrap();
         let end = Instant::now() + Duration::from_secs(20);
@@ -224,11 +225,12 @@ impl Ha {
             .join("\n")
     }
 
-    /// Waits for a move in flight under the leader, kills that leader with
-    /// SIGKILL and returns (its index, the generation it had, the move).
-    fn kill_leader_during_a_move(&mut self, what: &str) -> (usize, u64) {
+    /// Waits for a move in flight under a leader past generation `after`
+    /// (one it started, not one resumed from the last leader), kills that
+    /// leader with SIGKILL and returns (its index, the generation it had).
+    fn kill_leader_during_a_move(&mut self, what: &str, after: u64) -> (usize, u64) {
         let (leader, st) = self.wait(what, Duration::from_secs(40), |ha| {
-            let st = ha.status()?;
+            let st = ha.status().filter(|st| st.generation > after)?;
             st.map
                 .iter()
                 .any(|m| matches!(m.ownership, Ownership::Moving { .. }))
@@ -285,7 +287,7 @@ fn killing_the_leader_twice_during_rebalances_loses_no_io() {
 
     // Rebalance 1: gw2 joins; the leader dies with a move in flight.
     ha.start_agent(1);
-    let (first, gen1) = ha.kill_leader_during_a_move("gw2 joined");
+    let (first, gen1) = ha.kill_leader_during_a_move("gw2 joined", 0);
     let st = ha.wait("a new leader", Duration::from_secs(15), Ha::status);
     assert_ne!(Ha::leader_of(&st), first);
     assert!(st.generation >= gen1, "{} < {gen1}", st.generation);
@@ -294,7 +296,7 @@ fn killing_the_leader_twice_during_rebalances_loses_no_io() {
 
     // Rebalance 2: gw3 joins; the next leader dies with a move in flight.
     ha.start_agent(2);
-    let (second, gen2) = ha.kill_leader_during_a_move("gw3 joined");
+    let (second, gen2) = ha.kill_leader_during_a_move("gw3 joined", gen1);
     assert!(gen2 > gen1, "generation {gen1} then {gen2}");
     let st = ha.wait("a new leader", Duration::from_secs(15), Ha::status);
     assert_ne!(Ha::leader_of(&st), second);
