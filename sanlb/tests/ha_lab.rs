@@ -133,8 +133,11 @@ impl Ha {
         for t in self.lab.targets() {
             cmd.args(["--target", &t.addr.to_string()]);
         }
+        // A restarted one gets new log files (the killed one's stay).
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.lab
-            .spawn(&format!("controller{}", i + 1), cmd)
+            .spawn(&format!("controller{}-{n}", i + 1), cmd)
             .unwrap()
     }
 
