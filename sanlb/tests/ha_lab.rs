@@ -19,9 +19,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sanlb::proto::{Ownership, Status};
+use sanlb::{
+    controller::store::Saved,
+    proto::{Ownership, Status},
+};
 use xtask::lab::{
-    self, Lab, Placement, Process, agent,
+    self, Lab, LineTail, Placement, Process, agent,
     loadgen::{self, Workload},
     proc,
 };
@@ -228,30 +231,64 @@ impl Ha {
             .join("\n")
     }
 
-    /// Waits for a move in flight under a leader past generation `after`
-    /// (one it started, not one resumed from the last leader), kills that
-    /// leader with SIGKILL and returns (its index, the generation it had).
-    fn kill_leader_during_a_move(&mut self, what: &str, after: u64) -> (usize, u64) {
-        let (leader, st) = self.wait(what, Duration::from_secs(40), |ha| {
-            let st = ha.status().filter(|st| st.generation > after)?;
-            st.map
-                .iter()
-                .any(|m| matches!(m.ownership, Ownership::Moving { .. }))
-                .then(|| (Ha::leader_of(&st), st))
+    /// Joins gateway `g` and waits for the leader to store a state with a
+    /// move to it in flight (seen by `etcdctl watch` of the state key, a few
+    /// milliseconds after the write, before the move can complete: the old
+    /// owner must first be handed and acknowledge a share without the
+    /// address); kills that leader with SIGKILL then. Returns (its index,
+    /// the generation of that state).
+    fn join_and_kill_the_leader_mid_move(&mut self, g: usize) -> (usize, u64) {
+        let what = format!("{} joined", self.lab.gateways()[g].name);
+        let leader = self.wait(&what, Duration::from_secs(15), |ha| {
+            ha.status().map(|st| Ha::leader_of(&st))
         });
+        let mut cmd = self.mgmt().command("etcdctl");
+        cmd.env("ETCDCTL_API", "3").args([
+            "--endpoints",
+            &format!("http://{}:{ETCD_PORT}", lab::MANAGEMENT_ADDR),
+            "watch",
+            "/lab/state",
+        ]);
+        let mut watch = self.lab.spawn(&format!("watch-{g}"), cmd).unwrap();
+        let mut tail = LineTail::new(watch.stdout_path());
+        thread::sleep(Duration::from_millis(300));
+        self.start_agent(g);
+        let to = self.lab.gateways()[g].name.clone();
+        let end = Instant::now() + Duration::from_secs(40);
+        let saved =
+            'found: loop {
+                for line in tail.read_lines().unwrap() {
+                    let Ok(saved) = serde_json::from_str::<Saved>(&line) else {
+                        continue;
+                    };
+                    if saved.routes.iter().any(
+                        |r| matches!(&r.ownership, Ownership::Moving { to: t, .. } if *t == to),
+                    ) {
+                        break 'found saved;
+                    }
+                }
+                self.holders();
+                assert!(
+                    Instant::now() < end,
+                    "{what}: no move to it within 40 s\n{}",
+                    self.logs()
+                );
+                thread::sleep(Duration::from_millis(5));
+            };
         self.ctls[leader].take().unwrap().kill().unwrap();
-        let moving: Vec<String> = st
-            .map
+        watch.kill().unwrap();
+        let moving: Vec<String> = saved
+            .routes
             .iter()
-            .filter(|m| matches!(m.ownership, Ownership::Moving { .. }))
-            .map(|m| format!("{} {:?}", m.target, m.ownership))
+            .filter(|r| matches!(r.ownership, Ownership::Moving { .. }))
+            .map(|r| format!("{} {:?}", r.target, r.ownership))
             .collect();
         eprintln!(
             "{what}: killed controller{} (generation {}) with {moving:?} in flight",
             leader + 1,
-            st.generation
+            saved.generation
         );
-        (leader, st.generation)
+        (leader, saved.generation)
     }
 }
 
@@ -289,8 +326,7 @@ fn killing_the_leader_twice_during_rebalances_loses_no_io() {
     let started = Instant::now();
 
     // Rebalance 1: gw2 joins; the leader dies with a move in flight.
-    ha.start_agent(1);
-    let (first, gen1) = ha.kill_leader_during_a_move("gw2 joined", 0);
+    let (first, gen1) = ha.join_and_kill_the_leader_mid_move(1);
     let st = ha.wait("a new leader", Duration::from_secs(15), Ha::status);
     assert_ne!(Ha::leader_of(&st), first);
     assert!(st.generation >= gen1, "{} < {gen1}", st.generation);
@@ -298,8 +334,7 @@ fn killing_the_leader_twice_during_rebalances_loses_no_io() {
     ha.ctls[first] = Some(ha.start_controller(first));
 
     // Rebalance 2: gw3 joins; the next leader dies with a move in flight.
-    ha.start_agent(2);
-    let (second, gen2) = ha.kill_leader_during_a_move("gw3 joined", gen1);
+    let (second, gen2) = ha.join_and_kill_the_leader_mid_move(2);
     assert!(gen2 > gen1, "generation {gen1} then {gen2}");
     let st = ha.wait("a new leader", Duration::from_secs(15), Ha::status);
     assert_ne!(Ha::leader_of(&st), second);
