@@ -59,6 +59,7 @@ fn config() -> Config {
         storage: vec!["198.18.0.0/15".parse().unwrap()],
         targets: vec![],
         traffic: None,
+        pairs: Default::default(),
         traffic_replace: false,
         solver: Options {
             solver: Solver::Auto,

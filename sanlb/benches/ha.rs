@@ -227,6 +227,7 @@ fn saves_per_adopted_map() {
         targets: targets.clone(),
         traffic: None,
         traffic_replace: false,
+        pairs: Default::default(),
         solver: Options {
             solver: Solver::Auto,
             time_limit: Duration::from_secs(1),
@@ -369,6 +370,7 @@ fn big_state(generation: u64) -> Saved {
                 solver: Solver::Exact,
             })
             .collect(),
+        data_addresses: vec![],
     }
 }
 

@@ -151,6 +151,16 @@ pub struct ControllerSection {
     pub storage: Vec<IpNet>,
     /// Storage addresses known up front. Default none.
     pub targets: Vec<IpAddr>,
+    /// Pair mode: iSCSI target names per storage address, which discovery
+    /// through the portal lists and logins must name (`{ "198.18.1.1" =
+    /// ["iqn.…"] }`). Default none: any name.
+    pub target_names: std::collections::BTreeMap<IpAddr, Vec<String>>,
+    /// Pair mode: the range data addresses are allocated from (CIDR).
+    /// Required in pair mode.
+    pub data_pool: Option<IpNet>,
+    /// Pair mode: the port of the target software on the data addresses.
+    /// Default 3261.
+    pub data_port: u16,
     /// A-priori traffic matrix (CSV). Default none.
     pub traffic: Option<PathBuf>,
     /// Use only the a-priori matrix. Default false.
@@ -182,6 +192,43 @@ pub struct ControllerSection {
     /// Time etcd is given to answer one request. Default `2s`.
     #[serde(deserialize_with = "duration")]
     pub etcd_timeout: Duration,
+    /// `[controller.isns]`: publish the map to an iSNS server.
+    pub isns: IsnsSection,
+}
+
+/// `[controller.isns]`: Storage Name Server mode (docs/isns.md).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IsnsSection {
+    /// The iSNS server, `HOST[:PORT]` (port 3205 by default). Default none:
+    /// nothing is published.
+    pub server: Option<String>,
+    /// The iSCSI name the controller registers as a control node and speaks
+    /// as. Default `iqn.2026-01.org.sanlb:controller`.
+    pub source: String,
+    /// A full sync at least this often, besides one at every new map.
+    /// Default `10s`.
+    #[serde(deserialize_with = "duration")]
+    pub period: Duration,
+    /// Prefix of the entities and domains sanlb owns on the server
+    /// (`[a-z0-9.-]`, 1 to 16). Default `sanlb`.
+    pub prefix: String,
+    /// The hosts the server answers: initiator address → its iSCSI
+    /// initiator name (`{ "198.18.0.11" = "iqn.…" }`). Default none.
+    pub hosts: std::collections::BTreeMap<IpAddr, String>,
+}
+
+impl Default for IsnsSection {
+    fn default() -> Self {
+        let d = crate::controller::isns::IsnsSettings::new("");
+        Self {
+            server: None,
+            source: d.source,
+            period: d.period,
+            prefix: d.prefix,
+            hosts: Default::default(),
+        }
+    }
 }
 
 impl Default for ControllerSection {
@@ -206,6 +253,9 @@ impl Default for ControllerSection {
             mode: Mode::Target,
             storage: vec![],
             targets: vec![],
+            target_names: Default::default(),
+            data_pool: None,
+            data_port: crate::portal::DEFAULT_DATA_PORT,
             traffic: None,
             traffic_replace: false,
             solver: Solver::Auto,
@@ -216,6 +266,7 @@ impl Default for ControllerSection {
             advertise: None,
             leader_ttl: crate::cluster::DEFAULT_TTL,
             etcd_timeout: crate::cluster::DEFAULT_TIMEOUT,
+            isns: IsnsSection::default(),
         }
     }
 }
@@ -433,6 +484,9 @@ lease = "1500ms"
 mode = "pair"
 storage = ["198.18.1.0/24", "2001:db8::/64"]
 targets = ["198.18.2.1"]
+target_names = { "198.18.2.1" = ["iqn.2026-11.test.sanlb:t1"] }
+data_pool = "198.18.3.0/24"
+data_port = 3262
 traffic = "/etc/sanlb/traffic.csv"
 traffic_replace = true
 solver = "tabu"
@@ -443,6 +497,13 @@ etcd_prefix = "/sanlb/san1/"
 advertise = "http://10.0.0.5:7390"
 leader_ttl = "3s"
 etcd_timeout = "1s"
+
+[controller.isns]
+server = "10.0.0.9"
+source = "iqn.2026-11.test.sanlb:ctl"
+period = "30s"
+prefix = "lab"
+hosts = { "198.18.0.11" = "iqn.2026-11.test.sanlb:h1" }
 
 [agent]
 iface = "ens1f0"
@@ -474,6 +535,12 @@ ca_file = "/etc/sanlb/ca.pem"
         assert_eq!(c.body_timeout, Duration::from_secs(60));
         assert_eq!(c.lease, Duration::from_millis(1500));
         assert_eq!(c.mode, Mode::Pair);
+        assert_eq!(c.data_pool, Some("198.18.3.0/24".parse().unwrap()));
+        assert_eq!(c.data_port, 3262);
+        assert_eq!(
+            c.target_names[&"198.18.2.1".parse::<IpAddr>().unwrap()],
+            ["iqn.2026-11.test.sanlb:t1"]
+        );
         assert_eq!(c.storage.len(), 2);
         assert_eq!(c.solver, Solver::Tabu);
         assert!(c.traffic_replace);
@@ -482,6 +549,14 @@ ca_file = "/etc/sanlb/ca.pem"
         assert_eq!(c.advertise.as_deref(), Some("http://10.0.0.5:7390"));
         assert_eq!(c.leader_ttl, Duration::from_secs(3));
         assert_eq!(c.etcd_timeout, Duration::from_secs(1));
+        assert_eq!(c.isns.server.as_deref(), Some("10.0.0.9"));
+        assert_eq!(c.isns.source, "iqn.2026-11.test.sanlb:ctl");
+        assert_eq!(c.isns.period, Duration::from_secs(30));
+        assert_eq!(c.isns.prefix, "lab");
+        assert_eq!(
+            c.isns.hosts[&"198.18.0.11".parse::<IpAddr>().unwrap()],
+            "iqn.2026-11.test.sanlb:h1"
+        );
         let a = &cfg.agent;
         assert_eq!(a.controller, ["https://ctl:7390", "https://ctl2:7390"]);
         assert_eq!(a.ports, vec![3260, 3261]);

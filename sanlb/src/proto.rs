@@ -48,6 +48,9 @@ pub const MAX_GATEWAYS: usize = 4_096;
 /// Most routes a controller keeps: storage entities, or (host, entity)
 /// pairs in pair mode. Flows beyond it are counted but found no new route.
 pub const MAX_ROUTES: usize = 262_144;
+/// Most data addresses (pair mode: one per (entity, gateway)) a controller
+/// allocates.
+pub const MAX_DATA_ADDRESSES: usize = 262_144;
 /// Largest relative capacity a gateway may declare.
 pub const MAX_CAPACITY: f64 = 1e6;
 /// Smallest relative capacity a gateway may declare: with [`MAX_CAPACITY`],
@@ -341,9 +344,87 @@ pub struct Share {
     /// Generation of the hand-out this share belongs to; never decreases.
     pub generation: u64,
     /// The exact set of storage addresses to hold, or `None`: keep what you
-    /// hold (the controller is not steering addresses yet, or is in pair
-    /// mode, which address ownership cannot enforce).
+    /// hold (the controller is not steering addresses yet). In pair mode:
+    /// the entity addresses whose portal this gateway runs and its own data
+    /// addresses.
     pub addresses: Option<Vec<IpAddr>>,
+    /// Pair mode: the pair map every portal answers from and the
+    /// connections this gateway must end. Absent in target mode (whose
+    /// shares keep their form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairs: Option<PairShare>,
+}
+
+/// Most target names one storage entity may list.
+pub const MAX_TARGET_NAMES: usize = 16;
+
+/// Longest target name (RFC 7143 §4.2.7.1: 223 bytes).
+pub const MAX_TARGET_NAME_LEN: usize = 223;
+
+/// Whether `name` can be an iSCSI target name in a share: 1–223 bytes, no
+/// control characters or spaces (what a SendTargets answer can carry).
+pub fn valid_target_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_TARGET_NAME_LEN
+        && !name.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+/// Pair mode's part of a [`Share`]: what the redirecting portals answer
+/// (every alive gateway gets all of it, so that a portal that moves or
+/// fails over answers the same at once) and what this gateway ends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairShare {
+    /// Port the target software listens on at the data addresses.
+    pub data_port: u16,
+    /// Every storage entity, by address.
+    pub entities: Vec<PairEntity>,
+    /// Connections this gateway must end (and keep ending while listed):
+    /// pairs moving away from it.
+    #[serde(default)]
+    pub evict: Vec<Eviction>,
+}
+
+/// One storage entity in a [`PairShare`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairEntity {
+    /// Its address, where hosts log in (port 3260) and its portal listens.
+    pub address: IpAddr,
+    /// Its target names, offered to discovery sessions and required of
+    /// logins (empty: any name, none offered).
+    #[serde(default)]
+    pub targets: Vec<String>,
+    /// The receiving gateway's own data address for it.
+    pub data_address: Option<IpAddr>,
+    /// The data address hosts without a steer of their own are sent to
+    /// (new pairs); `None`: they are refused "service unavailable" (no
+    /// gateway has a data address for it).
+    pub default: Option<IpAddr>,
+    /// Per host: where its logins go.
+    #[serde(default)]
+    pub hosts: Vec<HostSteer>,
+}
+
+/// Where one host's logins to an entity go.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSteer {
+    /// The host (initiator IP).
+    pub host: IpAddr,
+    /// The data address to redirect to; `None`: hold the login (a move of
+    /// the pair is in flight).
+    pub redirect: Option<IpAddr>,
+}
+
+/// A pair whose connections a gateway must end.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Eviction {
+    /// The host.
+    pub host: IpAddr,
+    /// The gateway's data address the host is connected to.
+    pub data_address: IpAddr,
 }
 
 /// Unit of assignment.
@@ -353,7 +434,9 @@ pub enum Mode {
     /// A storage entity (its address): what address ownership enforces.
     #[default]
     Target,
-    /// A (host, target) pair: computed and published, not enforced.
+    /// A (host, target) pair: steered by iSCSI login redirection through
+    /// a portal on the entity's address, to a data address per (entity,
+    /// gateway).
     Pair,
 }
 
@@ -402,6 +485,9 @@ pub struct Status {
     /// a single controller with its state file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStatus>,
+    /// Pair mode: the data address of each (entity, gateway).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_addresses: Vec<DataAddress>,
 }
 
 /// A controller's place in a cluster of controllers (etcd).
@@ -421,6 +507,17 @@ pub struct ClusterStatus {
     /// Why the role is unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// One data address of pair mode in [`Status`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataAddress {
+    /// The storage entity.
+    pub target: IpAddr,
+    /// The gateway holding it.
+    pub gateway: String,
+    /// The address.
+    pub address: IpAddr,
 }
 
 /// One gateway in [`Status`].
@@ -485,6 +582,28 @@ pub enum Ownership {
         /// Generation of the first share without it for `from`.
         release: u64,
     },
+    /// A pair's move, phase 1: every portal holds the pair's logins; the
+    /// session on `from` runs on. Done once every alive gateway applied
+    /// generation `hold`.
+    Holding {
+        /// The gateway serving it now.
+        from: String,
+        /// The gateway it goes to.
+        to: String,
+        /// Generation of the first shares holding it.
+        hold: u64,
+    },
+    /// A pair's move, phase 2: the portals still hold it and `from` ends
+    /// its connections. Done once `from` applied generation `evict` (or is
+    /// dead); then the portals redirect it to `to`.
+    Evicting {
+        /// The gateway ending the pair's connections.
+        from: String,
+        /// The gateway it goes to.
+        to: String,
+        /// Generation of `from`'s first share listing the eviction.
+        evict: u64,
+    },
 }
 
 impl Ownership {
@@ -493,8 +612,18 @@ impl Ownership {
         match self {
             Self::Unowned => None,
             Self::Owned { gateway } => Some(gateway),
-            Self::Moving { to, .. } => Some(to),
+            Self::Moving { to, .. } | Self::Holding { to, .. } | Self::Evicting { to, .. } => {
+                Some(to)
+            }
         }
+    }
+
+    /// Whether a move is in flight (an address's or a pair's).
+    pub fn in_flight(&self) -> bool {
+        matches!(
+            self,
+            Self::Moving { .. } | Self::Holding { .. } | Self::Evicting { .. }
+        )
     }
 }
 

@@ -93,6 +93,7 @@ fn saved(generation: u64) -> Saved {
             1e6,
         )],
         history: vec![],
+        data_addresses: vec![],
     }
 }
 

@@ -800,6 +800,10 @@ fn bad_etcd_input_at_start_is_a_clear_error_and_starts_nothing() {
     let (code, err) = refused_start(&closed, "/ha/", &["--listen", "0.0.0.0:7390"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--advertise"), "{err}");
+    // An iSNS server is not published to by a cluster (yet).
+    let (code, err) = refused_start(&closed, "/ha/", &["--isns", "127.0.0.1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--isns with --etcd"), "{err}");
     // A prefix of `/` alone would hold every other program's keys.
     let (code, err) = refused_start(&closed, "/", &[]);
     assert_eq!(code, Some(2), "{err}");

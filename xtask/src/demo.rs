@@ -12,6 +12,14 @@
 //! whose map they enforce (add the /32, announce it, drop it); or `none`:
 //! only count, the skew stays.
 //!
+//! What the controller moves (`--mode`): `target`, each target's address
+//! (the default); or `pair`, each (host, target) pair by iSCSI login
+//! redirection: tgtd listens on the data port, the agents run the portal on
+//! the target addresses and hold a data address per target, and the demo
+//! follows each pair by the gateway its bytes go through. Pair mode's
+//! default scenario is one that target mode cannot balance: 3 hosts
+//! sharing 1 target over 3 gateways.
+//!
 //! The run has four phases, and the demo watches all of them (the
 //! controller decides in all of them): the load (`--duration`), the
 //! initiators' read-back of what they wrote, `iscsi-perf` reading t1 as
@@ -68,15 +76,20 @@ const DISK_SIZE: u64 = 64 << 20;
 /// Arguments of `cargo xtask demo`.
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// Hosts (iSCSI initiators).
-    #[arg(long, default_value_t = 4)]
-    hosts: usize,
+    /// Hosts (iSCSI initiators) [default: 4; with --mode pair 3].
+    #[arg(long)]
+    hosts: Option<usize>,
     /// Gateways (tgtd + sanlb agent each).
     #[arg(long, default_value_t = 3)]
     gateways: usize,
-    /// Targets (storage entities, one address each).
-    #[arg(long, default_value_t = 6)]
-    targets: usize,
+    /// Targets (storage entities, one address each) [default: 6; with
+    /// --mode pair 1].
+    #[arg(long)]
+    targets: Option<usize>,
+    /// What the controller moves: target addresses, or (host, target) pairs
+    /// by iSCSI login redirection.
+    #[arg(long, value_enum, default_value_t = Mode::Target)]
+    mode: Mode,
     /// How long the load runs: 45s, 90s, 2m.
     #[arg(long, default_value = "45s", value_parser = parse_duration)]
     duration: Duration,
@@ -93,6 +106,10 @@ pub struct DemoArgs {
     /// Who moves the addresses.
     #[arg(long, value_enum, default_value_t = Balancer::Controller)]
     balancer: Balancer,
+    /// The shortest stall the initiators report (20ms, 5ms) [default: 20ms;
+    /// with --mode pair 5ms]: give both modes the same to compare them.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    stall_event: Option<Duration>,
     /// Also write the summary as JSON to this file.
     #[arg(long, value_name = "FILE.json")]
     summary: Option<PathBuf>,
@@ -105,6 +122,54 @@ pub struct DemoArgs {
     /// Run this sanlb binary instead of building one.
     #[arg(long, value_name = "PATH", conflicts_with = "release")]
     sanlb: Option<PathBuf>,
+}
+
+/// `--mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    /// Each target's address moves between gateways.
+    Target,
+    /// Each (host, target) pair is steered by login redirection.
+    Pair,
+}
+
+impl Mode {
+    /// The shortest stall the loadgens report, seconds.
+    fn stall_threshold(self) -> f64 {
+        match self {
+            Mode::Target => 0.02,
+            Mode::Pair => 0.005,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Target => "target",
+            Mode::Pair => "pair",
+        }
+    }
+}
+
+impl DemoArgs {
+    fn hosts(&self) -> usize {
+        self.hosts.unwrap_or(match self.mode {
+            Mode::Target => 4,
+            Mode::Pair => 3,
+        })
+    }
+
+    fn targets(&self) -> usize {
+        self.targets.unwrap_or(match self.mode {
+            Mode::Target => 6,
+            Mode::Pair => 1,
+        })
+    }
+
+    /// The shortest stall the loadgens report, seconds.
+    fn stall_threshold(&self) -> f64 {
+        self.stall_event
+            .map_or(self.mode.stall_threshold(), |d| d.as_secs_f64())
+    }
 }
 
 /// `--balancer`.
@@ -163,13 +228,13 @@ fn unix_now() -> f64 {
 
 /// Runs the demo (after `setup`).
 pub fn run(args: DemoArgs) -> Result<()> {
-    if !(1..=32).contains(&args.hosts) {
+    if !(1..=32).contains(&args.hosts()) {
         bail!("--hosts must be 1..=32");
     }
     if !(2..=16).contains(&args.gateways) {
         bail!("--gateways must be 2..=16");
     }
-    if !(1..=64).contains(&args.targets) {
+    if !(1..=64).contains(&args.targets()) {
         bail!("--targets must be 1..=64");
     }
     if args.skew.is_nan() || args.skew < 1.0 {
@@ -177,6 +242,15 @@ pub fn run(args: DemoArgs) -> Result<()> {
     }
     if args.duration < Duration::from_secs(10) || args.interval < Duration::from_secs(1) {
         bail!("--duration must be at least 10s and --interval at least 1s");
+    }
+    if args
+        .stall_event
+        .is_some_and(|d| d < Duration::from_millis(1) || d > Duration::from_secs(1))
+    {
+        bail!("--stall-event must be 1ms..=1s");
+    }
+    if args.mode == Mode::Pair && args.balancer == Balancer::None {
+        bail!("--mode pair needs the controller: its agents run the portals that place the pairs");
     }
     if args.rate < 64 << 10 {
         bail!("--rate must be at least 64k");
@@ -219,7 +293,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
 
     eprintln!(
         "demo: building the lab: {} hosts, {} gateways, {} targets (leftovers of killed runs are removed first)",
-        args.hosts, args.gateways, args.targets
+        args.hosts(),
+        args.gateways,
+        args.targets()
     );
     // With a controller the agents place the addresses (with sanlb's
     // marker, which `ip addr` here cannot set); otherwise the lab puts them
@@ -230,12 +306,13 @@ pub fn run(args: DemoArgs) -> Result<()> {
         Placement::AllOnFirst
     };
     let lab = Lab::builder()
-        .hosts(args.hosts)
+        .hosts(args.hosts())
         .gateways(args.gateways)
-        .targets(args.targets)
+        .targets(args.targets())
         .disk_size(DISK_SIZE)
         .placement(placement)
         .management(balancer == Balancer::Controller)
+        .pair_mode(args.mode == Mode::Pair)
         .build()?;
     let demo = Demo {
         args: &args,
@@ -398,13 +475,16 @@ impl Initiators {
     }
 
     /// Fills in each move's stalls: a reconnect of a target belongs to the
-    /// latest move of that target before it (within 10 s), and its stall is
-    /// the one that spans it.
+    /// latest move of that target (of that host's pair, in pair mode) before
+    /// it (within 10 s), and its stall is the one that spans it.
     fn attach_stalls(&self, moves: &mut [Move]) {
         for (host, target, at) in &self.reconnects {
+            // The lab names hosts h1, h2, ..
+            let name = format!("h{}", host + 1);
             let Some(m) = moves
                 .iter_mut()
                 .filter(|m| &m.target == target)
+                .filter(|m| m.host.as_ref().is_none_or(|h| *h == name))
                 .filter(|m| m.time_s() - 0.5 <= *at && *at - m.time_s() < 10.0)
                 .max_by(|a, b| a.time_s().total_cmp(&b.time_s()))
             else {
@@ -428,12 +508,22 @@ struct Status {
     map: Vec<StatusRoute>,
     #[serde(default)]
     rebalances: Vec<StatusRebalance>,
+    #[serde(default)]
+    data_addresses: Vec<StatusData>,
 }
 
 #[derive(Deserialize)]
 struct StatusRoute {
     target: IpAddr,
+    #[serde(default)]
+    host: Option<IpAddr>,
     changed: u64,
+}
+
+#[derive(Deserialize)]
+struct StatusData {
+    target: IpAddr,
+    address: IpAddr,
 }
 
 #[derive(Deserialize)]
@@ -451,13 +541,14 @@ struct StatusRebalance {
 impl Demo<'_> {
     fn title(&self) -> String {
         format!(
-            "sanlb lab demo: {} hosts, {} gateways, {} targets, skew {}, {:.1} MiB/s offered; balancer: {}",
-            self.args.hosts,
+            "sanlb lab demo: {} hosts, {} gateways, {} targets, skew {}, {:.1} MiB/s offered; balancer: {} ({} mode)",
+            self.args.hosts(),
             self.args.gateways,
-            self.args.targets,
+            self.args.targets(),
             self.args.skew,
             self.args.rate as f64 / MIB,
-            self.balancer.name()
+            self.balancer.name(),
+            self.args.mode.name()
         )
     }
 
@@ -472,7 +563,7 @@ impl Demo<'_> {
     /// The rate of each target (bytes/s), geometric from the lightest to
     /// `skew` times that, `rate` in total.
     fn target_rates(&self) -> Vec<f64> {
-        let m = self.args.targets;
+        let m = self.args.targets();
         let weights: Vec<f64> = (0..m)
             .map(|t| {
                 if m == 1 {
@@ -544,8 +635,21 @@ impl Demo<'_> {
                 "--storage",
                 &format!("{}/{}", lab::TARGET_NET.0, lab::TARGET_NET.1),
             ]);
-        for t in self.lab.targets() {
-            cmd.args(["--target", &t.addr.to_string()]);
+        match self.args.mode {
+            Mode::Target => {
+                for t in self.lab.targets() {
+                    cmd.args(["--target", &t.addr.to_string()]);
+                }
+            }
+            Mode::Pair => {
+                cmd.args(["--mode", "pair"]).args([
+                    "--data-pool",
+                    &format!("{}/{}", lab::DATA_NET.0, lab::DATA_NET.1),
+                ]);
+                for t in self.lab.targets() {
+                    cmd.args(["--target", &format!("{}={}", t.addr, t.iqn)]);
+                }
+            }
         }
         let mut p = self.lab.spawn("controller", cmd)?;
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -584,11 +688,19 @@ impl Demo<'_> {
         serde_json::from_str(&out).context("parsing sanlb status --json")
     }
 
+    /// Waits until `gw` holds every target address (in pair mode: runs
+    /// every portal and holds its data addresses, so that every host is
+    /// sent to it first).
     fn wait_all_on(&self, gw: &str) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let placement = self.lab.placement()?;
-            if placement.values().all(|owners| owners == &[gw.to_owned()]) {
+            let data_ready = self.args.mode == Mode::Target || {
+                let held = self.lab.gateway(gw)?.ns.ipv4_addresses(NIC)?;
+                let data = self.data_map().unwrap_or_default();
+                data.len() == self.args.targets() && data.keys().all(|d| held.contains(d))
+            };
+            if placement.values().all(|owners| owners == &[gw.to_owned()]) && data_ready {
                 return Ok(());
             }
             if Instant::now() > deadline || stopping() {
@@ -598,8 +710,27 @@ impl Demo<'_> {
         }
     }
 
+    /// Pair mode: each data address's target, from the controller.
+    fn data_map(&self) -> Result<BTreeMap<Ipv4Addr, Ipv4Addr>> {
+        Ok(self
+            .status()?
+            .data_addresses
+            .into_iter()
+            .filter_map(|d| match (d.address, d.target) {
+                (IpAddr::V4(a), IpAddr::V4(t)) => Some((a, t)),
+                _ => None,
+            })
+            .collect())
+    }
+
     fn start_agent(&self, g: &lab::Gateway) -> Result<Process> {
         let mut extra: Vec<String> = Vec::new();
+        if self.args.mode == Mode::Pair {
+            // The portal's logins and the sessions on the data port.
+            for port in ["3260", "3261"] {
+                extra.extend(["--port".into(), port.into()]);
+            }
+        }
         if self.balancer == Balancer::Controller {
             extra.extend(["--controller".into(), self.controller_url()]);
             extra.extend(["--gateway".into(), g.name.clone()]);
@@ -614,7 +745,7 @@ impl Demo<'_> {
 
     fn start_loadgens(&self) -> Result<Vec<Loadgen>> {
         let rates = self.target_rates();
-        let n = self.args.hosts as f64;
+        let n = self.args.hosts() as f64;
         let mut out = Vec::new();
         for (h, host) in self.lab.hosts().iter().enumerate() {
             let workloads: Vec<Workload> = self
@@ -637,7 +768,10 @@ impl Demo<'_> {
                 self.args.duration,
                 h as u64 + 1,
             );
-            cmd.args(["--stall-event", "0.02"]);
+            // A pair's move stalls its I/O for less than 20 ms: in pair mode
+            // every gap from 5 ms on is reported, so that the moves' are seen
+            // (and the baseline is measured alike).
+            cmd.args(["--stall-event", &self.args.stall_threshold().to_string()]);
             let process = self.lab.spawn(&format!("loadgen-{}", host.name), cmd)?;
             let tail = LineTail::new(process.stdout_path());
             out.push(Loadgen {
@@ -650,20 +784,27 @@ impl Demo<'_> {
         Ok(out)
     }
 
-    fn sample(&self, t: f64) -> Result<Sample> {
+    /// What every gateway counted, its NIC and who holds each target
+    /// address; `data` maps pair mode's data addresses to their targets.
+    fn sample(&self, t: f64, data: &BTreeMap<Ipv4Addr, Ipv4Addr>) -> Result<Sample> {
         let mut s = Sample {
             t,
             ..Sample::default()
         };
-        for g in self.lab.gateways() {
+        let k = self.lab.gateways().len();
+        for (gi, g) in self.lab.gateways().iter().enumerate() {
             let flows = agent::counters(self.sanlb, g)?;
             let mut total = 0;
             for f in flows {
                 let (IpAddr::V4(i), IpAddr::V4(tg)) = (f.initiator, f.target) else {
                     continue;
                 };
+                let tg = data.get(&tg).copied().unwrap_or(tg);
                 let b = f.to_target_bytes + f.to_initiator_bytes;
                 total += b;
+                s.pair_gateway_bytes
+                    .entry((i, tg))
+                    .or_insert_with(|| vec![0; k])[gi] += b;
                 *s.pair_bytes.entry((i, tg)).or_default() += b;
                 *s.pair_data_bytes.entry((i, tg)).or_default() +=
                     f.read_requested_bytes + f.write_requested_bytes;
@@ -743,11 +884,16 @@ struct Watch<'a> {
     next_tick: f64,
     samples: Vec<Sample>,
     known: Vec<Option<usize>>,
+    /// Pair mode: the gateway each (host, target) runs through.
+    carriers: BTreeMap<(usize, usize), usize>,
+    /// Pair mode: data address → target.
+    data: BTreeMap<Ipv4Addr, Ipv4Addr>,
     moves: Vec<Move>,
     init: Initiators,
     generation: u64,
-    /// The generation in which each target's route last changed.
-    changed: BTreeMap<Ipv4Addr, u64>,
+    /// The generation in which each route last changed: (host in pair
+    /// mode, target).
+    changed: BTreeMap<(Option<Ipv4Addr>, Ipv4Addr), u64>,
     /// Every rebalance adopted, by (Unix ms, generation).
     rebalances: BTreeMap<(u64, u64), StatusRebalance>,
     t0_unix: f64,
@@ -762,7 +908,11 @@ impl<'a> Watch<'a> {
     fn new(demo: &'a Demo<'a>) -> Result<Self> {
         let t0 = Instant::now();
         let t0_unix = unix_now();
-        let first = demo.sample(0.0)?;
+        let data = match (demo.args.mode, demo.balancer) {
+            (Mode::Pair, Balancer::Controller) => demo.data_map()?,
+            _ => BTreeMap::new(),
+        };
+        let first = demo.sample(0.0, &data)?;
         Ok(Watch {
             demo,
             t0,
@@ -771,6 +921,8 @@ impl<'a> Watch<'a> {
             title: demo.title(),
             next_tick: 1.0,
             known: first.owners.clone(),
+            carriers: BTreeMap::new(),
+            data,
             samples: vec![first],
             moves: Vec::new(),
             init: Initiators {
@@ -864,8 +1016,17 @@ impl<'a> Watch<'a> {
         let status = self.demo.status()?;
         self.generation = status.generation;
         for r in status.map {
+            let host = match r.host {
+                Some(IpAddr::V4(h)) => Some(h),
+                _ => None,
+            };
             if let IpAddr::V4(a) = r.target {
-                self.changed.insert(a, r.changed);
+                self.changed.insert((host, a), r.changed);
+            }
+        }
+        for d in status.data_addresses {
+            if let (IpAddr::V4(a), IpAddr::V4(t)) = (d.address, d.target) {
+                self.data.insert(a, t);
             }
         }
         for r in status.rebalances {
@@ -943,7 +1104,7 @@ impl<'a> Watch<'a> {
                 ),
             }
         }
-        let n_pairs = self.demo.args.hosts * self.demo.args.targets;
+        let n_pairs = self.demo.args.hosts() * self.demo.args.targets();
         let t = self.now();
         if phase == Phase::Load
             && self.init.running.len() == n_pairs
@@ -951,7 +1112,7 @@ impl<'a> Watch<'a> {
         {
             self.phases.prefill_end_s = t;
         }
-        let s = self.demo.sample(t)?;
+        let s = self.demo.sample(t, &self.data)?;
         if controller.is_some() {
             // A status that fails once (a busy moment) is taken next tick.
             let _ = self.status();
@@ -959,28 +1120,74 @@ impl<'a> Watch<'a> {
         // The sample ends before the status is read: a move in it was
         // decided before now.
         let seen = self.now();
+        let decision = |w: &Self| {
+            w.rebalances
+                .values()
+                .rfind(|r| r.at_ms as f64 / 1000.0 - w.t0_unix <= seen)
+                .map(|r| w.rebalance(r))
+        };
+        // Pair mode: a pair moved when its bytes go through another gateway.
+        if self.demo.args.mode == Mode::Pair
+            && let Some(prev) = self.samples.last()
+        {
+            for ((h, tg), to) in metrics::carriers(prev, &s) {
+                let Some(to) = to else { continue };
+                let hi = self.demo.lab.hosts().iter().position(|x| x.addr == h);
+                let ti = self.demo.lab.targets().iter().position(|x| x.addr == tg);
+                let (Some(hi), Some(ti)) = (hi, ti) else {
+                    continue;
+                };
+                let from = self.carriers.insert((hi, ti), to);
+                if from.is_none_or(|f| f == to) {
+                    continue;
+                }
+                let target = &self.demo.lab.targets()[ti];
+                let m = Move {
+                    at_s: t,
+                    phase,
+                    target: target.name.clone(),
+                    host: Some(self.demo.lab.hosts()[hi].name.clone()),
+                    addr: target.addr,
+                    from: from.map(|g| self.names[g].clone()),
+                    to: Some(self.names[to].clone()),
+                    generation: self
+                        .changed
+                        .get(&(Some(h), target.addr))
+                        .copied()
+                        .unwrap_or(self.generation),
+                    decision: decision(self),
+                    stalls_s: Vec::new(),
+                    stall_s: None,
+                };
+                if !self.tty {
+                    println!("move: {}", view::move_line(&m));
+                }
+                self.moves.push(m);
+            }
+        }
         // Break before make: an address may be on no gateway for a moment;
-        // a move is a new owner, not the gap.
+        // a move is a new owner, not the gap. (In pair mode the addresses
+        // are the portals: the pairs' moves are above.)
         for (i, b) in s.owners.iter().enumerate() {
+            if self.demo.args.mode == Mode::Pair {
+                break;
+            }
             if b.is_none() || *b == self.known[i] {
                 continue;
             }
             let target = &self.demo.lab.targets()[i];
-            let decision = self
-                .rebalances
-                .values()
-                .rfind(|r| r.at_ms as f64 / 1000.0 - self.t0_unix <= seen)
-                .map(|r| self.rebalance(r));
+            let decision = decision(self);
             let m = Move {
                 at_s: t,
                 phase,
                 target: target.name.clone(),
+                host: None,
                 addr: target.addr,
                 from: self.known[i].map(|g| self.names[g].clone()),
                 to: b.map(|g| self.names[g].clone()),
                 generation: self
                     .changed
-                    .get(&target.addr)
+                    .get(&(None, target.addr))
                     .copied()
                     .unwrap_or(self.generation),
                 decision,
@@ -1007,14 +1214,32 @@ impl<'a> Watch<'a> {
         let veth = metrics::rates(&a.veth_bytes, &b.veth_bytes, dt);
         let interval = self.demo.args.interval.as_secs_f64();
         let balance = Balance::of(&self.samples, (b.t - interval).max(0.0), b.t);
+        // What each gateway carries: its targets, or in pair mode its pairs
+        // (and the portals it runs, in brackets).
         let owned: Vec<Vec<String>> = (0..self.names.len())
             .map(|g| {
-                b.owners
+                let targets = b
+                    .owners
                     .iter()
                     .enumerate()
                     .filter(|(_, o)| **o == Some(g))
-                    .map(|(i, _)| self.demo.lab.targets()[i].name.clone())
-                    .collect()
+                    .map(|(i, _)| self.demo.lab.targets()[i].name.clone());
+                match self.demo.args.mode {
+                    Mode::Target => targets.collect(),
+                    Mode::Pair => self
+                        .carriers
+                        .iter()
+                        .filter(|(_, c)| **c == g)
+                        .map(|((h, t), _)| {
+                            format!(
+                                "{}→{}",
+                                self.demo.lab.hosts()[*h].name,
+                                self.demo.lab.targets()[*t].name
+                            )
+                        })
+                        .chain(targets.map(|t| format!("[{t}]")))
+                        .collect(),
+                }
             })
             .collect();
         if self.tty {
@@ -1075,12 +1300,13 @@ impl<'a> Watch<'a> {
             }
         }
         self.init.attach_stalls(&mut moves);
-        let stalls = metrics::stalls(
+        let mut stalls = metrics::stalls(
             &self.init.stalls,
             &self.init.reconnects,
             &self.phases,
             &moves,
         );
+        stalls.threshold_s = self.demo.args.stall_threshold();
         let io = self.init.io();
         let in_load: Vec<&Move> = moves.iter().filter(|m| m.phase == Phase::Load).collect();
         // The load's figures end a second early: the last second may already
@@ -1114,15 +1340,16 @@ impl<'a> Watch<'a> {
             reconnects: io.2,
             generation: self.generation,
             balancer: self.demo.balancer.name().to_owned(),
+            mode: self.demo.args.mode.name().to_owned(),
             move_log: moves,
             rebalances,
             phases: self.phases.clone(),
             bytes,
             iscsi_perf: self.reader.clone(),
             shape: Shape {
-                hosts: self.demo.args.hosts,
+                hosts: self.demo.args.hosts(),
                 gateways: self.demo.args.gateways,
-                targets: self.demo.args.targets,
+                targets: self.demo.args.targets(),
                 duration_s: duration,
                 skew: self.demo.args.skew,
                 rate: self.demo.args.rate,
@@ -1200,6 +1427,7 @@ mod tests {
             at_s,
             phase: Phase::Load,
             target: target.into(),
+            host: None,
             addr: Ipv4Addr::new(198, 18, 1, 1),
             from: Some("gw1".into()),
             to: Some("gw2".into()),

@@ -128,3 +128,89 @@ fn a_skewed_start_balances_within_three_intervals() {
     assert_eq!(&png[..4], b"\x89PNG");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Runs `cargo xtask demo` with `args` and returns its summary.
+fn demo_summary(tag: &str, args: &[&str]) -> Value {
+    let sanlb = agent::sanlb_binary().unwrap();
+    let dir = std::env::temp_dir().join(format!("sanlb-demo-test-{tag}-{}", std::process::id()));
+    let summary_path = dir.join("summary.json");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.arg("demo")
+        .args(args)
+        .arg("--sanlb")
+        .arg(&sanlb)
+        .arg("--out")
+        .arg(&dir)
+        .arg("--summary")
+        .arg(&summary_path);
+    let out = proc::output_timeout(&mut cmd, Duration::from_secs(600)).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "{}",
+        stdout
+            .lines()
+            .skip_while(|l| !l.starts_with("summary"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let s = serde_json::from_str(&std::fs::read_to_string(&summary_path).unwrap()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    s
+}
+
+#[test]
+#[ignore = "privileged: cargo xtask test runs it as root"]
+fn one_hot_target_of_three_hosts_balances_only_in_pair_mode() {
+    let f = |v: &Value| v.as_f64().unwrap();
+    let shape = ["--hosts", "3", "--gateways", "3", "--targets", "1"];
+    let run = ["--duration", "30s", "--interval", "5s"];
+
+    // Target mode: the one address is on one gateway whatever the map.
+    let t = demo_summary(
+        "target",
+        &[&shape[..], &run[..], &["--mode", "target"]].concat(),
+    );
+    assert_eq!(t["mode"], "target");
+    assert!(f(&t["after"]["max_mean"]) > 2.9, "{}", t["after"]);
+    assert_eq!(t["moves_in_load"], 0);
+
+    // Pair mode: each host's pair gets a gateway of its own.
+    let p = demo_summary(
+        "pair",
+        &[&shape[..], &run[..], &["--mode", "pair"]].concat(),
+    );
+    assert_eq!(p["mode"], "pair");
+    assert!(f(&p["before"]["max_mean"]) > 2.5, "{}", p["before"]);
+    assert!(f(&p["after"]["max_mean"]) <= 1.10, "{}", p["after"]);
+    assert!(f(&p["after"]["max_mean_veth"]) <= 1.15, "{}", p["after"]);
+    // Balanced within three intervals, and it stays: no move after that
+    // in the load.
+    let balanced = f(&p["balanced_s"]);
+    assert!(
+        balanced <= 4.0 * INTERVAL_S,
+        "balanced only at {balanced} s"
+    );
+    let moves = p["move_log"].as_array().unwrap();
+    let in_load: Vec<&Value> = moves.iter().filter(|m| m["phase"] == "load").collect();
+    assert!(in_load.len() >= 2, "{moves:?}");
+    for m in &in_load {
+        assert!(m["host"].as_str().is_some(), "a pair's move: {m}");
+        assert!(f(&m["at_s"]) <= balanced, "a move after the balance: {m}");
+        assert!(f(&m["stall_s"]) < 3.0, "{m}");
+    }
+    assert_eq!(p["io_errors"], 0);
+    assert_eq!(p["verify_errors"], 0);
+    assert_eq!(p["verified_blocks"], 3 * 128);
+    // Counted per (initiator, target) through the data addresses: what moved.
+    assert_eq!(p["bytes"]["pairs"], 3);
+    assert!(
+        f(&p["bytes"]["max_rel_diff"]) <= 0.01,
+        "{}",
+        p["bytes"]["max_rel_diff"]
+    );
+}

@@ -15,9 +15,14 @@
 //!   hand a released address to its new owner (break-before-make);
 //! - **fail-static**: when the controller cannot be reached, or hands out no
 //!   address set, it keeps what it holds and keeps counting;
-//! - **monotonic**: a share older than the one applied is ignored.
+//! - **monotonic**: a share older than the one applied is ignored;
+//! - **pair mode** (a share with a pair map, [`Agent::with_pairs`]): the
+//!   portal answers from the share before its addresses are reconciled, and
+//!   the share is acknowledged only once the connections it names are
+//!   ended (`pairs.rs`).
 
 pub mod client;
+pub mod pairs;
 
 use std::{
     collections::BTreeSet,
@@ -27,6 +32,7 @@ use std::{
 };
 
 pub use client::{Client, ClientError};
+pub use pairs::{PairOptions, SessionEnder, ShareDirector, SockDiag};
 use tracing::Instrument as _;
 
 use crate::{
@@ -122,6 +128,9 @@ pub struct Agent<C, A> {
     seen: u64,
     enforce: EnforceCounters,
     truncated_warned: bool,
+    /// Pair mode, when enabled.
+    pairs: Option<pairs::PairSide>,
+    no_pairs_warned: bool,
 }
 
 impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
@@ -142,7 +151,31 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
             seen: 0,
             enforce: EnforceCounters::default(),
             truncated_warned: false,
+            pairs: None,
+            no_pairs_warned: false,
         }
+    }
+
+    /// Serves pair mode when a share carries a pair map (without this,
+    /// such a share is never acknowledged).
+    pub fn with_pairs(mut self, options: PairOptions) -> Self {
+        self.pairs = Some(pairs::PairSide::new(options));
+        self
+    }
+
+    /// The pair-mode portal's counters, once it runs.
+    pub fn portal_metrics(&self) -> Option<crate::portal::PortalMetrics> {
+        self.pairs
+            .as_ref()
+            .and_then(pairs::PairSide::portal_metrics)
+    }
+
+    /// Where the pair-mode portal listens (none before it runs).
+    pub fn portal_listening(&self) -> Vec<std::net::SocketAddr> {
+        self.pairs
+            .as_ref()
+            .map(pairs::PairSide::portal_listening)
+            .unwrap_or_default()
     }
 
     /// Generation of the last share applied completely.
@@ -158,6 +191,13 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
     /// Reports, then applies the reply; when that applied a new generation,
     /// reports again at once to acknowledge it.
     pub async fn cycle(&mut self) -> Result<(), AgentError> {
+        // Pair mode: connections that must not run here are ended again
+        // (a login that raced a move, a host that bypassed the portal).
+        if let Some(p) = &self.pairs
+            && p.sweep().await.is_err()
+        {
+            self.enforce.failed += 1;
+        }
         if self.report_and_apply().await? {
             self.report_and_apply().await?;
         }
@@ -239,11 +279,26 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
             return false;
         };
         let want: BTreeSet<IpAddr> = addresses.iter().copied().collect();
+
         // The reply to a report about exactly this set, in a generation
         // already applied: nothing to do (a new generation, or any drift of
         // the NIC, is reconciled).
         if share.generation <= self.applied && self.reported_owned.as_ref() == Some(&want) {
             return false;
+        }
+        let mut pairs_ok = true;
+        if let Some(pair_map) = &share.pairs {
+            let Some(p) = &mut self.pairs else {
+                if !self.no_pairs_warned {
+                    tracing::error!(
+                        generation = share.generation,
+                        "a pair-mode share, but this agent does not serve pair mode: not applied"
+                    );
+                    self.no_pairs_warned = true;
+                }
+                return false;
+            };
+            pairs_ok = p.prepare(share, pair_map);
         }
         let generation = share.generation;
         let started = Instant::now();
@@ -271,7 +326,13 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
                 "applied share"
             );
         }
-        if report.is_complete() && generation > self.applied {
+        if let (Some(p), Some(pair_map)) = (&mut self.pairs, &share.pairs) {
+            pairs_ok &= p.finish(share, pair_map).await;
+        }
+        if !pairs_ok {
+            self.enforce.failed += 1;
+        }
+        if report.is_complete() && pairs_ok && generation > self.applied {
             self.applied = generation;
             return true;
         }

@@ -199,6 +199,7 @@ mod tests {
             }],
             rates: vec![],
             history: vec![],
+            data_addresses: vec![],
         }
     }
 

@@ -4,6 +4,7 @@ use std::{net::IpAddr, time::Duration};
 
 use ipnet::IpNet;
 
+use super::pairs::PairSettings;
 use crate::{optimize::Options, proto::Mode, traffic::TrafficMatrix};
 
 /// How the controller runs.
@@ -36,6 +37,8 @@ pub struct Config {
     pub traffic_replace: bool,
     /// Optimiser options.
     pub solver: Options,
+    /// Pair mode: data addresses, the data port, target names.
+    pub pairs: PairSettings,
 }
 
 /// A setting with a value the controller cannot run with. `setting` is the
@@ -92,6 +95,6 @@ impl Config {
         if self.storage.is_empty() && self.targets.is_empty() && self.traffic.is_none() {
             return Err(ConfigError::NothingToManage);
         }
-        Ok(())
+        self.pairs.validate(self.mode == Mode::Pair, &self.targets)
     }
 }

@@ -52,6 +52,8 @@ pub struct Access {
 #[derive(Debug)]
 pub struct AppState {
     controller: Mutex<Controller>,
+    /// The iSNS sync's statistics, when it runs.
+    isns: std::sync::OnceLock<Arc<super::isns::IsnsStats>>,
     access: Access,
     closing: tokio::sync::watch::Sender<bool>,
     /// The cluster's view, when the state lives in etcd (`leadership.rs`).
@@ -85,6 +87,7 @@ impl AppState {
     ) -> Arc<Self> {
         Arc::new(Self {
             controller: Mutex::new(controller),
+            isns: std::sync::OnceLock::new(),
             access,
             closing: tokio::sync::watch::channel(false).0,
             cluster,
@@ -105,6 +108,15 @@ impl AppState {
     pub async fn closed(&self) {
         let mut rx = self.closing.subscribe();
         let _ = rx.wait_for(|c| *c).await;
+    }
+
+    /// The iSNS sync's statistics, when the server publishes to one.
+    pub fn isns(&self) -> Option<&Arc<super::isns::IsnsStats>> {
+        self.isns.get()
+    }
+
+    pub(super) fn set_isns(&self, stats: Arc<super::isns::IsnsStats>) {
+        let _ = self.isns.set(stats);
     }
 
     /// The controller (for the timers and tests).
@@ -413,5 +425,8 @@ async fn status(State(state): State<Arc<AppState>>, uri: Uri) -> Response {
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     let mut text = metrics::render(&state.lock(), Instant::now());
     text.push_str(&state.cluster_metrics());
+    if let Some(isns) = state.isns() {
+        isns.render(&mut text);
+    }
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }

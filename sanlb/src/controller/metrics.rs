@@ -206,7 +206,7 @@ pub fn render(c: &Controller, now: Instant) -> String {
     o.one(
         "sanlb_moves_in_flight",
         "gauge",
-        "Routes withheld until their old owner releases them.",
+        "Routes moving: withheld until their old owner releases them (pairs: held at the portals).",
         c.moves_in_flight() as f64,
     );
     o.one(
@@ -314,6 +314,27 @@ pub fn render(c: &Controller, now: Instant) -> String {
         "Failed writes of the state file.",
         k.persist_failures as f64,
     );
+    if st.mode == crate::proto::Mode::Pair {
+        let (unserved, allocated) = c.data_pool_use();
+        o.one(
+            "sanlb_data_addresses",
+            "gauge",
+            "Data addresses allocated from the data pool (one per entity and gateway).",
+            allocated as f64,
+        );
+        o.one(
+            "sanlb_data_pool_unserved",
+            "gauge",
+            "(entity, gateway) the data pool has no address left for: their pairs cannot go there.",
+            unserved as f64,
+        );
+        o.one(
+            "sanlb_pair_evictions_total",
+            "counter",
+            "Pair moves whose old gateway was told to end their connections.",
+            k.pair_evictions as f64,
+        );
+    }
     o.0
 }
 

@@ -11,6 +11,8 @@
 //! | settings and their checks | `config.rs` |
 //! | gateways, their reports and leases | `gateways.rs` |
 //! | the break-before-make ownership state machine | `ownership.rs` |
+//! | pair mode: data addresses, portals, pair moves, pair shares | `pairs.rs` |
+//! | Storage Name Server mode: the map published to an iSNS server | `isns.rs` |
 //! | counters → rates over the window | `rates.rs` |
 //! | when and whether a new map is adopted | `rebalance.rs` |
 //! | the status read model | `view.rs` |
@@ -32,9 +34,11 @@
 mod config;
 mod gateways;
 pub mod http;
+pub mod isns;
 pub mod leadership;
 pub mod metrics;
 mod ownership;
+mod pairs;
 mod persist;
 pub mod rates;
 mod rebalance;
@@ -53,6 +57,7 @@ pub use self::gateways::BootConflict;
 pub use self::{
     config::{Config, ConfigError},
     ownership::RouteKey,
+    pairs::PairSettings,
     rebalance::{Rebalance, Trigger},
 };
 use self::{
@@ -66,7 +71,7 @@ use crate::proto::{
     CATCH_UP_LIMIT, MAX_GATEWAYS, MAX_GENERATION, MAX_ROUTES, Mode, RebalanceRecord, Report,
     ReportError, ReportReply, Share,
 };
-use store::{Saved, SavedGateway, SavedRoute, Store, StoreError};
+use store::{Saved, SavedDataAddress, SavedGateway, SavedRoute, Store, StoreError};
 
 /// Errors of the controller.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +88,20 @@ pub enum ControllerError {
         saved: Mode,
         /// Mode asked for.
         running: Mode,
+    },
+    /// The state file's data addresses do not fit the data pool.
+    #[error(
+        "state file: data address {address} of {target} on {gateway} is outside the data pool {pool} (restore the pool, or move the file away to start afresh)"
+    )]
+    DataPool {
+        /// The address.
+        address: IpAddr,
+        /// Its entity.
+        target: IpAddr,
+        /// Its gateway.
+        gateway: String,
+        /// The pool configured.
+        pool: String,
     },
     /// Bad configuration.
     #[error("configuration: {0}")]
@@ -156,6 +175,8 @@ pub struct Events {
     pub routes_refused: u64,
     /// Generations caught up to from a gateway that had seen more.
     pub catch_ups: u64,
+    /// Pair moves whose old gateway was told to end their connections.
+    pub pair_evictions: u64,
 }
 
 /// The controller's state machine.
@@ -167,6 +188,8 @@ pub struct Controller {
     epoch: u64,
     gateways: Gateways,
     routes: Routes,
+    /// Pair mode's data addresses.
+    data: pairs::DataAddresses,
     rates: Rates,
     apriori: Option<HashMap<FlowKey, f64>>,
     /// Targets named up front (`targets` and the a-priori matrix).
@@ -230,6 +253,7 @@ impl Controller {
             epoch: 0,
             gateways: Gateways::default(),
             routes: Routes::default(),
+            data: pairs::DataAddresses::default(),
             listed: cfg
                 .targets
                 .iter()
@@ -263,10 +287,9 @@ impl Controller {
                 c.discover(Some(h), t, now);
             }
         }
-        if c.cfg.mode == Mode::Target {
-            for t in c.cfg.targets.clone() {
-                c.discover(None, t, now);
-            }
+        // Entities: target mode's routes, pair mode's portals.
+        for t in c.cfg.targets.clone() {
+            c.discover(None, t, now);
         }
         c.notify.send_replace(c.persisted);
         Ok(c)
@@ -308,6 +331,19 @@ impl Controller {
                     since: now + self.cfg.lease,
                 },
             );
+        }
+        for d in saved.data_addresses {
+            if let Some(pool) = &self.cfg.pairs.data_pool
+                && !pool.contains(&d.address)
+            {
+                return Err(ControllerError::DataPool {
+                    address: d.address,
+                    target: d.target,
+                    gateway: d.gateway,
+                    pool: pool.to_string(),
+                });
+            }
+            self.data.insert(d.target, d.gateway, d.address);
         }
         // Validated on load (`Saved::validate`): finite, in range.
         let rates: HashMap<FlowKey, f64> = saved
@@ -356,6 +392,15 @@ impl Controller {
                 .collect(),
             rates: self.rates.export(),
             history: self.history.iter().cloned().collect(),
+            data_addresses: self
+                .data
+                .iter()
+                .map(|(target, gateway, address)| SavedDataAddress {
+                    target,
+                    gateway: gateway.to_owned(),
+                    address,
+                })
+                .collect(),
         }
     }
 
@@ -384,17 +429,24 @@ impl Controller {
         *self.events.errors.entry(reason.to_owned()).or_default() += 1;
     }
 
+    /// Whether `addr` is a storage entity's address (data addresses never
+    /// are, even inside a storage range).
     fn managed(&self, addr: IpAddr) -> bool {
-        self.listed.contains(&addr) || self.cfg.storage.iter().any(|n| n.contains(&addr))
+        (self.listed.contains(&addr) || self.cfg.storage.iter().any(|n| n.contains(&addr)))
+            && !self.in_data_pool(&addr)
     }
 
+    /// Makes a route known: the entity's in target mode; in pair mode the
+    /// pair's (with a host) and the entity's portal route.
     fn discover(&mut self, host: Option<IpAddr>, target: IpAddr, now: Instant) {
         let key = match self.cfg.mode {
             Mode::Target => (None, target),
-            Mode::Pair => match host {
-                Some(h) => (Some(h), target),
-                None => return,
-            },
+            Mode::Pair => {
+                if host.is_some() {
+                    self.discover(None, target, now);
+                }
+                (host, target)
+            }
         };
         if self.routes.len() >= MAX_ROUTES && !self.routes.contains(&key) {
             self.events.routes_refused += 1;
@@ -466,6 +518,7 @@ impl Controller {
                     gateway: r.gateway.clone(),
                     generation: self.persisted,
                     addresses: None,
+                    pairs: None,
                 },
             });
         }
@@ -513,7 +566,9 @@ impl Controller {
                 self.events.catch_ups += 1;
             }
             for f in &r.flows {
-                if self.managed(f.target) {
+                if self.pair_mode() {
+                    self.pair_flow(f.initiator, f.target, now);
+                } else if self.managed(f.target) {
                     self.discover(Some(f.initiator), f.target, now);
                 }
             }
@@ -523,6 +578,10 @@ impl Controller {
                 }
             }
             self.acknowledge(&r.gateway);
+            if self.pair_mode() {
+                self.allocate_data();
+                self.advance_pairs(now);
+            }
         }
         self.flush();
         Ok(ReportReply {
@@ -532,11 +591,8 @@ impl Controller {
     }
 
     /// Completes the moves `gateway` released and adopts addresses it holds
-    /// that nobody owns (address ownership only).
+    /// that nobody owns (target mode's addresses, pair mode's portals).
     fn acknowledge(&mut self, gateway: &str) {
-        if self.cfg.mode != Mode::Target {
-            return;
-        }
         let Some(gw) = self.gateways.get(gateway) else {
             return;
         };
@@ -571,17 +627,25 @@ impl Controller {
     /// What `gateway` should own now.
     pub fn share(&self, gateway: &str) -> Share {
         let steering = self.ready
-            && self.cfg.mode == Mode::Target
             && !self.persist_failed
             && !self.dirty
             && !self.exhausted
             && self.backend.may_hand_out()
             && self.gateways.alive(gateway);
+        let (addresses, pairs) = match (steering, self.cfg.mode) {
+            (false, _) => (None, None),
+            (true, Mode::Target) => (Some(self.routes.owned_by(gateway)), None),
+            (true, Mode::Pair) => {
+                let (addresses, pairs) = self.pair_share(gateway);
+                (Some(addresses), Some(pairs))
+            }
+        };
         Share {
             gateway: gateway.to_owned(),
             // Never one not yet durable (equal to `generation` once stored).
             generation: self.persisted,
-            addresses: steering.then(|| self.routes.owned_by(gateway)),
+            addresses,
+            pairs,
         }
     }
 
@@ -616,6 +680,7 @@ impl Controller {
         {
             tracing::info!(gateway = %name, after = %humanize(self.cfg.forget_after), "dead gateway forgotten");
             self.rates.forget(&name);
+            self.forget_data(&name);
             self.events.forgotten += 1;
             self.epoch += 1;
         }
@@ -635,6 +700,13 @@ impl Controller {
             self.events.bypassed += expired.bypassed.len() as u64;
             self.events.abandoned += expired.abandoned.len() as u64;
         }
+        if self.pair_mode() {
+            // A death may complete holds; portals fail over here, not in
+            // the optimiser.
+            self.advance_pairs(now);
+            self.place_portals(now);
+            self.allocate_data();
+        }
         if self.persist_failed {
             // Retry: shares stay "keep what you hold" until it works.
             self.dirty = true;
@@ -644,7 +716,21 @@ impl Controller {
     }
 
     fn needs_failover(&self) -> bool {
-        self.ready && self.gateways.any_alive() && self.routes.stranded(|n| self.gateways.alive(n))
+        if !self.ready || !self.gateways.any_alive() {
+            return false;
+        }
+        if self.pair_mode() {
+            // The optimiser places pairs only, and only where a data
+            // address lets them go.
+            return self.routes.iter().any(|(k, r)| {
+                k.0.is_some()
+                    && r.ownership
+                        .assigned()
+                        .is_none_or(|g| !self.gateways.alive(g))
+                    && self.placeable(k)
+            });
+        }
+        self.routes.stranded(|n| self.gateways.alive(n))
     }
 
     /// Ends an interval: one sample into the window; persists the rates.
@@ -688,7 +774,7 @@ impl Controller {
         for ((h, t), r) in self.matrix() {
             let key = match self.cfg.mode {
                 Mode::Target => (None, *t),
-                Mode::Pair => (Some(*h), *t),
+                Mode::Pair => (Some(*h), self.entity_of(*t)),
             };
             *out.entry(key).or_default() += r;
         }

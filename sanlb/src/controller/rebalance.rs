@@ -69,7 +69,10 @@ impl Controller {
     /// removed, so that moving off them counts and `current` still names
     /// them). Dead gateways that carry nothing are left out unless
     /// `all_gateways` (status shows them; a solve need not see them). Route
-    /// `i` is `keys[i]`.
+    /// `i` is `keys[i]`. In pair mode the routes are the pairs (portals are
+    /// placed by their own rule), each allowed only on gateways with a data
+    /// address for its entity; a pair no alive gateway can carry is left
+    /// out and stays where it is.
     pub(super) fn problem(&self, all_gateways: bool) -> (Problem, Vec<RouteKey>) {
         let rates = self.rates();
         let gateways = self
@@ -81,18 +84,22 @@ impl Controller {
                 capacity: if g.alive { g.capacity } else { 0.0 },
             })
             .collect();
-        let keys: Vec<RouteKey> = self.routes.keys().copied().collect();
-        let routes = self
+        let pair = self.cfg.mode == Mode::Pair;
+        let (keys, routes): (Vec<RouteKey>, Vec<Route>) = self
             .routes
             .iter()
-            .map(|(k, r)| Route {
-                target: k.1,
-                host: k.0,
-                rate: rates.get(k).copied().unwrap_or(0.0),
-                current: r.ownership.assigned().map(str::to_owned),
-                allowed: None,
+            .filter(|(k, _)| !pair || (k.0.is_some() && self.placeable(k)))
+            .map(|(k, r)| {
+                let route = Route {
+                    target: k.1,
+                    host: k.0,
+                    rate: rates.get(k).copied().unwrap_or(0.0),
+                    current: r.ownership.assigned().map(str::to_owned),
+                    allowed: if pair { self.pair_allowed(k) } else { None },
+                };
+                (*k, route)
             })
-            .collect();
+            .unzip();
         let problem = Problem {
             gateways,
             routes,
@@ -208,13 +215,17 @@ impl Controller {
             .filter(|(_, g)| g.alive)
             .map(|(n, _)| n.clone())
             .collect();
-        let break_first = self.cfg.mode == Mode::Target;
         for (key, &gi) in job.keys.iter().zip(&solution.assignment) {
             let to = &job.problem.gateways[gi].name;
-            if self
-                .routes
-                .assign(key, to, |n| alive.contains(n), break_first, g, now)
-            {
+            let moved = match self.cfg.mode {
+                Mode::Target => self
+                    .routes
+                    .assign(key, to, |n| alive.contains(n), true, g, now),
+                Mode::Pair => self
+                    .routes
+                    .assign_pair(key, to, |n| alive.contains(n), g, now),
+            };
+            if moved {
                 self.events.moves += 1;
             }
         }

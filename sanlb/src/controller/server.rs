@@ -40,6 +40,7 @@ use tower::ServiceExt as _;
 use super::{
     Controller,
     http::{self, AppState},
+    isns::{IsnsPublisher, IsnsSettings},
     leadership::{self, Cluster, ClusterView},
     persist, timers,
 };
@@ -101,6 +102,8 @@ pub struct Options {
     /// Run as one of a cluster of controllers, the state in etcd
     /// (`leadership.rs`); `None`: alone, with the controller's own store.
     pub cluster: Option<Cluster>,
+    /// Publish the map to an iSNS server ([`IsnsSettings`]).
+    pub isns: Option<IsnsSettings>,
 }
 
 /// Why a server could not start.
@@ -131,6 +134,9 @@ pub enum ServeError {
     /// The controller could not be made a follower.
     #[error("standing by")]
     StandBy(#[source] super::ControllerError),
+    /// The iSNS settings are unusable.
+    #[error("isns")]
+    Isns(#[source] crate::isns::IsnsError),
     /// rustls refused the certificate and key together.
     #[error("certificate {cert} with key {key}")]
     Tls {
@@ -325,6 +331,11 @@ impl Server {
             read_token: options.read_token,
             body_timeout: limits.body_timeout,
         };
+        let isns = options
+            .isns
+            .map(IsnsPublisher::new)
+            .transpose()
+            .map_err(ServeError::Isns)?;
         let mut cluster = None;
         let mut view = None;
         if let Some(c) = &options.cluster {
@@ -343,6 +354,10 @@ impl Server {
         }
         let state = AppState::in_cluster(controller, access, view);
         let mut tasks = Tasks::default();
+        if let Some(isns) = isns {
+            state.set_isns(isns.stats());
+            tasks.spawn("isns", isns.run(state.clone()));
+        }
         let cluster = cluster.map(|(elector, store, wake)| {
             tasks.spawn_fallible(
                 "leadership",

@@ -16,8 +16,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::proto::{
-    CATCH_UP_LIMIT, MAX_GATEWAYS, MAX_ROUTES, Mode, Ownership, RebalanceRecord, shown,
-    valid_capacity, valid_gateway_name, valid_storage_address,
+    CATCH_UP_LIMIT, MAX_DATA_ADDRESSES, MAX_GATEWAYS, MAX_ROUTES, Mode, Ownership, RebalanceRecord,
+    shown, valid_capacity, valid_gateway_name, valid_storage_address,
 };
 
 /// Version of the file format.
@@ -90,6 +90,18 @@ pub struct SavedRoute {
     pub changed: u64,
 }
 
+/// A data address as persisted (pair mode).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedDataAddress {
+    /// The storage entity.
+    pub target: IpAddr,
+    /// The gateway holding it.
+    pub gateway: String,
+    /// The address.
+    pub address: IpAddr,
+}
+
 /// The persisted state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,6 +121,9 @@ pub struct Saved {
     pub rates: Vec<(IpAddr, IpAddr, f64)>,
     /// Recent rebalance decisions.
     pub history: Vec<RebalanceRecord>,
+    /// Pair mode: the data address of each (entity, gateway).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_addresses: Vec<SavedDataAddress>,
 }
 
 impl Saved {
@@ -164,7 +179,8 @@ impl Saved {
             {
                 return Err(format!("{label}: not a usable address"));
             }
-            if r.host.is_some() != (self.mode == Mode::Pair) {
+            // Pair mode has pairs and the entities' portal routes.
+            if r.host.is_some() && self.mode != Mode::Pair {
                 return Err(format!("{label}: does not fit a {}-mode map", self.mode));
             }
             if !keys.insert((r.host, r.target)) {
@@ -180,12 +196,68 @@ impl Saved {
                 Ownership::Unowned => {}
                 Ownership::Owned { gateway } if known(gateway) => {}
                 Ownership::Moving { from, to, release }
-                    if known(from) && known(to) && from != to && *release <= self.generation => {}
+                    if r.host.is_none()
+                        && known(from)
+                        && known(to)
+                        && from != to
+                        && *release <= self.generation => {}
+                Ownership::Holding { from, to, hold: g }
+                | Ownership::Evicting { from, to, evict: g }
+                    if r.host.is_some()
+                        && known(from)
+                        && known(to)
+                        && from != to
+                        && *g <= self.generation => {}
                 other => {
                     return Err(format!(
                         "{label}: {other:?} names an unknown gateway or an impossible move"
                     ));
                 }
+            }
+        }
+        if self.data_addresses.len() > MAX_DATA_ADDRESSES {
+            return Err(format!(
+                "{} data addresses, at most {MAX_DATA_ADDRESSES}",
+                self.data_addresses.len()
+            ));
+        }
+        if !self.data_addresses.is_empty() && self.mode != Mode::Pair {
+            return Err(format!("data addresses in a {}-mode state", self.mode));
+        }
+        let entities: std::collections::HashSet<IpAddr> = self
+            .routes
+            .iter()
+            .filter(|r| r.host.is_none())
+            .map(|r| r.target)
+            .collect();
+        let mut addresses = std::collections::HashSet::new();
+        let mut slots = std::collections::HashSet::new();
+        for d in &self.data_addresses {
+            let label = format!(
+                "data address {} of {} on {}",
+                d.address,
+                d.target,
+                shown(&d.gateway)
+            );
+            if !valid_storage_address(&d.address) {
+                return Err(format!("{label}: not a usable address"));
+            }
+            if !known(&d.gateway) {
+                return Err(format!("{label}: unknown gateway"));
+            }
+            if !entities.contains(&d.target) {
+                return Err(format!("{label}: no such storage entity in the map"));
+            }
+            if entities.contains(&d.address) {
+                return Err(format!("{label}: the address is a storage entity's"));
+            }
+            if !addresses.insert(d.address) {
+                return Err(format!("{label}: address listed twice"));
+            }
+            if !slots.insert((d.target, d.gateway.as_str())) {
+                return Err(format!(
+                    "{label}: a second address for the same entity and gateway"
+                ));
             }
         }
         if self.rates.len() > MAX_ROUTES {
@@ -339,6 +411,7 @@ mod tests {
                 5.5,
             )],
             history: vec![],
+            data_addresses: vec![],
         };
         store.save(&saved).unwrap();
         assert_eq!(store.load().unwrap(), Some(saved));

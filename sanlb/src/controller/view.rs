@@ -13,6 +13,7 @@ impl Controller {
     /// `GET /v1/status`.
     pub fn status(&self, now: Instant) -> Status {
         let (problem, _) = self.problem(true);
+        let rates = self.rates();
         let in_force = optimize::in_force(&problem);
         Status {
             generation: self.generation,
@@ -53,23 +54,23 @@ impl Controller {
             map: self
                 .routes
                 .iter()
-                .zip(&problem.routes)
-                .map(|((k, r), route)| MapEntry {
+                .map(|(k, r)| MapEntry {
                     target: k.1,
                     host: k.0,
                     ownership: r.ownership.clone(),
                     changed: r.changed,
-                    rate: route.rate,
+                    rate: rates.get(k).copied().unwrap_or(0.0),
                 })
                 .collect(),
             matrix: {
-                let mut v: Vec<FlowRate> = self
-                    .matrix()
-                    .iter()
-                    .map(|(&(host, target), &rate)| FlowRate { host, target, rate })
-                    .collect();
-                v.sort_by_key(|f| (f.target, f.host));
-                v
+                // Pair mode: flows to data addresses are their entity's.
+                let mut m: std::collections::BTreeMap<_, f64> = Default::default();
+                for (&(host, target), &rate) in self.matrix() {
+                    *m.entry((self.entity_of(target), host)).or_default() += rate;
+                }
+                m.into_iter()
+                    .map(|((target, host), rate)| FlowRate { host, target, rate })
+                    .collect()
             },
             rebalances: self.history.iter().cloned().collect(),
             report_errors: self
@@ -79,6 +80,7 @@ impl Controller {
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
             cluster: None,
+            data_addresses: self.data_addresses(),
         }
     }
 }

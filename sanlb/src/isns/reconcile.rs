@@ -214,7 +214,7 @@ impl Desired {
     }
 }
 
-fn check_name(what: &'static str, s: &str) -> Result<(), IsnsError> {
+pub(crate) fn check_name(what: &'static str, s: &str) -> Result<(), IsnsError> {
     check_string(what, s, MAX_ISCSI_NAME).map_err(|e| IsnsError::Desired(e.to_string()))?;
     if !s.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(IsnsError::Desired(format!(

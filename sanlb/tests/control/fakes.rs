@@ -192,6 +192,7 @@ pub fn config(targets: &[IpAddr]) -> Config {
         storage: vec![],
         targets: targets.to_vec(),
         traffic: None,
+        pairs: Default::default(),
         traffic_replace: false,
         solver: Options {
             solver: Solver::Auto,

@@ -1,5 +1,6 @@
 //! The control plane in one test binary (one link, shared fakes): the
-//! controller's state machine on an explicit clock (`moves`), its HTTP API
+//! controller's state machine on an explicit clock (`moves`, and in pair
+//! mode `pairs`), its HTTP API
 //! through `app()` (`http`), a real controller with agents on loopback
 //! (`loopback`), the agent's loop against fakes (`agent_loop`), and with
 //! real addresses in network namespaces (`netns`, privileged).
@@ -11,4 +12,5 @@ mod http;
 mod loopback;
 mod moves;
 mod netns;
+mod pairs;
 mod serving;

@@ -1,6 +1,6 @@
 //! The controller's state machine driven directly (no HTTP, explicit
 //! clock): break-before-make moves, bypass of a dead old owner, abandoned
-//! moves, generations, persistence, a-priori traffic, pair mode.
+//! moves, generations, persistence, a-priori traffic (pair mode: `pairs`).
 
 use std::{
     collections::BTreeMap,
@@ -307,32 +307,6 @@ fn a_priori_traffic_seeds_or_replaces_the_measured_rates() {
     replaced.report("gw1", 1000);
     replaced.c.close_interval();
     assert_eq!(replaced.c.rates()[&(None, target(1))], 10_000.0);
-}
-
-#[test]
-fn pair_mode_maps_pairs_and_leaves_addresses_alone() {
-    let mut cfg = config(&[]);
-    cfg.mode = Mode::Pair;
-    cfg.storage = vec!["198.18.1.0/24".parse().unwrap()];
-    let mut s = Sim::new(cfg, None);
-    s.rate = [(target(1), 1000)].into();
-    s.held.insert("gw1".into(), vec![target(1)]);
-    s.report("gw1", 0);
-    s.report("gw1", 1000);
-    s.advance(LEASE);
-    s.report("gw1", 1000);
-    s.c.close_interval();
-    assert!(s.c.expire(s.now), "the new pair has no gateway yet");
-    assert!(s.rebalance(Trigger::Failover));
-    let st = s.c.status(s.now);
-    assert_eq!(st.map.len(), 1);
-    assert_eq!((st.map[0].host, st.map[0].target), (Some(HOST), target(1)));
-    assert!(matches!(&st.map[0].ownership, Ownership::Owned { gateway } if gateway == "gw1"));
-    assert_eq!(
-        s.share("gw1"),
-        None,
-        "address ownership cannot enforce pairs"
-    );
 }
 
 #[test]

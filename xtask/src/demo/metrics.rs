@@ -47,8 +47,31 @@ pub struct Sample {
     /// SCSI data bytes the commands asked for (READ and WRITE transfer
     /// lengths) per (initiator, target), summed over the gateways.
     pub pair_data_bytes: BTreeMap<(Ipv4Addr, Ipv4Addr), u64>,
-    /// Owner (gateway index) of each target.
+    /// Owner (gateway index) of each target's address (in pair mode: of
+    /// its portal).
     pub owners: Vec<Option<usize>>,
+    /// iSCSI bytes per (initiator, target) and gateway (pair mode: where
+    /// each pair runs).
+    pub pair_gateway_bytes: BTreeMap<(Ipv4Addr, Ipv4Addr), Vec<u64>>,
+}
+
+/// The gateway that carried each (initiator, target) between two samples:
+/// the one whose count grew the most (`None` when none grew).
+pub fn carriers(a: &Sample, b: &Sample) -> BTreeMap<(Ipv4Addr, Ipv4Addr), Option<usize>> {
+    b.pair_gateway_bytes
+        .iter()
+        .map(|(k, now)| {
+            let before = a.pair_gateway_bytes.get(k);
+            let grew = now
+                .iter()
+                .enumerate()
+                .map(|(g, n)| (g, n.saturating_sub(before.map_or(0, |b| b[g]))))
+                .filter(|(_, d)| *d > 0)
+                .max_by_key(|(_, d)| *d)
+                .map(|(g, _)| g);
+            (*k, grew)
+        })
+        .collect()
 }
 
 /// Per-second rates between two samples.
@@ -180,7 +203,8 @@ pub struct Rebalance {
     pub var_norm_after: f64,
 }
 
-/// One address move the demo saw.
+/// One move the demo saw: an address (target mode) or a pair's sessions
+/// (pair mode).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Move {
     /// Seconds since the load started, when the demo saw the new owner
@@ -190,7 +214,10 @@ pub struct Move {
     pub phase: Phase,
     /// Target name.
     pub target: String,
-    /// Its address.
+    /// The host whose pair moved (pair mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The target's address.
     pub addr: Ipv4Addr,
     /// Old owner (`None` if it had none).
     pub from: Option<String>,
@@ -211,6 +238,14 @@ pub struct Move {
 }
 
 impl Move {
+    /// What moved: `t1`, or `h1→t1` for a pair.
+    pub fn label(&self) -> String {
+        match &self.host {
+            Some(h) => format!("{h}→{}", self.target),
+            None => self.target.clone(),
+        }
+    }
+
     /// When it happened, as exactly as known: the decision, else when the
     /// demo saw it.
     pub fn time_s(&self) -> f64 {
@@ -281,13 +316,18 @@ pub struct Stalls {
     /// reconnects ([`Move::stall_s`]).
     pub per_move: StallFigures,
     /// Per initiator and move: the stall that spans the initiator's
-    /// reconnect. An initiator with I/O in flight at the move waits for a
-    /// TCP retransmission (about 0.2 s) to reach the new gateway; one that
-    /// was idle finds it with its next I/O.
+    /// reconnect. In target mode an initiator with I/O in flight at the
+    /// move waits for a TCP retransmission (about 0.2 s) to reach the new
+    /// gateway; one that was idle finds it with its next I/O. In pair mode
+    /// the old gateway resets the connection and the initiator reconnects
+    /// at once.
     pub per_initiator: StallFigures,
     /// Every other stall of the same initiators during the load after the
     /// fill (no reconnect in it): what I/O sees without any move.
     pub baseline: StallFigures,
+    /// The shortest stall the loadgens report, seconds (0.02; 0.005 in
+    /// pair mode, whose moves stall less than 0.02 s).
+    pub threshold_s: f64,
 }
 
 /// Splits the stalls of the load (after the fill) into those that span a
@@ -314,6 +354,7 @@ pub fn stalls(
         per_move: StallFigures::of(moves.iter().filter_map(|m| m.stall_s).collect()),
         per_initiator: StallFigures::of(per_initiator),
         baseline: StallFigures::of(baseline),
+        threshold_s: 0.02,
     }
 }
 
@@ -365,7 +406,8 @@ pub struct Summary {
     pub before: Balance,
     /// Balance over the last interval of the load.
     pub after: Balance,
-    /// Address moves of the whole run (the load and after it).
+    /// Moves of the whole run (the load and after it): addresses, or
+    /// pairs in pair mode.
     pub moves: usize,
     /// Of which during the load.
     pub moves_in_load: usize,
@@ -392,6 +434,8 @@ pub struct Summary {
     pub generation: u64,
     /// Who balanced: controller or none.
     pub balancer: String,
+    /// What the controller moves: `target` (addresses) or `pair`.
+    pub mode: String,
     /// Each move of the run.
     pub move_log: Vec<Move>,
     /// Each rebalance the controller adopted.
@@ -482,6 +526,25 @@ mod tests {
         assert_eq!(after.loads_mib_s, [100.0 / MIB, 100.0 / MIB]);
         assert_eq!(balanced_since(&samples, 2.0, 1.10), Some(6.0));
         assert!(Balance::of(&samples, 20.0, 30.0).is_none());
+    }
+
+    #[test]
+    fn a_pair_is_carried_where_its_bytes_grew_most() {
+        let (h, t) = (Ipv4Addr::new(198, 18, 0, 101), Ipv4Addr::new(198, 18, 1, 1));
+        let at = |bytes: [u64; 3]| Sample {
+            pair_gateway_bytes: [((h, t), bytes.to_vec())].into(),
+            ..Sample::default()
+        };
+        let c = carriers(&at([100, 0, 0]), &at([200, 0, 0]));
+        assert_eq!(c[&(h, t)], Some(0));
+        // Moved: the old gateway's last bytes and the new one's.
+        let c = carriers(&at([200, 0, 0]), &at([210, 0, 90]));
+        assert_eq!(c[&(h, t)], Some(2));
+        let c = carriers(&at([210, 0, 90]), &at([210, 0, 90]));
+        assert_eq!(c[&(h, t)], None, "idle");
+        // New since the last sample.
+        let c = carriers(&Sample::default(), &at([0, 5, 0]));
+        assert_eq!(c[&(h, t)], Some(1));
     }
 
     #[test]

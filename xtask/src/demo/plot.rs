@@ -131,7 +131,7 @@ fn move_groups(moves: &[Move]) -> Vec<(f64, Vec<String>)> {
         let g = m.decision.as_ref().map_or(m.generation, |d| d.generation);
         let line = format!(
             "{} {}→{} (gen {})",
-            m.target,
+            m.label(),
             m.from.as_deref().unwrap_or("-"),
             m.to.as_deref().unwrap_or("-"),
             m.generation
@@ -248,7 +248,7 @@ fn draw_loads(area: &Area, input: &Input, text: bool) -> DrawResult {
             chart.draw_series(DashedLineSeries::new([(t, 0.0), (t, y_max)], 6, 4, marker))?;
         if text && i == 0 {
             series
-                .label("address move")
+                .label("move")
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], marker));
         }
         labels.push((i, t, label));
@@ -495,6 +495,7 @@ mod tests {
             at_s: t,
             phase: Phase::Load,
             target: target.into(),
+            host: None,
             addr: "198.18.1.1".parse().unwrap(),
             from: Some("gw1".into()),
             to: Some("gw2".into()),

@@ -118,7 +118,7 @@ pub fn move_line(m: &Move) -> String {
         "{:>6.1} s  gen {:<3} {:<4} {:<12} {} → {}   {stall}{why}",
         m.at_s,
         m.generation,
-        m.target,
+        m.label(),
         m.addr,
         m.from.as_deref().unwrap_or("-"),
         m.to.as_deref().unwrap_or("-"),
@@ -149,7 +149,7 @@ pub fn summary(s: &Summary) -> String {
         )
     };
     let p = &s.phases;
-    let _ = writeln!(o, "summary ({} balancer)", s.balancer);
+    let _ = writeln!(o, "summary ({} balancer, {} mode)", s.balancer, s.mode);
     let _ = writeln!(
         o,
         "  run      load 0–{:.0} s (fill until {:.0} s), read-back to {:.1} s, iscsi-perf {:.1}–{:.1} s, then one interval{}, end {:.1} s",
@@ -202,14 +202,20 @@ pub fn summary(s: &Summary) -> String {
         "  stall per move (the longest of its initiators' gaps across their reconnects): {}",
         figures(&s.stalls.per_move)
     );
+    let why = if s.mode == "pair" {
+        "the old gateway resets it, the host reconnects through the portal"
+    } else {
+        "0.2 s with I/O in flight, less when idle"
+    };
     let _ = writeln!(
         o,
-        "    per initiator and move (0.2 s with I/O in flight, less when idle): {}",
+        "    per initiator and move ({why}): {}",
         figures(&s.stalls.per_initiator)
     );
     let _ = writeln!(
         o,
-        "  stall without a move (the same initiators' other gaps ≥ 20 ms in the load): {}",
+        "  stall without a move (the same initiators' other gaps ≥ {:.0} ms in the load): {}",
+        s.stalls.threshold_s * 1000.0,
         figures(&s.stalls.baseline)
     );
     let _ = writeln!(

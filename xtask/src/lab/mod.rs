@@ -9,6 +9,10 @@
 //!     + the target addresses 198.18.1.1.. /32 of the targets each one owns
 //! ```
 //!
+//! With [`LabBuilder::pair_mode`] tgtd listens on the data port (3261) only,
+//! leaving 3260 to sanlb's redirecting portal, and hosts also route the data
+//! addresses' network [`DATA_NET`] on-link.
+//!
 //! With [`LabBuilder::ipv6`] every node also has an IPv6 address on
 //! 2001:2::/64 (the benchmarking prefix of RFC 5180: `2001:2::` and the last
 //! octet of its IPv4 address) and hosts route 2001:2:0:1::/64 on-link, so
@@ -84,6 +88,14 @@ pub const HOST_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 0, 0), 24);
 /// The target addresses' network, routed on-link from the hosts: 198.18.1.0/24.
 pub const TARGET_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 1, 0), 24);
 
+/// Pair mode's data addresses (one per target and gateway, allocated by the
+/// controller's `--data-pool`), routed on-link from the hosts in a
+/// [`LabBuilder::pair_mode`] lab: 198.18.2.0/24.
+pub const DATA_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 2, 0), 24);
+
+/// The port tgtd listens on in a [`LabBuilder::pair_mode`] lab.
+pub const DATA_PORT: u16 = 3261;
+
 /// The host network in IPv6 labs ([`LabBuilder::ipv6`]): 2001:2::/64.
 pub const HOST_NET6: (Ipv6Addr, u8) = (Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0), 64);
 
@@ -152,6 +164,7 @@ pub struct LabBuilder {
     placement: Placement,
     management: bool,
     ipv6: bool,
+    pair_mode: bool,
     prefix: String,
 }
 
@@ -166,6 +179,7 @@ impl Default for LabBuilder {
             placement: Placement::AllOnFirst,
             management: false,
             ipv6: false,
+            pair_mode: false,
             prefix: LAB_PREFIX.to_owned(),
         }
     }
@@ -222,6 +236,14 @@ impl LabBuilder {
     /// default off (IPv6 disabled everywhere).
     pub fn ipv6(mut self, on: bool) -> Self {
         self.ipv6 = on;
+        self
+    }
+
+    /// Pair mode: tgtd listens on [`DATA_PORT`] of every address (not on
+    /// 3260, where sanlb's portal answers logins), and hosts route
+    /// [`DATA_NET`] on-link; default off.
+    pub fn pair_mode(mut self, on: bool) -> Self {
+        self.pair_mode = on;
         self
     }
 
@@ -420,6 +442,10 @@ impl Lab {
             let addr6 = lab.attach(&ns, &name, addr, &mac, cfg.ipv6)?;
             let (net, len) = TARGET_NET;
             ns.ip(&["route", "add", &format!("{net}/{len}"), "dev", NIC])?;
+            if cfg.pair_mode {
+                let (net, len) = DATA_NET;
+                ns.ip(&["route", "add", &format!("{net}/{len}"), "dev", NIC])?;
+            }
             if cfg.ipv6 {
                 let (net, len) = TARGET_NET6;
                 ns.ip(&["-6", "route", "add", &format!("{net}/{len}"), "dev", NIC])?;
@@ -437,6 +463,11 @@ impl Lab {
         // Control ports for this lab's tgtd (tgtd takes 0..=32767): spread
         // by pid and lab, skipping any a tgtd of another lab holds.
         let mut port = 1024 + ((std::process::id() as usize * 37 + lab.seq() * 101) % 30000) as u16;
+        let tgtd_iscsi = if cfg.pair_mode {
+            format!("{},portal=0.0.0.0:{DATA_PORT}", cfg.tgtd_iscsi)
+        } else {
+            cfg.tgtd_iscsi.clone()
+        };
         for g in 0..cfg.gateways {
             let name = format!("gw{}", g + 1);
             let addr = gateway_addr(g);
@@ -450,7 +481,7 @@ impl Lab {
             let tgtd = if lab.targets.is_empty() {
                 None
             } else {
-                let tgtd = Tgtd::start(&ns, port, &cfg.tgtd_iscsi, &lab.log_dir())?;
+                let tgtd = Tgtd::start(&ns, port, &tgtd_iscsi, &lab.log_dir())?;
                 port = tgtd.control_port() + 1;
                 // Recorded for the leftover cleanup of a killed run.
                 append_line(

@@ -5,7 +5,7 @@ use std::{process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use futures_util::FutureExt as _;
 use sanlb::{
-    agent::{Agent, AgentConfig, Client},
+    agent::{Agent, AgentConfig, Client, PairOptions},
     config::AgentSection,
     dataplane::{Dataplane, DataplaneConfig},
     enforce::{NetlinkOwner, OwnerConfig},
@@ -106,7 +106,13 @@ pub fn run(args: AgentArgs, file: &AgentSection) -> anyhow::Result<ExitCode> {
                 interval: args.interval.unwrap_or(file.interval),
                 long_poll: LONG_POLL,
             };
-            let mut agent = Agent::new(agent_cfg, client, dp, owner);
+            // Pair mode when the controller's shares carry a pair map: the
+            // portal on port 3260 of the entities this gateway holds.
+            let pairs = PairOptions {
+                counted_ports: Some(cfg.ports.clone()),
+                ..PairOptions::new()
+            };
+            let mut agent = Agent::new(agent_cfg, client, dp, owner).with_pairs(pairs);
             // A panic in the loop (a bug) must not leave the programs
             // attached and the pins behind: detach, then exit non-zero for
             // the service manager to restart the agent.

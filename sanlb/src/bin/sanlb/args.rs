@@ -50,17 +50,13 @@ impl From<LogFormatArg> for LogFormat {
 }
 
 #[derive(Subcommand, Debug)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "parsed once per process; boxing would buy nothing"
-)]
 pub enum Command {
     /// Count iSCSI traffic on a gateway's host-facing NIC (XDP ingress, TC egress).
     Agent(AgentArgs),
     /// Print the counters an agent pinned for a NIC.
     Counters(CountersArgs),
     /// The statistical server: aggregate reports, rebalance, hand out maps.
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
     /// What a controller knows: gateways, the map, the last rebalances.
     Status(StatusArgs),
     /// The best gateway map for a traffic matrix given a priori.
@@ -89,6 +85,26 @@ fn gateway_name(s: &str) -> Result<String, String> {
             sanlb::proto::shown(s)
         ))
     }
+}
+
+/// `--target ADDR[=IQN]`.
+fn target_arg(s: &str) -> Result<(IpAddr, Option<String>), String> {
+    let (addr, name) = match s.split_once('=') {
+        Some((a, n)) => (a, Some(n.to_owned())),
+        None => (s, None),
+    };
+    let addr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address (ADDR or ADDR=IQN)"))?;
+    if let Some(n) = &name
+        && !sanlb::proto::valid_target_name(n)
+    {
+        return Err(format!(
+            "\"{}\" is not an iSCSI name (1–223 bytes, no spaces or control characters)",
+            sanlb::proto::shown(n)
+        ));
+    }
+    Ok((addr, name))
 }
 
 // The library's enums know nothing of clap: these mirror them for the
@@ -302,9 +318,18 @@ pub struct ControllerArgs {
     /// Address range of storage entities (repeatable): targets inside are managed.
     #[arg(long = "storage", value_name = "CIDR")]
     pub storage: Vec<IpNet>,
-    /// A storage address known up front (repeatable).
-    #[arg(long = "target", value_name = "ADDR")]
-    pub targets: Vec<IpAddr>,
+    /// A storage address known up front, with its iSCSI target name for pair
+    /// mode's portals (repeatable; several names: repeat the address).
+    #[arg(long = "target", value_name = "ADDR[=IQN]", value_parser = target_arg)]
+    pub targets: Vec<(IpAddr, Option<String>)>,
+    /// Pair mode: the range data addresses are allocated from, one per
+    /// (storage entity, gateway).
+    #[arg(long, value_name = "CIDR")]
+    pub data_pool: Option<IpNet>,
+    /// Pair mode: the port the target software listens on at the data
+    /// addresses [default: 3261].
+    #[arg(long, value_name = "PORT")]
+    pub data_port: Option<u16>,
     /// A-priori traffic matrix (CSV: targets across, hosts down, bytes per interval).
     #[arg(long, value_name = "FILE")]
     pub traffic: Option<PathBuf>,
@@ -320,6 +345,46 @@ pub struct ControllerArgs {
     /// Seed of the randomised solvers [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Storage Name Server mode.
+    #[command(flatten)]
+    pub isns_args: IsnsArgs,
+}
+
+/// `sanlb controller`'s iSNS flags (docs/isns.md).
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Storage Name Server (iSNS)")]
+pub struct IsnsArgs {
+    /// Publish the map to this iSNS server (HOST[:PORT], port 3205 by default).
+    #[arg(long = "isns", value_name = "HOST[:PORT]")]
+    pub server: Option<String>,
+    /// A host's initiator address and iSCSI name: the hosts the iSNS server
+    /// answers (repeatable; adds to [controller.isns] hosts).
+    #[arg(long = "host", value_name = "ADDR=IQN", value_parser = host_arg)]
+    pub hosts: Vec<(IpAddr, String)>,
+    /// The iSCSI name the controller speaks to the iSNS server as
+    /// [default: iqn.2026-01.org.sanlb:controller].
+    #[arg(long = "isns-source", value_name = "IQN")]
+    pub source: Option<String>,
+    /// Full iSNS sync at least this often, besides one at every new map [default: 10s].
+    #[arg(long = "isns-period", value_parser = duration)]
+    pub period: Option<Duration>,
+}
+
+/// `--host ADDR=IQN`.
+fn host_arg(s: &str) -> Result<(IpAddr, String), String> {
+    let Some((addr, name)) = s.split_once('=') else {
+        return Err(format!("{s:?}: expected ADDR=IQN"));
+    };
+    let addr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address (ADDR=IQN)"))?;
+    if !sanlb::proto::valid_target_name(name) {
+        return Err(format!(
+            "\"{}\" is not an iSCSI name (1–223 bytes, no spaces or control characters)",
+            sanlb::proto::shown(name)
+        ));
+    }
+    Ok((addr, name.to_owned()))
 }
 
 #[derive(Args, Debug)]

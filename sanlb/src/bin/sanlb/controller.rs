@@ -1,13 +1,14 @@
 //! `sanlb controller`.
 
-use std::{path::Path, process::ExitCode};
+use std::{collections::BTreeSet, path::Path, process::ExitCode};
 
 use anyhow::Context as _;
 use sanlb::{
     cluster::{ClusterError, ElectorConfig, Etcd, StateStore},
-    config::ControllerSection,
+    config::{ControllerSection, IsnsSection},
     controller::{
-        Config, ConfigError, Controller,
+        Config, ConfigError, Controller, PairSettings,
+        isns::IsnsSettings,
         leadership::{Cluster, check_state},
         server::{self, Limits, Options, Server},
         store::Store,
@@ -17,7 +18,11 @@ use sanlb::{
     traffic,
 };
 
-use crate::{FAILURE, args::ControllerArgs, bad_input};
+use crate::{
+    FAILURE,
+    args::{ControllerArgs, IsnsArgs},
+    bad_input,
+};
 
 /// Reads a bearer token: the file's content without surrounding whitespace.
 /// A missing or malformed file is bad input (exit 2).
@@ -99,8 +104,16 @@ pub fn run(args: ControllerArgs, file: &ControllerSection) -> anyhow::Result<Exi
     };
     let mut storage = file.storage.clone();
     storage.extend(args.storage);
-    let mut targets = file.targets.clone();
-    targets.extend(args.targets);
+    // `--target ADDR[=IQN]` adds to the file's `targets` and `target_names`.
+    let mut targets: BTreeSet<_> = file.targets.iter().copied().collect();
+    targets.extend(args.targets.iter().map(|(a, _)| *a));
+    let mut target_names = file.target_names.clone();
+    for (a, n) in &args.targets {
+        targets.insert(*a);
+        if let Some(n) = n {
+            target_names.entry(*a).or_default().push(n.clone());
+        }
+    }
     let cfg = Config {
         interval: args.interval.unwrap_or(file.interval),
         window: args.window.unwrap_or(file.window),
@@ -111,7 +124,7 @@ pub fn run(args: ControllerArgs, file: &ControllerSection) -> anyhow::Result<Exi
         forget_after: args.forget_after.unwrap_or(file.forget_after),
         mode: args.mode.map_or(file.mode, Into::into),
         storage,
-        targets,
+        targets: targets.into_iter().collect(),
         traffic,
         traffic_replace,
         solver: SolverOptions {
@@ -119,9 +132,15 @@ pub fn run(args: ControllerArgs, file: &ControllerSection) -> anyhow::Result<Exi
             time_limit: args.time_limit.unwrap_or(file.time_limit),
             seed: args.seed.unwrap_or(file.seed),
         },
+        pairs: PairSettings {
+            data_pool: args.data_pool.or(file.data_pool),
+            data_port: args.data_port.unwrap_or(file.data_port),
+            target_names,
+        },
     };
     cfg.validate()
         .map_err(|e| bad_input(anyhow::anyhow!(flag_error(&e))))?;
+    let isns = isns_settings(&args.isns_args, &file.isns, &cfg.pairs.target_names)?;
     if limits.max_connections == 0 {
         return Err(bad_input(anyhow::anyhow!("--max-connections must be ≥ 1")));
     }
@@ -143,6 +162,12 @@ pub fn run(args: ControllerArgs, file: &ControllerSection) -> anyhow::Result<Exi
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    if !etcd.is_empty() && isns.is_some() {
+        // A follower would publish its empty map: not wired for a cluster yet.
+        return Err(bad_input(anyhow::anyhow!(
+            "--isns with --etcd is not supported: give --isns to a controller without --etcd"
+        )));
+    }
     let (controller, cluster) = if etcd.is_empty() {
         let state = args.state.unwrap_or_else(|| file.state.clone());
         let controller = Controller::new(cfg, Some(Store::new(&state)), std::time::Instant::now())
@@ -180,6 +205,7 @@ pub fn run(args: ControllerArgs, file: &ControllerSection) -> anyhow::Result<Exi
             tls,
             limits,
             cluster,
+            isns,
         };
         let mut server = Server::start_with(controller, token, listener, options)?;
         tokio::select! {
@@ -243,6 +269,36 @@ fn cluster_error(e: ClusterError) -> anyhow::Error {
         }
         e => anyhow::Error::from(e),
     }
+}
+
+/// `--isns`, `--host`, `--isns-source`, `--isns-period` over
+/// `[controller.isns]`; `None` without a server.
+fn isns_settings(
+    args: &IsnsArgs,
+    file: &IsnsSection,
+    target_names: &std::collections::BTreeMap<std::net::IpAddr, Vec<String>>,
+) -> anyhow::Result<Option<IsnsSettings>> {
+    let mut hosts = file.hosts.clone();
+    hosts.extend(args.hosts.iter().cloned());
+    let Some(server) = args.server.clone().or_else(|| file.server.clone()) else {
+        if !hosts.is_empty() || args.source.is_some() || args.period.is_some() {
+            return Err(bad_input(anyhow::anyhow!(
+                "--host, --isns-source and --isns-period need --isns (or server in [controller.isns])"
+            )));
+        }
+        return Ok(None);
+    };
+    let settings = IsnsSettings {
+        server,
+        source: args.source.clone().unwrap_or_else(|| file.source.clone()),
+        hosts,
+        period: args.period.unwrap_or(file.period),
+        prefix: file.prefix.clone(),
+    };
+    settings
+        .validate(target_names)
+        .map_err(|e| bad_input(anyhow::anyhow!(flag_error(&e))))?;
+    Ok(Some(settings))
 }
 
 /// A configuration error in the words of the command line: the library

@@ -92,7 +92,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         args::Command::Agent(a) => agent::run(a, &file.agent),
         args::Command::Counters(c) => counters::run(c, &file.agent),
-        args::Command::Controller(c) => controller::run(c, &file.controller),
+        args::Command::Controller(c) => controller::run(*c, &file.controller),
         args::Command::Status(s) => status::run(s, &file.status),
         args::Command::Plan(p) => plan::run(p),
         args::Command::Token(t) => token::run(t),

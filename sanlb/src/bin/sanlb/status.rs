@@ -142,12 +142,15 @@ fn render(url: &str, st: &Status) -> String {
     for m in &st.map {
         let route = match m.host {
             Some(h) => format!("{h}→{}", m.target),
+            None if st.mode == sanlb::proto::Mode::Pair => format!("{} (portal)", m.target),
             None => m.target.to_string(),
         };
         let (owner, state) = match &m.ownership {
             Ownership::Unowned => ("-".to_owned(), "unowned"),
             Ownership::Owned { gateway } => (gateway.clone(), "owned"),
             Ownership::Moving { from, to, .. } => (format!("{from}→{to}"), "moving"),
+            Ownership::Holding { from, to, .. } => (format!("{from}→{to}"), "holding"),
+            Ownership::Evicting { from, to, .. } => (format!("{from}→{to}"), "evicting"),
         };
         let _ = writeln!(
             o,
