@@ -66,6 +66,8 @@ fn config() -> Config {
             time_limit: Duration::from_secs(10),
             seed: 1,
         },
+        advise: false,
+        move_cooldown: Duration::ZERO,
     }
 }
 
@@ -300,7 +302,7 @@ fn benches(c: &mut Criterion) {
             t.elapsed()
         })
     });
-    let ctl = loaded();
+    let mut ctl = loaded();
     let job = ctl.start_rebalance(Trigger::Failover).expect("a rebalance");
     assert_eq!(
         (job.problem.gateways.len(), job.problem.routes.len()),

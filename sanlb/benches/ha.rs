@@ -233,6 +233,8 @@ fn saves_per_adopted_map() {
             time_limit: Duration::from_secs(1),
             seed: 1,
         },
+        advise: false,
+        move_cooldown: Duration::ZERO,
     };
     let now = Instant::now();
     let c = Controller::new(cfg, Some(Store::new(&state)), now).unwrap();
@@ -368,9 +370,12 @@ fn big_state(generation: u64) -> Saved {
                 moves: 3,
                 duration_ms: 12.5,
                 solver: Solver::Exact,
+                result: if i % 3 == 0 { "adopted" } else { "kept" }.into(),
+                changes: vec![],
             })
             .collect(),
         data_addresses: vec![],
+        controls: Default::default(),
     }
 }
 

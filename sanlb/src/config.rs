@@ -64,6 +64,8 @@ pub struct ConfigFile {
     pub agent: AgentSection,
     /// `[status]`: `sanlb status`.
     pub status: StatusSection,
+    /// `[control]`: `sanlb pause`, `resume`, `pin`, `unpin`.
+    pub control: ControlSection,
 }
 
 /// Log lines' format.
@@ -194,6 +196,13 @@ pub struct ControllerSection {
     pub etcd_timeout: Duration,
     /// `[controller.isns]`: publish the map to an iSNS server.
     pub isns: IsnsSection,
+    /// Advise mode: compute and show every decision, enforce none.
+    /// Default false.
+    pub advise: bool,
+    /// Minimum time before the same route may move again (failover
+    /// excepted); `"0s"` for none. Default `5m`.
+    #[serde(deserialize_with = "duration")]
+    pub move_cooldown: Duration,
 }
 
 /// `[controller.isns]`: Storage Name Server mode (docs/isns.md).
@@ -267,6 +276,8 @@ impl Default for ControllerSection {
             leader_ttl: crate::cluster::DEFAULT_TTL,
             etcd_timeout: crate::cluster::DEFAULT_TIMEOUT,
             isns: IsnsSection::default(),
+            advise: false,
+            move_cooldown: crate::controller::controls::DEFAULT_MOVE_COOLDOWN,
         }
     }
 }
@@ -312,6 +323,9 @@ pub struct AgentSection {
     pub pin_dir: Option<PathBuf>,
     /// Leave the maps pinned on exit. Default false.
     pub keep_pins: bool,
+    /// Serve the agent's own `/metrics` (no token) on this address, e.g.
+    /// `127.0.0.1:7391`. Default none.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for AgentSection {
@@ -331,6 +345,7 @@ impl Default for AgentSection {
             xdp_mode: XdpAttachMode::Auto,
             pin_dir: None,
             keep_pins: false,
+            metrics_listen: None,
         }
     }
 }
@@ -345,6 +360,18 @@ pub struct StatusSection {
     #[serde(deserialize_with = "urls")]
     pub controller: Vec<String>,
     /// A bearer token, the read-only one (or the agents').
+    pub token_file: Option<PathBuf>,
+    /// CA certificates (PEM) for an `https://` controller.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `[control]`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlSection {
+    /// The controller's URL.
+    pub controller: Option<String>,
+    /// The agents' bearer token (the read-only one may not steer).
     pub token_file: Option<PathBuf>,
     /// CA certificates (PEM) for an `https://` controller.
     pub ca_file: Option<PathBuf>,
@@ -497,6 +524,8 @@ etcd_prefix = "/sanlb/san1/"
 advertise = "http://10.0.0.5:7390"
 leader_ttl = "3s"
 etcd_timeout = "1s"
+advise = true
+move_cooldown = "2m"
 
 [controller.isns]
 server = "10.0.0.9"
@@ -520,10 +549,16 @@ max_flows = 1024
 xdp_mode = "generic"
 pin_dir = "/sys/fs/bpf/x"
 keep_pins = true
+metrics_listen = "127.0.0.1:7391"
 
 [status]
 controller = "https://ctl:7390"
 token_file = "/etc/sanlb/read-token"
+ca_file = "/etc/sanlb/ca.pem"
+
+[control]
+controller = "https://ctl:7390"
+token_file = "/etc/sanlb/token"
 ca_file = "/etc/sanlb/ca.pem"
 "#
         .parse()
@@ -557,11 +592,18 @@ ca_file = "/etc/sanlb/ca.pem"
             c.isns.hosts[&"198.18.0.11".parse::<IpAddr>().unwrap()],
             "iqn.2026-11.test.sanlb:h1"
         );
+        assert!(c.advise);
+        assert_eq!(c.move_cooldown, Duration::from_secs(120));
+        assert_eq!(
+            cfg.control.token_file.as_deref(),
+            Some(Path::new("/etc/sanlb/token"))
+        );
         let a = &cfg.agent;
         assert_eq!(a.controller, ["https://ctl:7390", "https://ctl2:7390"]);
         assert_eq!(a.ports, vec![3260, 3261]);
         assert_eq!(a.xdp_mode, XdpAttachMode::Generic);
         assert_eq!(a.capacity, 2.5);
+        assert_eq!(a.metrics_listen, Some("127.0.0.1:7391".parse().unwrap()));
         assert_eq!(a.garp_interval, Duration::from_millis(100));
         assert_eq!(
             cfg.status.ca_file.as_deref(),

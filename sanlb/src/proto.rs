@@ -5,6 +5,10 @@
 //! | `POST /v1/report` | [`Report`] | [`ReportReply`] (the sender's [`Share`]) |
 //! | `GET /v1/share?gateway=G&after=N&wait_ms=T` | — | [`Share`] once its generation > N, or at T |
 //! | `GET /v1/status` | — | [`Status`] |
+//! | `GET /v1/history` | — | per-gateway load over the last intervals (the status page's chart) |
+//! | `POST /v1/pause`, `/v1/resume` | — | [`ControlsStatus`] |
+//! | `POST /v1/pin` | [`PinRequest`] | [`ControlsStatus`] |
+//! | `POST /v1/unpin` | [`UnpinRequest`] | [`ControlsStatus`] |
 //! | `GET /metrics` | — | Prometheus text format |
 //!
 //! Every request carries `Authorization: Bearer <token>`; errors are
@@ -488,6 +492,9 @@ pub struct Status {
     /// Pair mode: the data address of each (entity, gateway).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub data_addresses: Vec<DataAddress>,
+    /// Advise mode and the operator's controls (pause, pins, cool-down).
+    #[serde(default)]
+    pub controls: ControlsStatus,
 }
 
 /// A controller's place in a cluster of controllers (etcd).
@@ -520,6 +527,85 @@ pub struct DataAddress {
     pub address: IpAddr,
 }
 
+/// Most route changes a [`RebalanceRecord`] lists (its `moves` counts all).
+pub const MAX_RECORDED_CHANGES: usize = 64;
+
+/// One route a rebalance moved, or would have moved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteChange {
+    /// Storage address.
+    pub target: IpAddr,
+    /// Host, in pair mode.
+    #[serde(default)]
+    pub host: Option<IpAddr>,
+    /// The gateway it was assigned to (`None`: none).
+    pub from: Option<String>,
+    /// The gateway the proposal gives it.
+    pub to: String,
+}
+
+/// The operator's controls as `GET /v1/status` shows them (and the reply
+/// to every control request).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ControlsStatus {
+    /// Advise mode (`--advise`): every decision is computed and recorded,
+    /// none is enforced.
+    pub advise: bool,
+    /// Periodic rebalancing paused (`sanlb pause`) since this Unix time, ms;
+    /// failover still acts.
+    pub paused_since_ms: Option<u64>,
+    /// Routes pinned to a gateway (`sanlb pin`).
+    pub pins: Vec<PinStatus>,
+    /// Minimum time between two moves of the same route, ms (failover
+    /// excepted).
+    pub move_cooldown_ms: u64,
+    /// Routes that moved within the cool-down, and how long until they
+    /// may move again.
+    pub cooling: Vec<CoolingRoute>,
+}
+
+/// A pin in [`ControlsStatus`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinStatus {
+    /// The storage address (every route of it, in pair mode).
+    pub target: IpAddr,
+    /// The only gateway it may use while that gateway is alive.
+    pub gateway: String,
+    /// Unix time of the pin, ms.
+    pub since_ms: u64,
+}
+
+/// A route in its cool-down.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoolingRoute {
+    /// Storage address.
+    pub target: IpAddr,
+    /// Host, in pair mode.
+    #[serde(default)]
+    pub host: Option<IpAddr>,
+    /// Milliseconds until it may move again.
+    pub remaining_ms: u64,
+}
+
+/// `POST /v1/pin`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinRequest {
+    /// A storage address the controller manages.
+    pub target: IpAddr,
+    /// A gateway the controller knows.
+    pub gateway: String,
+}
+
+/// `POST /v1/unpin`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnpinRequest {
+    /// The pinned storage address.
+    pub target: IpAddr,
+}
+
 /// One gateway in [`Status`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GatewayStatus {
@@ -533,7 +619,8 @@ pub struct GatewayStatus {
     pub last_report_ms: Option<u64>,
     /// Sum of the rates of the routes the map gives it, bytes/s.
     pub load: f64,
-    /// `load / capacity`.
+    /// Load per unit of capacity over the mean of that over the alive
+    /// gateways: 1 is an even share (0 when nothing flows).
     pub utilisation: f64,
     /// Generation it last applied.
     pub applied: u64,
@@ -548,6 +635,42 @@ pub struct GatewayStatus {
     /// forgotten.
     #[serde(default)]
     pub forget_in_ms: Option<u64>,
+}
+
+/// `GET /v1/history`: per-gateway load at the end of each of the last
+/// intervals, oldest first (the status page's chart).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    /// Rebalance interval, ms (one sample each).
+    pub interval_ms: u64,
+    /// The samples.
+    pub samples: Vec<HistorySample>,
+}
+
+/// One sample of [`History`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistorySample {
+    /// Unix time, ms.
+    pub at_ms: u64,
+    /// Generation then.
+    pub generation: u64,
+    /// var_norm of the map then.
+    pub var_norm: f64,
+    /// Gateways then.
+    pub gateways: Vec<GatewayLoad>,
+}
+
+/// A gateway in a [`HistorySample`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GatewayLoad {
+    /// Name.
+    pub name: String,
+    /// Alive then.
+    pub alive: bool,
+    /// Load, bytes/s.
+    pub load: f64,
+    /// Utilisation (as in [`GatewayStatus`]).
+    pub utilisation: f64,
 }
 
 /// A second agent run under a gateway name (see `controller` docs).
@@ -661,10 +784,15 @@ pub struct RebalanceRecord {
     pub at_ms: u64,
     /// Generation after the decision.
     pub generation: u64,
-    /// Why it ran: `interval`, `failover`.
+    /// Why it ran: `interval`, `failover`, `pin`.
     pub trigger: String,
     /// Whether the new map was adopted.
     pub adopted: bool,
+    /// The decision: `adopted`, `kept`, `superseded`, `paused` (a periodic
+    /// rebalance while paused) or `advised` (advise mode); empty in records
+    /// of older controllers.
+    #[serde(default)]
+    pub result: String,
     /// Why (adopted or not), for people.
     pub reason: String,
     /// Cost of the map in force (`None`: it had routes on dead gateways or
@@ -682,4 +810,8 @@ pub struct RebalanceRecord {
     pub duration_ms: f64,
     /// Algorithm of the proposal.
     pub solver: Solver,
+    /// The routes it moves (or would move), at most
+    /// [`MAX_RECORDED_CHANGES`] of them.
+    #[serde(default)]
+    pub changes: Vec<RouteChange>,
 }

@@ -94,6 +94,7 @@ fn saved(generation: u64) -> Saved {
         )],
         history: vec![],
         data_addresses: vec![],
+        controls: Default::default(),
     }
 }
 

@@ -43,6 +43,14 @@ const PACKAGES: &[&str] = &[
     // etcdctl: the lab's HA test watches sanlb's keys with it (and the docs
     // use it to read them).
     "etcd-client",
+    // The status page's browser test (headless Chromium over WebDriver) and
+    // the metrics' checks: promtool, and a Prometheus that scrapes the lab
+    // and answers the Grafana dashboard's queries (sanlb/tests/control/page.rs,
+    // xtask/tests/observe.rs).
+    "chromium",
+    "chromium-driver",
+    "prometheus",
+    "curl",
 ];
 
 /// The bpf-linker release this workspace is built and tested with.

@@ -20,7 +20,9 @@ use std::{
 
 use reqwest::StatusCode;
 
-use crate::proto::{ApiError, Report, ReportReply, Share, Status};
+use crate::proto::{
+    ApiError, ControlsStatus, PinRequest, Report, ReportReply, Share, Status, UnpinRequest,
+};
 
 /// Errors talking to the controller.
 #[derive(Debug, thiserror::Error)]
@@ -317,5 +319,28 @@ impl Client {
     pub async fn status(&self) -> Result<Status, ClientError> {
         self.send("/v1/status", |url| self.http.get(url).timeout(self.timeout))
             .await
+    }
+
+    /// `POST /v1/pause` (`resume: false`) or `/v1/resume`.
+    pub async fn pause(&self, resume: bool) -> Result<ControlsStatus, ClientError> {
+        let path = if resume { "/v1/resume" } else { "/v1/pause" };
+        self.send(path, |url| self.http.post(url).timeout(self.timeout))
+            .await
+    }
+
+    /// `POST /v1/pin`.
+    pub async fn pin(&self, req: &PinRequest) -> Result<ControlsStatus, ClientError> {
+        self.send("/v1/pin", |url| {
+            self.http.post(url).json(req).timeout(self.timeout)
+        })
+        .await
+    }
+
+    /// `POST /v1/unpin`.
+    pub async fn unpin(&self, req: &UnpinRequest) -> Result<ControlsStatus, ClientError> {
+        self.send("/v1/unpin", |url| {
+            self.http.post(url).json(req).timeout(self.timeout)
+        })
+        .await
     }
 }

@@ -22,6 +22,7 @@
 //!   ended (`pairs.rs`).
 
 pub mod client;
+pub mod metrics;
 pub mod pairs;
 
 use std::{
@@ -36,7 +37,7 @@ pub use pairs::{PairOptions, SessionEnder, ShareDirector, SockDiag};
 use tracing::Instrument as _;
 
 use crate::{
-    dataplane::{Dataplane, DataplaneError, PinnedMaps, Snapshot},
+    dataplane::{Dataplane, DataplaneError, PinnedMaps, Snapshot, Stats},
     enforce::{AddressOwner, reconcile},
     proto::{EnforceCounters, Flow, MAX_FLOWS_PER_REPORT, Report, Share},
 };
@@ -56,10 +57,19 @@ pub enum AgentError {
     Owned(#[source] crate::enforce::EnforceError),
 }
 
+/// The programs' statistics: (ingress, egress).
+pub type HookStats = (Stats, Stats);
+
 /// Where an agent's cumulative counters come from.
 pub trait CounterSource: Send {
     /// The cumulative counters now.
     fn flows(&mut self) -> Result<Vec<Flow>, AgentError>;
+
+    /// The counters with the programs' statistics (ingress, egress), for
+    /// the agent's `/metrics`; sources without programs have none.
+    fn read(&mut self) -> Result<(Vec<Flow>, Option<HookStats>), AgentError> {
+        Ok((self.flows()?, None))
+    }
 }
 
 fn snapshot_flows(s: Snapshot) -> Vec<Flow> {
@@ -74,10 +84,21 @@ fn snapshot_flows(s: Snapshot) -> Vec<Flow> {
         .collect()
 }
 
+fn snapshot_read(s: Snapshot) -> (Vec<Flow>, Option<HookStats>) {
+    let hooks = (s.ingress, s.egress);
+    (snapshot_flows(s), Some(hooks))
+}
+
 impl CounterSource for Dataplane {
     fn flows(&mut self) -> Result<Vec<Flow>, AgentError> {
         self.snapshot()
             .map(snapshot_flows)
+            .map_err(AgentError::Counters)
+    }
+
+    fn read(&mut self) -> Result<(Vec<Flow>, Option<HookStats>), AgentError> {
+        self.snapshot()
+            .map(snapshot_read)
             .map_err(AgentError::Counters)
     }
 }
@@ -86,6 +107,12 @@ impl CounterSource for PinnedMaps {
     fn flows(&mut self) -> Result<Vec<Flow>, AgentError> {
         self.snapshot()
             .map(snapshot_flows)
+            .map_err(AgentError::Counters)
+    }
+
+    fn read(&mut self) -> Result<(Vec<Flow>, Option<HookStats>), AgentError> {
+        self.snapshot()
+            .map(snapshot_read)
             .map_err(AgentError::Counters)
     }
 }
@@ -131,6 +158,7 @@ pub struct Agent<C, A> {
     /// Pair mode, when enabled.
     pairs: Option<pairs::PairSide>,
     no_pairs_warned: bool,
+    stats: metrics::SharedStats,
 }
 
 impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
@@ -153,6 +181,7 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
             truncated_warned: false,
             pairs: None,
             no_pairs_warned: false,
+            stats: metrics::SharedStats::default(),
         }
     }
 
@@ -176,6 +205,16 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
             .as_ref()
             .map(pairs::PairSide::portal_listening)
             .unwrap_or_default()
+    }
+
+    /// What `/metrics` shows, updated by the loop ([`metrics::serve`]).
+    pub fn stats(&self) -> metrics::SharedStats {
+        self.stats.clone()
+    }
+
+    fn note(&self, f: impl FnOnce(&mut metrics::AgentStats)) {
+        let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut s);
     }
 
     /// Generation of the last share applied completely.
@@ -206,13 +245,47 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
 
     async fn report_and_apply(&mut self) -> Result<bool, AgentError> {
         let report = self.build_report().await?;
-        let reply = self.client.report(&report).await?;
-        Ok(self.apply(&reply.share).await)
+        let reply = match self.client.report(&report).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.note(|s| {
+                    s.report_failures += 1;
+                    s.reachable = false;
+                });
+                return Err(e.into());
+            }
+        };
+        let held = report.owned.len();
+        self.note(|s| {
+            s.reports += 1;
+            s.reachable = true;
+            s.held = held;
+        });
+        let applied = self.apply(&reply.share).await;
+        let (g, e) = (self.applied, self.enforce);
+        self.note(|s| {
+            s.applied = g;
+            s.enforce = e;
+        });
+        Ok(applied)
     }
 
     async fn build_report(&mut self) -> Result<Report, AgentError> {
-        match self.counters.flows() {
-            Ok(mut flows) => {
+        match self.counters.read() {
+            Ok((mut flows, hooks)) => {
+                let bytes = flows.iter().fold([0u64; 2], |acc, f| {
+                    [
+                        acc[0].wrapping_add(f.to_target_bytes),
+                        acc[1].wrapping_add(f.to_initiator_bytes),
+                    ]
+                });
+                let (n, gateway) = (flows.len(), self.cfg.gateway.clone());
+                self.note(|s| {
+                    s.gateway = gateway;
+                    s.hooks = hooks;
+                    s.flows = n;
+                    s.bytes = bytes;
+                });
                 if flows.len() > MAX_FLOWS_PER_REPORT {
                     if !self.truncated_warned {
                         tracing::warn!(
@@ -231,6 +304,7 @@ impl<C: CounterSource, A: AddressOwner> Agent<C, A> {
                 self.last_read_ms = self.started.elapsed().as_millis() as u64;
             }
             Err(e) => {
+                self.note(|s| s.read_failures += 1);
                 tracing::warn!(error = %crate::error_chain(&e), "reading the counters failed: resending the last ones");
             }
         }

@@ -200,6 +200,7 @@ mod tests {
             rates: vec![],
             history: vec![],
             data_addresses: vec![],
+            controls: Default::default(),
         }
     }
 

@@ -39,6 +39,11 @@ pub struct Config {
     pub solver: Options,
     /// Pair mode: data addresses, the data port, target names.
     pub pairs: PairSettings,
+    /// Advise mode: compute and record every decision, enforce none.
+    pub advise: bool,
+    /// Minimum time between two moves of the same route (failover
+    /// excepted); zero: none.
+    pub move_cooldown: Duration,
 }
 
 /// A setting with a value the controller cannot run with. `setting` is the
@@ -76,6 +81,9 @@ impl Config {
         }
         if self.forget_after < self.lease {
             return bad("forget_after", "must be at least the lease");
+        }
+        if self.move_cooldown > super::controls::MAX_MOVE_COOLDOWN {
+            return bad("move_cooldown", "must be at most 24h");
         }
         if self.window == 0 {
             return bad("window", "must be ≥ 1");

@@ -1,10 +1,14 @@
 //! The controller's HTTP API (see [`crate::proto`] for the endpoints).
 //!
-//! Who may do what: the agents' token may do everything; the read-only
-//! token only `GET /v1/status` and `GET /metrics`; `GET /healthz` needs no
-//! token and says nothing but whether the server is up. Every refusal,
-//! including unknown paths (404), wrong methods (405) and oversized heads
-//! (431), has a `{"error": …}` body.
+//! Who may do what: the agents' token may do everything (reports, shares,
+//! the controls `POST /v1/pause`, `/v1/resume`, `/v1/pin`, `/v1/unpin`);
+//! the read-only token, and a browser session of the status page
+//! ([`super::page`]), only read (`GET /v1/status`, `/v1/history`,
+//! `/metrics`, the page); `GET /healthz` needs no token and says nothing but
+//! whether the server is up. Every refusal, including unknown paths (404),
+//! wrong methods (405) and oversized heads (431), has a `{"error": …}`
+//! body. Refusals of the agents' endpoints count as report errors, the
+//! others (a scrape or a page without a token) apart.
 
 use std::{
     net::SocketAddr,
@@ -13,7 +17,7 @@ use std::{
 };
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     body::Body,
     extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State, rejection::JsonRejection},
     http::{StatusCode, Uri, header},
@@ -25,10 +29,12 @@ use http_body_util::BodyExt as _;
 use serde::Deserialize;
 
 use super::{
-    Controller, IngestError, leadership::ClusterView, metrics, server::DEFAULT_BODY_TIMEOUT,
+    Controller, IngestError, controls::ControlError, leadership::ClusterView, metrics, page,
+    server::DEFAULT_BODY_TIMEOUT,
 };
 use crate::proto::{
-    ApiError, MAX_BODY_BYTES, MAX_NAME_LEN, MAX_WAIT_MS, Report, ReportReply, Share, Status, shown,
+    ApiError, ControlsStatus, History, MAX_BODY_BYTES, MAX_NAME_LEN, MAX_WAIT_MS, PinRequest,
+    Report, ReportReply, Share, Status, UnpinRequest, shown,
 };
 
 /// Most header fields a request may carry (`431` beyond).
@@ -46,6 +52,8 @@ pub struct Access {
     pub read_token: Option<String>,
     /// Longest wait for a request's whole body (`408` after).
     pub body_timeout: Duration,
+    /// Mark the status page's session cookie `Secure` (served over HTTPS).
+    pub secure_cookies: bool,
 }
 
 /// What the handlers share.
@@ -58,6 +66,7 @@ pub struct AppState {
     closing: tokio::sync::watch::Sender<bool>,
     /// The cluster's view, when the state lives in etcd (`leadership.rs`).
     pub(super) cluster: Option<ClusterView>,
+    sessions: page::Sessions,
 }
 
 impl AppState {
@@ -69,6 +78,7 @@ impl AppState {
                 token,
                 read_token: None,
                 body_timeout: DEFAULT_BODY_TIMEOUT,
+                secure_cookies: false,
             },
         )
     }
@@ -91,7 +101,36 @@ impl AppState {
             access,
             closing: tokio::sync::watch::channel(false).0,
             cluster,
+            sessions: page::Sessions::default(),
         })
+    }
+
+    /// Whether `token` is one of the controller's (either may open a
+    /// read-only session of the status page).
+    pub fn is_token(&self, token: &str) -> bool {
+        let is = |t: &str| same_token(token.as_bytes(), t.as_bytes());
+        is(&self.access.token) || self.access.read_token.as_deref().is_some_and(is)
+    }
+
+    /// Whether a request may read: a token, or an open page session.
+    pub fn may_read(&self, headers: &axum::http::HeaderMap) -> bool {
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        bearer.is_some_and(|t| self.is_token(t))
+            || page::session_cookie(headers)
+                .is_some_and(|id| self.sessions.valid(id, Instant::now()))
+    }
+
+    /// The status page's sessions.
+    pub fn sessions(&self) -> &page::Sessions {
+        &self.sessions
+    }
+
+    /// Whether session cookies are `Secure`.
+    pub fn secure_cookies(&self) -> bool {
+        self.access.secure_cookies
     }
 
     /// Ends long polls and timers: the server is going down.
@@ -134,6 +173,11 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/report", post(report))
         .route("/v1/share", get(share))
         .route("/v1/status", get(status))
+        .route("/v1/history", get(history))
+        .route("/v1/pause", post(pause))
+        .route("/v1/resume", post(resume))
+        .route("/v1/pin", post(pin))
+        .route("/v1/unpin", post(unpin))
         .route("/metrics", get(metrics_text))
         .method_not_allowed_fallback(method_not_allowed)
         // Outermost first when a request comes in: auth, then the body.
@@ -143,6 +187,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .method_not_allowed_fallback(method_not_allowed)
+        .merge(page::routes())
         .merge(api)
         .fallback(not_found)
         .layer(middleware::from_fn(head_limits))
@@ -177,8 +222,30 @@ enum Need {
 
 fn need(path: &str) -> Need {
     match path {
-        "/v1/status" | "/metrics" => Need::Read,
+        "/v1/status" | "/v1/history" | "/metrics" => Need::Read,
         _ => Need::Agent,
+    }
+}
+
+/// The label a refused request is counted under: `None` for the agents'
+/// endpoints (report errors), else the endpoint (`sanlb_http_refused_total`).
+fn endpoint(path: &str) -> Option<&'static str> {
+    match path {
+        "/v1/report" | "/v1/share" => None,
+        "/v1/status" => Some("status"),
+        "/v1/history" => Some("history"),
+        "/metrics" => Some("metrics"),
+        "/v1/pause" | "/v1/resume" | "/v1/pin" | "/v1/unpin" => Some("control"),
+        _ => Some("other"),
+    }
+}
+
+/// Counts a refusal where it belongs (see [`endpoint`]).
+fn count(state: &AppState, path: &str, reason: &str) {
+    let mut c = state.lock();
+    match endpoint(path) {
+        None => c.count_error(reason),
+        Some(e) => c.count_refused(e, reason),
     }
 }
 
@@ -190,7 +257,12 @@ async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
         .and_then(|v| v.strip_prefix("Bearer "));
     let access = &state.access;
     let is = |t: &str| presented.is_some_and(|p| same_token(p.as_bytes(), t.as_bytes()));
-    let reader = access.read_token.as_deref().is_some_and(is);
+    // A page session reads, whichever token opened it.
+    let read_token = access.read_token.as_deref().is_some_and(is);
+    let session = presented.is_none()
+        && page::session_cookie(req.headers())
+            .is_some_and(|id| state.sessions.valid(id, Instant::now()));
+    let reader = read_token || session;
     if is(&access.token) || (reader && need(req.uri().path()) == Need::Read) {
         return next.run(req).await;
     }
@@ -201,11 +273,17 @@ async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
         .unwrap_or_else(|| "unknown".into());
     let path = req.uri().path().to_owned();
     if reader {
-        tracing::warn!(%peer, %path, "refused: the read-only token cannot {} {path}", req.method());
-        state.lock().count_error("forbidden");
+        let who = if read_token {
+            "the read-only token"
+        } else {
+            "a page session"
+        };
+        let method = req.method();
+        tracing::warn!(%peer, %path, "refused: {who} cannot {method} {path}");
+        count(&state, &path, "forbidden");
         return error(
             StatusCode::FORBIDDEN,
-            format!("the read-only token cannot {} {path}", req.method()),
+            format!("{who} cannot {method} {path}"),
         );
     }
     let why = if presented.is_some() {
@@ -214,7 +292,7 @@ async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
         "no bearer token"
     };
     tracing::warn!(%peer, %path, "refused: {why}");
-    state.lock().count_error("unauthorized");
+    count(&state, &path, "unauthorized");
     let mut resp = error(StatusCode::UNAUTHORIZED, why);
     resp.headers_mut().insert(
         header::WWW_AUTHENTICATE,
@@ -234,7 +312,7 @@ async fn read_body(State(state): State<Arc<AppState>>, req: Request, next: Next)
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             tracing::warn!(path = %parts.uri.path(), "refused: body larger than {MAX_BODY_BYTES} bytes");
-            state.lock().count_error("body_too_large");
+            count(&state, parts.uri.path(), "body_too_large");
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("body larger than {MAX_BODY_BYTES} bytes"),
@@ -242,12 +320,12 @@ async fn read_body(State(state): State<Arc<AppState>>, req: Request, next: Next)
         }
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "reading a request body");
-            state.lock().count_error("body_read");
+            count(&state, parts.uri.path(), "body_read");
             return error(StatusCode::BAD_REQUEST, format!("reading the body: {e}"));
         }
         Err(_) => {
             tracing::warn!(path = %parts.uri.path(), "refused: body not received within {deadline:?}");
-            state.lock().count_error("body_timeout");
+            count(&state, parts.uri.path(), "body_timeout");
             let mut resp = error(
                 StatusCode::REQUEST_TIMEOUT,
                 format!("body not received within {deadline:?}"),
@@ -420,6 +498,92 @@ async fn status(State(state): State<Arc<AppState>>, uri: Uri) -> Response {
     let mut st = state.lock().status(Instant::now());
     st.cluster = state.cluster_status();
     Json::<Status>(st).into_response()
+}
+
+async fn history(State(state): State<Arc<AppState>>) -> Json<History> {
+    Json(state.lock().history())
+}
+
+fn peer_of(info: Option<Extension<ConnectInfo<SocketAddr>>>) -> String {
+    info.map_or_else(|| "unknown".into(), |c| c.0.0.to_string())
+}
+
+/// The reply to a control: the controls in force, or why not.
+fn control_reply(peer: &str, what: &str, r: Result<ControlsStatus, ControlError>) -> Response {
+    match r {
+        Ok(c) => {
+            tracing::info!(%peer, "control: {what}");
+            Json(c).into_response()
+        }
+        Err(e) => {
+            tracing::warn!(%peer, "control refused: {what}: {e}");
+            let status = match e {
+                ControlError::NotPersisted => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            error(status, e.to_string())
+        }
+    }
+}
+
+/// A control's JSON body, or the refusal (counted apart from report errors).
+fn control_body<T>(
+    state: &AppState,
+    body: Result<Json<T>, JsonRejection>,
+) -> Result<T, Box<Response>> {
+    body.map(|Json(b)| b).map_err(|rej| {
+        state.lock().count_refused("control", "malformed");
+        Box::new(error(rej.status(), rej.body_text()))
+    })
+}
+
+async fn pause(
+    State(state): State<Arc<AppState>>,
+    info: Option<Extension<ConnectInfo<SocketAddr>>>,
+) -> Response {
+    let r = state.lock().pause(Instant::now());
+    control_reply(&peer_of(info), "pause", r)
+}
+
+async fn resume(
+    State(state): State<Arc<AppState>>,
+    info: Option<Extension<ConnectInfo<SocketAddr>>>,
+) -> Response {
+    let r = state.lock().resume(Instant::now());
+    control_reply(&peer_of(info), "resume", r)
+}
+
+async fn pin(
+    State(state): State<Arc<AppState>>,
+    info: Option<Extension<ConnectInfo<SocketAddr>>>,
+    body: Result<Json<PinRequest>, JsonRejection>,
+) -> Response {
+    let req = match control_body(&state, body) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    let r = state.lock().pin(req.target, &req.gateway, Instant::now());
+    let what = format!("pin {} to {}", req.target, shown(&req.gateway));
+    if r.is_err() {
+        state.lock().count_refused("control", "invalid");
+    }
+    control_reply(&peer_of(info), &what, r)
+}
+
+async fn unpin(
+    State(state): State<Arc<AppState>>,
+    info: Option<Extension<ConnectInfo<SocketAddr>>>,
+    body: Result<Json<UnpinRequest>, JsonRejection>,
+) -> Response {
+    let req = match control_body(&state, body) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    let r = state.lock().unpin(req.target, Instant::now());
+    if r.is_err() {
+        state.lock().count_refused("control", "invalid");
+    }
+    control_reply(&peer_of(info), &format!("unpin {}", req.target), r)
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {

@@ -508,6 +508,8 @@ mod tests {
                 target_names: [(ip("198.18.1.1"), vec![T1.to_owned()])].into(),
                 ..PairSettings::default()
             },
+            advise: false,
+            move_cooldown: Duration::ZERO,
         }
     }
 

@@ -5,21 +5,62 @@
 //! window, the counters), so a metrics registry would only duplicate it and
 //! have to be kept in sync, including removing series of routes that left.
 
-use std::{fmt::Write as _, time::Instant};
+use std::{collections::BTreeMap, fmt::Write as _, time::Instant};
 
 use super::Controller;
 
 /// Content type of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-struct Out(String);
+/// Upper bounds (seconds) of the solver-time histogram's buckets: the
+/// optimiser's time limit is 1 s by default, a few ms for small maps.
+pub const SOLVE_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A Prometheus histogram of solver times (cumulative buckets when
+/// rendered).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Histogram {
+    /// Observations per bucket of [`SOLVE_BUCKETS`] (not cumulative); the
+    /// last one counts those above every bound.
+    pub buckets: [u64; SOLVE_BUCKETS.len() + 1],
+    /// Sum of the observations.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl Histogram {
+    /// Adds one observation (seconds).
+    pub fn observe(&mut self, v: f64) {
+        let i = SOLVE_BUCKETS
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(SOLVE_BUCKETS.len());
+        self.buckets[i] += 1;
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+/// The build as a label set: `version` and `commit`.
+pub fn build_labels() -> [(&'static str, &'static str); 2] {
+    [
+        ("version", env!("CARGO_PKG_VERSION")),
+        ("commit", env!("SANLB_COMMIT")),
+    ]
+}
+
+/// Prometheus text being written (also the agent's `/metrics`).
+pub(crate) struct Out(pub(crate) String);
 
 impl Out {
-    fn head(&mut self, name: &str, kind: &str, help: &str) {
+    pub(crate) fn head(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+    pub(crate) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
         self.0.push_str(name);
         if !labels.is_empty() {
             self.0.push('{');
@@ -34,19 +75,19 @@ impl Out {
         let _ = writeln!(self.0, " {}", number(value));
     }
 
-    fn one(&mut self, name: &str, kind: &str, help: &str, value: f64) {
+    pub(crate) fn one(&mut self, name: &str, kind: &str, help: &str, value: f64) {
         self.head(name, kind, help);
         self.sample(name, &[], value);
     }
 }
 
-fn escape(v: &str) -> String {
+pub(crate) fn escape(v: &str) -> String {
     v.replace('\\', r"\\")
         .replace('"', "\\\"")
         .replace('\n', r"\n")
 }
 
-fn number(v: f64) -> String {
+pub(crate) fn number(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v.is_infinite() {
@@ -65,6 +106,12 @@ pub fn render(c: &Controller, now: Instant) -> String {
     let st = c.status(now);
     let k = c.events();
     let mut o = Out(String::with_capacity(4096));
+    o.head(
+        "sanlb_build_info",
+        "gauge",
+        "Always 1: the version and commit of this controller.",
+    );
+    o.sample("sanlb_build_info", &build_labels(), 1.0);
     o.one(
         "sanlb_generation",
         "gauge",
@@ -74,7 +121,7 @@ pub fn render(c: &Controller, now: Instant) -> String {
     o.one(
         "sanlb_var_norm",
         "gauge",
-        "Normalised variance of gateway utilisation under the current map.",
+        "Normalised variance of gateway utilisation under the current map (the population variance of sanlb_gateway_utilisation over alive gateways).",
         st.var_norm,
     );
     o.one(
@@ -123,7 +170,7 @@ pub fn render(c: &Controller, now: Instant) -> String {
     o.head(
         "sanlb_gateway_utilisation",
         "gauge",
-        "Load divided by capacity.",
+        "Load per unit of capacity over the mean of that over alive gateways: 1 is an even share.",
     );
     for g in &st.gateways {
         o.sample(
@@ -131,6 +178,22 @@ pub fn render(c: &Controller, now: Instant) -> String {
             &[("gateway", &g.name)],
             g.utilisation,
         );
+    }
+    o.head(
+        "sanlb_gateway_bytes_total",
+        "counter",
+        "iSCSI bytes counted from the gateway's reports since the controller started, by direction (to_target: host to storage; to_initiator: storage to host).",
+    );
+    for g in &st.gateways {
+        if let Some(t) = c.rates.bytes_total(&g.name) {
+            for (dir, v) in [("to_target", t[0]), ("to_initiator", t[1])] {
+                o.sample(
+                    "sanlb_gateway_bytes_total",
+                    &[("gateway", &g.name), ("direction", dir)],
+                    v as f64,
+                );
+            }
+        }
     }
     o.head(
         "sanlb_gateway_routes",
@@ -232,16 +295,76 @@ pub fn render(c: &Controller, now: Instant) -> String {
         "counter",
         "Rebalance decisions by result.",
     );
-    for result in ["adopted", "kept", "superseded"] {
+    for result in ["adopted", "kept", "superseded", "paused", "advised"] {
         let n = k.rebalances.get(result).copied().unwrap_or(0);
         o.sample("sanlb_rebalances_total", &[("result", result)], n as f64);
     }
-    o.one(
+    let h = &k.solve_times;
+    o.head(
         "sanlb_rebalance_duration_seconds",
-        "gauge",
-        "Solver time of the last rebalance.",
-        k.last_solve_s,
+        "histogram",
+        "Solver time of rebalances.",
     );
+    let mut cumulative = 0;
+    for (i, le) in SOLVE_BUCKETS.iter().enumerate() {
+        cumulative += h.buckets[i];
+        o.sample(
+            "sanlb_rebalance_duration_seconds_bucket",
+            &[("le", &number(*le))],
+            cumulative as f64,
+        );
+    }
+    o.sample(
+        "sanlb_rebalance_duration_seconds_bucket",
+        &[("le", "+Inf")],
+        h.count as f64,
+    );
+    o.sample("sanlb_rebalance_duration_seconds_sum", &[], h.sum);
+    o.sample(
+        "sanlb_rebalance_duration_seconds_count",
+        &[],
+        h.count as f64,
+    );
+    let ctl = &st.controls;
+    o.one(
+        "sanlb_advise_mode",
+        "gauge",
+        "1 in advise mode: decisions are computed and recorded, none enforced.",
+        f64::from(u8::from(ctl.advise)),
+    );
+    o.one(
+        "sanlb_rebalancing_paused",
+        "gauge",
+        "1 while periodic rebalancing is paused by the operator (failover and pins still act).",
+        f64::from(u8::from(ctl.paused_since_ms.is_some())),
+    );
+    o.one(
+        "sanlb_pinned_targets",
+        "gauge",
+        "Storage addresses pinned to a gateway by the operator.",
+        ctl.pins.len() as f64,
+    );
+    o.one(
+        "sanlb_routes_cooling",
+        "gauge",
+        "Routes that moved within the move cool-down (they stay where they are unless failover moves them).",
+        ctl.cooling.len() as f64,
+    );
+    o.one(
+        "sanlb_withheld_moves",
+        "gauge",
+        "Moves of the newest decision withheld by advise mode or pause (0 before any).",
+        c.controls.withheld_moves as f64,
+    );
+    o.head(
+        "sanlb_controls_total",
+        "counter",
+        "Operator controls applied, by action.",
+    );
+    for action in ["pause", "resume", "pin", "unpin"] {
+        let n = c.controls.actions.get(action).copied().unwrap_or(0);
+        o.sample("sanlb_controls_total", &[("action", action)], n as f64);
+    }
     o.one(
         "sanlb_gateway_deaths_total",
         "counter",
@@ -263,12 +386,35 @@ pub fn render(c: &Controller, now: Instant) -> String {
     o.head(
         "sanlb_report_errors_total",
         "counter",
-        "Requests refused, by reason.",
+        "Agents' requests (reports, share polls) refused, by reason.",
     );
+    // The common reasons start at 0, so that rate() has a series before
+    // the first refusal.
+    let mut errors: BTreeMap<&str, u64> = [
+        "unauthorized",
+        "forbidden",
+        "malformed_json",
+        "invalid_field",
+        "boot_conflict",
+    ]
+    .into_iter()
+    .map(|r| (r, 0))
+    .collect();
     for (reason, n) in &k.errors {
+        errors.insert(reason, *n);
+    }
+    for (reason, n) in errors {
+        o.sample("sanlb_report_errors_total", &[("reason", reason)], n as f64);
+    }
+    o.head(
+        "sanlb_http_refused_total",
+        "counter",
+        "Other requests refused (status, metrics, the page, its login, controls), by endpoint and reason.",
+    );
+    for ((endpoint, reason), n) in &k.refused {
         o.sample(
-            "sanlb_report_errors_total",
-            &[("reason", reason)],
+            "sanlb_http_refused_total",
+            &[("endpoint", endpoint), ("reason", reason)],
             *n as f64,
         );
     }

@@ -15,7 +15,10 @@
 //! | Storage Name Server mode: the map published to an iSNS server | `isns.rs` |
 //! | counters → rates over the window | `rates.rs` |
 //! | when and whether a new map is adopted | `rebalance.rs` |
+//! | advise mode, pause, pins, the move cool-down | `controls.rs` |
 //! | the status read model | `view.rs` |
+//! | the load history of the status page | `trend.rs` |
+//! | the status page (`/`) and its sessions | `page.rs`, `page/` |
 //! | lease checks, the rebalance period, solves off the timer path | `timers.rs` |
 //! | the state file | `store.rs` |
 //! | where the state lives (nowhere, the file, etcd) and when it is durable | `persist.rs` |
@@ -32,12 +35,14 @@
 //! memory).
 
 mod config;
+pub mod controls;
 mod gateways;
 pub mod http;
 pub mod isns;
 pub mod leadership;
 pub mod metrics;
 mod ownership;
+pub mod page;
 mod pairs;
 mod persist;
 pub mod rates;
@@ -45,6 +50,7 @@ mod rebalance;
 pub mod server;
 pub mod store;
 mod timers;
+mod trend;
 mod view;
 
 use std::{
@@ -177,6 +183,11 @@ pub struct Events {
     pub catch_ups: u64,
     /// Pair moves whose old gateway was told to end their connections.
     pub pair_evictions: u64,
+    /// Solver times (the histogram of `/metrics`).
+    pub solve_times: metrics::Histogram,
+    /// Requests refused other than the agents' (status, metrics, the page,
+    /// controls), by (endpoint, reason).
+    pub refused: BTreeMap<(&'static str, String), u64>,
 }
 
 /// The controller's state machine.
@@ -214,6 +225,8 @@ pub struct Controller {
     exhausted: bool,
     persist_failed: bool,
     notify: tokio::sync::watch::Sender<u64>,
+    controls: controls::Controls,
+    trend: trend::Trend,
 }
 
 impl Controller {
@@ -273,6 +286,8 @@ impl Controller {
             exhausted: false,
             persist_failed: false,
             notify: tokio::sync::watch::channel(0).0,
+            controls: controls::Controls::default(),
+            trend: trend::Trend::default(),
             cfg,
         };
         if let Some(saved) = saved {
@@ -355,6 +370,7 @@ impl Controller {
             self.rates.seed(&rates);
         }
         self.history = saved.history.into();
+        self.restore_controls(saved.controls, now);
         tracing::info!(
             generation = self.generation,
             gateways = self.gateways.len(),
@@ -401,6 +417,7 @@ impl Controller {
                     address,
                 })
                 .collect(),
+            controls: self.saved_controls(),
         }
     }
 
@@ -424,9 +441,19 @@ impl Controller {
         &self.events
     }
 
-    /// Counts a refused request.
+    /// Counts a refused request of an agent (`/v1/report`, `/v1/share`).
     pub fn count_error(&mut self, reason: &str) {
         *self.events.errors.entry(reason.to_owned()).or_default() += 1;
+    }
+
+    /// Counts a refused request of anyone else (`endpoint`: `status`,
+    /// `metrics`, `page`, `control`, …): not a report error.
+    pub fn count_refused(&mut self, endpoint: &'static str, reason: &str) {
+        *self
+            .events
+            .refused
+            .entry((endpoint, reason.to_owned()))
+            .or_default() += 1;
     }
 
     /// Whether `addr` is a storage entity's address (data addresses never
@@ -627,6 +654,7 @@ impl Controller {
     /// What `gateway` should own now.
     pub fn share(&self, gateway: &str) -> Share {
         let steering = self.ready
+            && !self.cfg.advise
             && !self.persist_failed
             && !self.dirty
             && !self.exhausted
@@ -657,12 +685,17 @@ impl Controller {
             // A follower keeps no clock: the leader does.
             return false;
         }
+        self.seen(now);
         if !self.ready {
             if now.saturating_duration_since(self.started) < self.cfg.lease {
                 return false;
             }
             self.ready = true;
-            tracing::info!("start-up grace over: steering addresses");
+            if self.cfg.advise {
+                tracing::info!("start-up grace over: advising (advise mode steers nothing)");
+            } else {
+                tracing::info!("start-up grace over: steering addresses");
+            }
             self.bump();
         }
         let lease = self.cfg.lease;
@@ -742,6 +775,7 @@ impl Controller {
         self.rates.close_interval(|n| gws.alive(n));
         self.settled = self.settled.saturating_add(1);
         self.intervals += 1;
+        self.sample_trend();
         // Rates are refreshed on disk once per window (and with every new
         // generation): a restart loses at most one window of them.
         if !self.dirty && self.intervals.is_multiple_of(self.cfg.window as u64) {

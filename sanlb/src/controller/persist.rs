@@ -257,3 +257,40 @@ pub(super) async fn last_write(state: &AppState, store: &StateStore) {
         state.lock().written(&write, result);
     }
 }
+
+impl Controller {
+    /// Stores the whole state now for a change that is not a new generation
+    /// (the operator's controls): the file at once; etcd through the writer
+    /// (a few milliseconds later, guarded by the term), refused when this
+    /// controller does not lead. `Err` when it cannot be stored.
+    pub(super) fn persist(&mut self) -> Result<(), ()> {
+        let saved = matches!(self.backend, Backend::File(_)).then(|| self.saved());
+        match &mut self.backend {
+            Backend::Memory => {
+                self.persist_failed = false;
+                Ok(())
+            }
+            Backend::File(store) => match saved.map(|s| store.save(&s)) {
+                Some(Err(e)) => {
+                    self.persist_error(&e);
+                    Err(())
+                }
+                _ => {
+                    if self.persist_failed {
+                        tracing::info!("state file writable again");
+                    }
+                    self.persist_failed = false;
+                    Ok(())
+                }
+            },
+            Backend::Etcd(remote) => {
+                if !remote.term.as_ref().is_some_and(Term::is_valid) {
+                    return Err(());
+                }
+                remote.rates_due = true;
+                remote.wake();
+                Ok(())
+            }
+        }
+    }
+}

@@ -113,6 +113,9 @@ struct Source {
     acc: FxHashMap<FlowKey, u64>,
     /// Rates of the last interval in which it reported.
     last: FxHashMap<FlowKey, f64>,
+    /// Bytes counted from its reports since the controller started, per
+    /// direction (towards targets, towards initiators).
+    total: [u64; 2],
 }
 
 /// Deltas, windows and the measured traffic matrix.
@@ -193,6 +196,7 @@ impl Rates {
         let span_ms = r.uptime_ms - src.uptime_ms;
         let limit = MAX_RATE * (span_ms.max(1) as f64 / 1000.0);
         let mut deltas = Vec::with_capacity(cum.len());
+        let mut total = [0u64; 2];
         for (key, now) in &cum {
             let before = src.cum.get(key).copied().unwrap_or([0, 0]);
             let mut sum = 0u64;
@@ -211,6 +215,7 @@ impl Rates {
                     });
                 }
                 sum = sum.saturating_add(delta);
+                total[i] = total[i].saturating_add(delta);
             }
             if sum > 0 {
                 deltas.push((*key, sum));
@@ -220,6 +225,9 @@ impl Rates {
         src.uptime_ms = r.uptime_ms;
         src.cum = cum;
         src.span_ms = src.span_ms.saturating_add(span_ms);
+        for (t, d) in src.total.iter_mut().zip(total) {
+            *t = t.wrapping_add(d);
+        }
         for (key, d) in deltas {
             let acc = src.acc.entry(key).or_default();
             *acc = acc.saturating_add(d);
@@ -238,6 +246,12 @@ impl Rates {
     /// Forgets a gateway (gone for long).
     pub fn forget(&mut self, gateway: &str) {
         self.sources.remove(gateway);
+    }
+
+    /// Bytes counted from `gateway`'s reports since the controller started
+    /// (towards targets, towards initiators); counters for `rate()`.
+    pub fn bytes_total(&self, gateway: &str) -> Option<[u64; 2]> {
+        self.sources.get(gateway).map(|s| s.total)
     }
 
     /// Gateways with state here.
@@ -363,6 +377,9 @@ mod tests {
         s.close_interval(|_| true);
         // 2000 bytes over 2 s.
         assert_eq!(rate(&s), 1000.0);
+        // The baseline counts nothing; each direction on its own.
+        assert_eq!(s.bytes_total("gw1"), Some([1000, 1000]));
+        assert_eq!(s.bytes_total("gw9"), None);
     }
 
     #[test]

@@ -5,10 +5,14 @@
 
 use std::{
     collections::BTreeSet,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
-use super::{Controller, ownership::RouteKey};
+use super::{
+    Controller,
+    controls::{self, Verdict},
+    ownership::RouteKey,
+};
 use crate::{
     optimize::{self, Gateway, OptimizeError, Options, Problem, Route, Solution},
     proto::{Mode, RebalanceRecord},
@@ -24,6 +28,8 @@ pub enum Trigger {
     Interval,
     /// Routes sit on dead gateways (or nowhere).
     Failover,
+    /// A pin is not met: only pinned routes move.
+    Pin,
 }
 
 impl Trigger {
@@ -31,6 +37,7 @@ impl Trigger {
         match self {
             Self::Interval => "interval",
             Self::Failover => "failover",
+            Self::Pin => "pin",
         }
     }
 }
@@ -113,7 +120,14 @@ impl Controller {
     /// grace not over, no alive gateway, no route, or (periodic only) moves
     /// still in flight or fewer than `window` intervals since the last
     /// adopted map.
-    pub fn start_rebalance(&self, trigger: Trigger) -> Option<Rebalance> {
+    pub fn start_rebalance(&mut self, trigger: Trigger) -> Option<Rebalance> {
+        self.start_rebalance_at(trigger, Instant::now())
+    }
+
+    /// [`Controller::start_rebalance`] at `now` (the cool-downs' clock).
+    /// Pins and cool-downs restrict the routes (`controls.rs`); in advise
+    /// mode a failover or pin decision is computed once per state.
+    pub fn start_rebalance_at(&mut self, trigger: Trigger, now: Instant) -> Option<Rebalance> {
         if !self.ready || self.routes.is_empty() || !self.gateways.any_alive() {
             return None;
         }
@@ -122,7 +136,11 @@ impl Controller {
         {
             return None;
         }
-        let (problem, keys) = self.problem(false);
+        if trigger != Trigger::Interval && !self.forced_due() {
+            return None;
+        }
+        let (mut problem, keys) = self.problem(false);
+        self.constrain(&mut problem, &keys, trigger, now);
         Some(Rebalance {
             problem,
             options: self.cfg.solver.clone(),
@@ -142,16 +160,26 @@ impl Controller {
         now: Instant,
     ) -> RebalanceRecord {
         self.events.last_solve_s = solve_time.as_secs_f64();
+        self.events.solve_times.observe(solve_time.as_secs_f64());
+        self.seen(now);
         let in_force = optimize::in_force(&job.problem);
         let before = in_force.complete().then_some(&in_force);
         let gain = before.map_or(f64::INFINITY, |b| b.cost - solution.cost);
+        // A route whose gateway its `allowed` set excludes (a pin not met)
+        // must move whatever the gain.
+        let forced = job.problem.routes.iter().any(|r| {
+            r.allowed
+                .as_ref()
+                .zip(r.current.as_ref())
+                .is_some_and(|(a, c)| !a.contains(c))
+        });
+        let (changes, moved) = controls::changes(&job.problem, &job.keys, &solution.assignment);
         let mut record = RebalanceRecord {
-            at_ms: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            at_ms: controls::unix_ms(),
             generation: self.generation,
             trigger: job.trigger.label().into(),
             adopted: false,
+            result: String::new(),
             reason: String::new(),
             cost_before: before.map(|b| b.cost),
             cost_after: solution.cost,
@@ -160,27 +188,79 @@ impl Controller {
             moves: solution.moves,
             duration_ms: solve_time.as_secs_f64() * 1000.0,
             solver: solution.solver,
+            changes,
         };
+        let keep = if before.is_some() && solution.moves == 0 {
+            Some("no better map".to_owned())
+        } else if before.is_some()
+            && job.trigger == Trigger::Interval
+            && !forced
+            && gain < self.cfg.min_gain
+        {
+            Some(format!("gain {gain:.4} < min-gain {}", self.cfg.min_gain))
+        } else {
+            None
+        };
+        let why = || {
+            if before.is_none() {
+                "routes on dead gateways or on none".to_owned()
+            } else if job.trigger == Trigger::Pin || forced {
+                format!("pins not met (gain {gain:.4})")
+            } else {
+                format!("gain {gain:.4}")
+            }
+        };
+        let forced_trigger = job.trigger != Trigger::Interval;
         let result = if job.epoch != self.epoch {
             record.reason = "state changed while solving: retry next time".into();
             "superseded"
-        } else if before.is_some() && solution.moves == 0 {
-            record.reason = "no better map".into();
-            "kept"
-        } else if before.is_some() && job.trigger == Trigger::Interval && gain < self.cfg.min_gain {
-            record.reason = format!("gain {gain:.4} < min-gain {}", self.cfg.min_gain);
-            "kept"
         } else {
-            record.reason = if before.is_none() {
-                "routes on dead gateways or on none".into()
-            } else {
-                format!("gain {gain:.4}")
-            };
-            self.apply(job, solution, now);
-            record.adopted = true;
-            record.generation = self.generation;
-            "adopted"
+            // Advise mode and pause record every decision as theirs, with
+            // what it would have been.
+            match (self.verdict(job.trigger), keep) {
+                (Verdict::Adopt, Some(reason)) => {
+                    record.reason = reason;
+                    "kept"
+                }
+                (Verdict::Adopt, None) => {
+                    record.reason = why();
+                    self.apply(job, solution, now);
+                    self.moved(&moved, now);
+                    record.adopted = true;
+                    record.generation = self.generation;
+                    "adopted"
+                }
+                (verdict, keep) => {
+                    let (label, result) = match verdict {
+                        Verdict::Advise => ("advise mode", "advised"),
+                        _ => ("paused", "paused"),
+                    };
+                    let keeps = keep.is_some();
+                    record.reason = match keep {
+                        Some(reason) => format!("{label}: would keep the map ({reason})"),
+                        None => format!("{label}: would adopt ({})", why()),
+                    };
+                    let would_move = if keeps { 0 } else { solution.moves };
+                    if keeps {
+                        record.changes.clear();
+                    }
+                    self.withheld(job.epoch, forced_trigger, would_move);
+                    result
+                }
+            }
         };
+        record.result = result.into();
+        if !record.adopted && result != "superseded" {
+            for c in &record.changes {
+                tracing::info!(
+                    target = %c.target,
+                    from = c.from.as_deref().unwrap_or("-"),
+                    to = %c.to,
+                    result,
+                    "would move"
+                );
+            }
+        }
         *self.events.rebalances.entry(result).or_default() += 1;
         tracing::info!(
             trigger = job.trigger.label(),
@@ -192,8 +272,13 @@ impl Controller {
             solve_ms = record.duration_ms,
             "rebalance"
         );
-        // Consecutive decisions to keep the map are one entry: the newest.
-        if !record.adopted && self.history.back().is_some_and(|h| !h.adopted) {
+        // The same decision repeated (keeping the map, or the same advice)
+        // is one entry: the newest.
+        if !record.adopted
+            && self.history.back().is_some_and(|h| {
+                !h.adopted && h.result == record.result && h.changes == record.changes
+            })
+        {
             self.history.pop_back();
         }
         self.history.push_back(record.clone());

@@ -330,6 +330,7 @@ impl Server {
             token,
             read_token: options.read_token,
             body_timeout: limits.body_timeout,
+            secure_cookies: options.tls.is_some(),
         };
         let isns = options
             .isns

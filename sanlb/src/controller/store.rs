@@ -124,6 +124,9 @@ pub struct Saved {
     /// Pair mode: the data address of each (entity, gateway).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub data_addresses: Vec<SavedDataAddress>,
+    /// The operator's controls (pause, pins) and the cool-downs under way.
+    #[serde(default)]
+    pub controls: super::controls::SavedControls,
 }
 
 impl Saved {
@@ -287,7 +290,20 @@ impl Saved {
                 h.at_ms
             ));
         }
-        Ok(())
+        if let Some(h) = self.history.iter().find(|h| {
+            h.result.len() > 16
+                || h.changes.len() > crate::proto::MAX_RECORDED_CHANGES
+                || h.changes.iter().any(|c| {
+                    !valid_gateway_name(&c.to)
+                        || c.from.as_deref().is_some_and(|f| !valid_gateway_name(f))
+                })
+        }) {
+            return Err(format!(
+                "rebalance record at {} ms: bad result or changes",
+                h.at_ms
+            ));
+        }
+        self.controls.validate()
     }
 }
 
@@ -412,6 +428,7 @@ mod tests {
             )],
             history: vec![],
             data_addresses: vec![],
+            controls: Default::default(),
         };
         store.save(&saved).unwrap();
         assert_eq!(store.load().unwrap(), Some(saved));

@@ -28,6 +28,7 @@ enum SolveError {
 struct InFlight {
     interval: bool,
     failover: bool,
+    pin: bool,
 }
 
 impl InFlight {
@@ -35,6 +36,7 @@ impl InFlight {
         match trigger {
             Trigger::Interval => &mut self.interval,
             Trigger::Failover => &mut self.failover,
+            Trigger::Pin => &mut self.pin,
         }
     }
 }
@@ -58,19 +60,25 @@ pub(super) async fn run(state: Arc<AppState>) {
             () = state.closed() => return,
             _ = rebalance.tick() => {
                 let mut c = state.lock();
-                c.expire(std::time::Instant::now());
+                let now = std::time::Instant::now();
+                c.expire(now);
                 c.close_interval();
                 if in_flight.interval {
                     None
                 } else {
-                    c.start_rebalance(Trigger::Interval)
+                    c.start_rebalance_at(Trigger::Interval, now)
                 }
             }
             _ = lease.tick() => {
                 let mut c = state.lock();
-                let failover = c.expire(std::time::Instant::now());
+                let now = std::time::Instant::now();
+                let failover = c.expire(now);
                 if failover && !in_flight.failover {
-                    c.start_rebalance(Trigger::Failover)
+                    c.start_rebalance_at(Trigger::Failover, now)
+                } else if !failover && !in_flight.pin && c.pins_unmet() {
+                    // A pin not met (new, or its gateway back): only the
+                    // pinned routes move, also while paused.
+                    c.start_rebalance_at(Trigger::Pin, now)
                 } else {
                     None
                 }

@@ -9,12 +9,45 @@ use crate::{
     proto::{FlowRate, GatewayStatus, MapEntry, NameConflict, Status},
 };
 
+/// Utilisation as a ratio: each gateway's load per unit of capacity over
+/// the mean of that over the alive gateways, so 1 is an even share, 1.25
+/// a quarter above it, and `sanlb_var_norm` is the variance of these
+/// ratios over the alive gateways. All 0 when nothing flows.
+pub(super) fn utilisation(loads: &[f64], gateways: &[(f64, bool)]) -> Vec<f64> {
+    let per_cap: Vec<f64> = loads
+        .iter()
+        .zip(gateways)
+        .map(|(l, (cap, _))| if *cap > 0.0 { l / cap } else { 0.0 })
+        .collect();
+    let alive: Vec<f64> = per_cap
+        .iter()
+        .zip(gateways)
+        .filter(|(_, (_, a))| *a)
+        .map(|(u, _)| *u)
+        .collect();
+    let mean = if alive.is_empty() {
+        0.0
+    } else {
+        alive.iter().sum::<f64>() / alive.len() as f64
+    };
+    per_cap
+        .iter()
+        .map(|u| if mean > 0.0 { u / mean } else { 0.0 })
+        .collect()
+}
+
 impl Controller {
     /// `GET /v1/status`.
     pub fn status(&self, now: Instant) -> Status {
         let (problem, _) = self.problem(true);
         let rates = self.rates();
         let in_force = optimize::in_force(&problem);
+        let caps: Vec<(f64, bool)> = self
+            .gateways
+            .iter()
+            .map(|(_, g)| (g.capacity, g.alive))
+            .collect();
+        let utilisation = utilisation(&in_force.loads, &caps);
         Status {
             generation: self.generation,
             mode: self.cfg.mode,
@@ -25,8 +58,8 @@ impl Controller {
             gateways: self
                 .gateways
                 .iter()
-                .zip(&in_force.loads)
-                .map(|((n, g), &load)| GatewayStatus {
+                .zip(in_force.loads.iter().zip(&utilisation))
+                .map(|((n, g), (&load, &utilisation))| GatewayStatus {
                     name: n.clone(),
                     capacity: g.capacity,
                     alive: g.alive,
@@ -34,7 +67,7 @@ impl Controller {
                         now.saturating_duration_since(g.last_seen).as_millis() as u64
                     ),
                     load,
-                    utilisation: load / g.capacity,
+                    utilisation,
                     applied: g.applied,
                     owned: g.owned.iter().copied().collect(),
                     enforce: g.enforce,
@@ -81,6 +114,7 @@ impl Controller {
                 .collect(),
             cluster: None,
             data_addresses: self.data_addresses(),
+            controls: self.controls_status(now),
         }
     }
 }

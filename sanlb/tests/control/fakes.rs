@@ -199,6 +199,8 @@ pub fn config(targets: &[IpAddr]) -> Config {
             time_limit: Duration::from_millis(200),
             seed: 1,
         },
+        advise: false,
+        move_cooldown: Duration::ZERO,
     }
 }
 

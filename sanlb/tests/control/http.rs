@@ -256,9 +256,12 @@ async fn bad_requests_are_refused_and_change_nothing() {
     }
     assert_eq!(api.snapshot(at), before);
     // The refusals are counted by reason, and the good report still counts from the old baseline.
+    // Issue 18: a scrape or a status read without a token is not a report error.
     let metrics = String::from_utf8(api.get("/metrics").await.1).unwrap();
     for line in [
-        "sanlb_report_errors_total{reason=\"unauthorized\"} 5",
+        "sanlb_report_errors_total{reason=\"unauthorized\"} 3",
+        "sanlb_http_refused_total{endpoint=\"status\",reason=\"unauthorized\"} 1",
+        "sanlb_http_refused_total{endpoint=\"metrics\",reason=\"unauthorized\"} 1",
         "sanlb_report_errors_total{reason=\"malformed_json\"} 1",
         "sanlb_report_errors_total{reason=\"invalid_field\"} 3",
         "sanlb_report_errors_total{reason=\"absurd_count\"} 1",

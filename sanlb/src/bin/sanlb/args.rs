@@ -18,7 +18,8 @@ const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SANLB_COMMI
     after_help = "\
 Settings come from the flags, then the config file (/etc/sanlb/sanlb.toml, or --config),
 then the defaults. Exit status: 0 success, 1 failure, 2 bad flags or configuration;
-`sanlb status` also 3 controller unreachable, 4 request refused (see sanlb-status(1))."
+`sanlb status`, `pause`, `resume`, `pin`, `unpin` also 3 controller unreachable,
+4 request refused (see sanlb-status(1))."
 )]
 pub struct Cli {
     /// Configuration file [default: /etc/sanlb/sanlb.toml if it exists].
@@ -59,6 +60,14 @@ pub enum Command {
     Controller(Box<ControllerArgs>),
     /// What a controller knows: gateways, the map, the last rebalances.
     Status(StatusArgs),
+    /// Stop periodic rebalancing (failover and pins still act).
+    Pause(ControlArgs),
+    /// Resume periodic rebalancing.
+    Resume(ControlArgs),
+    /// Keep a storage address on one gateway (while that gateway is alive).
+    Pin(PinArgs),
+    /// Remove a pin.
+    Unpin(UnpinArgs),
     /// The best gateway map for a traffic matrix given a priori.
     Plan(PlanArgs),
     /// Create a bearer token file (mode 0600) for the controller and its clients.
@@ -216,6 +225,10 @@ pub struct AgentArgs {
     /// Time between those messages [default: 200ms].
     #[arg(long, value_parser = duration)]
     pub garp_interval: Option<Duration>,
+    /// Serve the agent's own /metrics (no token) on this address, e.g.
+    /// 127.0.0.1:7391 [default: none].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// `--xdp-mode` values: [`XdpAttachMode`] for the command line.
@@ -345,9 +358,59 @@ pub struct ControllerArgs {
     /// Seed of the randomised solvers [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Compute and show every decision (page, status, metrics, log); enforce none.
+    #[arg(long)]
+    pub advise: bool,
+    /// Minimum time before the same storage address may move again (failover
+    /// excepted; 0 for none) [default: 5m].
+    #[arg(long, value_parser = duration)]
+    pub move_cooldown: Option<Duration>,
     /// Storage Name Server mode.
     #[command(flatten)]
     pub isns_args: IsnsArgs,
+}
+
+/// How `sanlb pause`, `resume`, `pin` and `unpin` reach the controller.
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Exit status: 0 done, 1 failure (writing the output), 2 bad flags, configuration or token
+file, 3 controller unreachable (refused, timed out, TLS failure), 4 the controller refused
+the request (401 wrong token, 403 the read-only token, 422 unknown target or gateway,
+503 state not writable).")]
+pub struct ControlArgs {
+    /// The controller (http://HOST:PORT or https://HOST:PORT) [default: [control] controller].
+    #[arg(long, value_name = "URL")]
+    pub controller: Option<String>,
+    /// File holding the agents' bearer token (the read-only one may not steer).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificates (PEM) of an https:// controller [default: the system's].
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Print the controls in force as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PinArgs {
+    /// The storage address (every route of it, in pair mode).
+    #[arg(value_name = "TARGET")]
+    pub target: IpAddr,
+    /// The gateway it stays on; failover still moves it off a dead gateway.
+    #[arg(value_name = "GATEWAY", value_parser = gateway_name)]
+    pub gateway: String,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct UnpinArgs {
+    /// The pinned storage address.
+    #[arg(value_name = "TARGET")]
+    pub target: IpAddr,
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 /// `sanlb controller`'s iSNS flags (docs/isns.md).

@@ -137,6 +137,8 @@ pub fn run(args: ControllerArgs, file: &ControllerSection) -> anyhow::Result<Exi
             data_port: args.data_port.unwrap_or(file.data_port),
             target_names,
         },
+        advise: args.advise || file.advise,
+        move_cooldown: args.move_cooldown.unwrap_or(file.move_cooldown),
     };
     cfg.validate()
         .map_err(|e| bad_input(anyhow::anyhow!(flag_error(&e))))?;
@@ -157,6 +159,9 @@ pub fn run(args: ControllerArgs, file: &ControllerSection) -> anyhow::Result<Exi
     } else {
         args.etcd
     };
+    if cfg.advise {
+        tracing::warn!("advise mode: every decision is computed and shown, none is enforced");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -1,11 +1,13 @@
 //! The `sanlb` command: one binary, one subcommand per role.
 //!
 //! Exit status, for every subcommand: 0 success, 1 failure, 2 bad flags,
-//! configuration or input; `sanlb status` adds 3 (controller unreachable)
-//! and 4 (request refused). Errors are one line on stderr naming the input.
+//! configuration or input; `sanlb status` and the controls (`pause`,
+//! `resume`, `pin`, `unpin`) add 3 (controller unreachable) and 4 (request
+//! refused). Errors are one line on stderr naming the input.
 
 mod agent;
 mod args;
+mod control;
 mod controller;
 mod counters;
 mod generate;
@@ -75,6 +77,10 @@ fn main() -> ExitCode {
             | args::Command::Controller(_)
             | args::Command::Status(_)
             | args::Command::Counters(_)
+            | args::Command::Pause(_)
+            | args::Command::Resume(_)
+            | args::Command::Pin(_)
+            | args::Command::Unpin(_)
     );
     let file = if needs_config {
         match config(cli.config.as_deref()) {
@@ -94,6 +100,16 @@ fn main() -> ExitCode {
         args::Command::Counters(c) => counters::run(c, &file.agent),
         args::Command::Controller(c) => controller::run(*c, &file.controller),
         args::Command::Status(s) => status::run(s, &file.status),
+        args::Command::Pause(a) => control::run(control::Action::Pause, a, &file.control),
+        args::Command::Resume(a) => control::run(control::Action::Resume, a, &file.control),
+        args::Command::Pin(p) => control::run(
+            control::Action::Pin(p.target, p.gateway),
+            p.control,
+            &file.control,
+        ),
+        args::Command::Unpin(u) => {
+            control::run(control::Action::Unpin(u.target), u.control, &file.control)
+        }
         args::Command::Plan(p) => plan::run(p),
         args::Command::Token(t) => token::run(t),
         args::Command::Generate(g) => generate::run(g),

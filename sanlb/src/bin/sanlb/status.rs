@@ -74,7 +74,7 @@ fn bar(fraction: f64, width: usize) -> String {
 }
 
 /// `HH:MM:SS` (UTC) of a Unix time in ms.
-fn clock(at_ms: u64) -> String {
+pub fn clock(at_ms: u64) -> String {
     let s = at_ms / 1000 % 86_400;
     format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
@@ -172,7 +172,11 @@ fn render(url: &str, st: &Status) -> String {
             clock(r.at_ms),
             r.generation,
             r.trigger,
-            if r.adopted { "adopted" } else { "kept" },
+            if r.result.is_empty() {
+                if r.adopted { "adopted" } else { "kept" }
+            } else {
+                r.result.as_str()
+            },
             r.moves,
             format!(
                 "{}→{:.4}",
@@ -182,6 +186,11 @@ fn render(url: &str, st: &Status) -> String {
             r.duration_ms,
             r.reason
         );
+    }
+    let c = &st.controls;
+    if c.advise || c.paused_since_ms.is_some() || !c.pins.is_empty() {
+        let _ = writeln!(o, "\nCONTROLS");
+        o.push_str(&crate::control::render(c));
     }
     if !st.report_errors.is_empty() {
         let _ = writeln!(o, "\nREFUSED REQUESTS");
