@@ -49,6 +49,14 @@ fn main() {
         child(&endpoint);
         return;
     }
+    // `cargo bench NAME` passes NAME to every bench: run only when it names
+    // this one (or nothing).
+    if std::env::args()
+        .skip(1)
+        .any(|a| !a.starts_with('-') && !"ha".contains(a.as_str()))
+    {
+        return;
+    }
     let runs: usize = std::env::var("SANLB_HA_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())

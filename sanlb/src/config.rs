@@ -197,6 +197,25 @@ pub struct ControllerSection {
     pub time_limit: Duration,
     /// Seed of the randomised solvers. Default 0.
     pub seed: u64,
+    /// etcd's client URLs (`http://HOST:2379`), a list or one string
+    /// separated by commas: run as one of several controllers, one leading,
+    /// the state in etcd instead of `state`. Default none: alone.
+    #[serde(deserialize_with = "urls")]
+    pub etcd: Vec<String>,
+    /// sanlb's key prefix in etcd; one per sanlb cluster sharing an etcd.
+    /// Default `/sanlb/`.
+    pub etcd_prefix: String,
+    /// The URL agents and `sanlb status` reach this controller at, published
+    /// while it leads (with `etcd`). Default `http://LISTEN` (`https://`
+    /// with TLS) when `listen` names an address, else required.
+    pub advertise: Option<String>,
+    /// Time-to-live of the leader's etcd lease: how long the others wait
+    /// for a leader that vanished. Whole seconds. Default `2s`.
+    #[serde(deserialize_with = "duration")]
+    pub leader_ttl: Duration,
+    /// Time etcd is given to answer one request. Default `2s`.
+    #[serde(deserialize_with = "duration")]
+    pub etcd_timeout: Duration,
     /// `[controller.isns]`: publish the map to an iSNS server.
     pub isns: IsnsSection,
     /// Advise mode: compute and show every decision, enforce none.
@@ -277,6 +296,11 @@ impl Default for ControllerSection {
             solver: Solver::Auto,
             time_limit: Duration::from_secs(1),
             seed: 0,
+            etcd: vec![],
+            etcd_prefix: crate::cluster::DEFAULT_PREFIX.into(),
+            advertise: None,
+            leader_ttl: crate::cluster::DEFAULT_TTL,
+            etcd_timeout: crate::cluster::DEFAULT_TIMEOUT,
             isns: IsnsSection::default(),
             advise: false,
             move_cooldown: crate::controller::controls::DEFAULT_MOVE_COOLDOWN,
@@ -291,9 +315,12 @@ pub struct AgentSection {
     /// The host-facing NIC. Usually given by the service instance
     /// (`sanlb-agent@NIC`) as `--iface`.
     pub iface: Option<String>,
-    /// The controller's URL, `http://HOST:PORT` or `https://HOST:PORT`.
-    /// Default none: count only.
-    pub controller: Option<String>,
+    /// The controller's URL, `http://HOST:PORT` or `https://HOST:PORT`;
+    /// every controller of a cluster (a list, or one string separated by
+    /// commas): the agent follows the leader among them. Default none:
+    /// count only.
+    #[serde(deserialize_with = "urls")]
+    pub controller: Vec<String>,
     /// This gateway's name in reports; required with `controller`.
     pub gateway: Option<String>,
     /// The agents' bearer token; required with `controller`.
@@ -349,7 +376,7 @@ impl Default for AgentSection {
         let faults = crate::agent::FaultConfig::default();
         Self {
             iface: None,
-            controller: None,
+            controller: vec![],
             gateway: None,
             token_file: None,
             ca_file: None,
@@ -376,8 +403,11 @@ impl Default for AgentSection {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StatusSection {
-    /// The controller's URL.
-    pub controller: Option<String>,
+    /// The controller's URL, or every controller of a cluster (a list, or
+    /// one string separated by commas): the first that answers is asked,
+    /// and a follower's redirect to the leader followed.
+    #[serde(deserialize_with = "urls")]
+    pub controller: Vec<String>,
     /// A bearer token, the read-only one (or the agents').
     pub token_file: Option<PathBuf>,
     /// CA certificates (PEM) for an `https://` controller.
@@ -404,6 +434,30 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     })?;
     sanlb_common::duration::parse_duration(&text)
         .map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
+}
+
+/// URLs: a list of strings, or one string of URLs separated by commas
+/// (as the flags take them).
+fn urls<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Urls {
+        One(String),
+        Many(Vec<String>),
+    }
+    let list = match Urls::deserialize(d).map_err(|_| {
+        serde::de::Error::custom(
+            "expected a URL, URLs separated by commas, or a list of URLs, as strings",
+        )
+    })? {
+        Urls::One(s) => s.split(',').map(str::to_owned).collect(),
+        Urls::Many(v) => v,
+    };
+    let list: Vec<String> = list.iter().map(|u| u.trim().to_owned()).collect();
+    if list.iter().any(String::is_empty) {
+        return Err(serde::de::Error::custom("an empty URL"));
+    }
+    Ok(list)
 }
 
 impl ConfigFile {
@@ -514,6 +568,11 @@ traffic_replace = true
 solver = "tabu"
 time_limit = "250ms"
 seed = 7
+etcd = ["http://10.0.0.11:2379", "http://10.0.0.12:2379"]
+etcd_prefix = "/sanlb/san1/"
+advertise = "http://10.0.0.5:7390"
+leader_ttl = "3s"
+etcd_timeout = "1s"
 advise = true
 move_cooldown = "2m"
 
@@ -526,7 +585,7 @@ hosts = { "198.18.0.11" = "iqn.2026-11.test.sanlb:h1" }
 
 [agent]
 iface = "ens1f0"
-controller = "https://ctl:7390"
+controller = "https://ctl:7390,https://ctl2:7390"
 gateway = "gw1"
 token_file = "/etc/sanlb/token"
 ca_file = "/etc/sanlb/ca.pem"
@@ -569,6 +628,11 @@ ca_file = "/etc/sanlb/ca.pem"
         assert_eq!(c.storage.len(), 2);
         assert_eq!(c.solver, Solver::Tabu);
         assert!(c.traffic_replace);
+        assert_eq!(c.etcd, ["http://10.0.0.11:2379", "http://10.0.0.12:2379"]);
+        assert_eq!(c.etcd_prefix, "/sanlb/san1/");
+        assert_eq!(c.advertise.as_deref(), Some("http://10.0.0.5:7390"));
+        assert_eq!(c.leader_ttl, Duration::from_secs(3));
+        assert_eq!(c.etcd_timeout, Duration::from_secs(1));
         assert_eq!(c.isns.server.as_deref(), Some("10.0.0.9"));
         assert_eq!(c.isns.source, "iqn.2026-11.test.sanlb:ctl");
         assert_eq!(c.isns.period, Duration::from_secs(30));
@@ -584,6 +648,7 @@ ca_file = "/etc/sanlb/ca.pem"
             Some(Path::new("/etc/sanlb/token"))
         );
         let a = &cfg.agent;
+        assert_eq!(a.controller, ["https://ctl:7390", "https://ctl2:7390"]);
         assert_eq!(a.ports, vec![3260, 3261]);
         assert_eq!(a.xdp_mode, XdpAttachMode::Generic);
         assert_eq!(a.capacity, 2.5);
@@ -638,6 +703,16 @@ ca_file = "/etc/sanlb/ca.pem"
             ),
             ("[agent]\nports = 3260\n", 2, "ports: "),
             ("[log]\nformat = \"xml\"\n", 2, "unknown variant `xml`"),
+            (
+                "[agent]\ncontroller = 7390\n",
+                2,
+                "controller: expected a URL",
+            ),
+            (
+                "[controller]\netcd = \"http://a:2379,\"\n",
+                2,
+                "etcd: an empty URL",
+            ),
         ] {
             let e = err(text);
             assert!(

@@ -490,12 +490,35 @@ pub struct Status {
     pub rebalances: Vec<RebalanceRecord>,
     /// Reports refused since start, by reason.
     pub report_errors: Vec<(String, u64)>,
+    /// The cluster of controllers, when the state lives in etcd (`None`:
+    /// a single controller with its state file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
     /// Pair mode: the data address of each (entity, gateway).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub data_addresses: Vec<DataAddress>,
     /// Advise mode and the operator's controls (pause, pins, cool-down).
     #[serde(default)]
     pub controls: ControlsStatus,
+}
+
+/// A controller's place in a cluster of controllers (etcd).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// `leader`, `follower` or `unknown`.
+    pub role: String,
+    /// The leader's advertised URL, when one is known.
+    pub leader: Option<String>,
+    /// The leader's term: the etcd revision of its leader key, growing from
+    /// one term to the next.
+    pub term: Option<i64>,
+    /// This controller's advertised URL.
+    pub advertise: String,
+    /// etcd's endpoints and sanlb's key prefix there.
+    pub etcd: String,
+    /// Why the role is unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One data address of pair mode in [`Status`].

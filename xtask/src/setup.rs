@@ -38,8 +38,11 @@ const PACKAGES: &[&str] = &[
     "protobuf-compiler",
     "libprotobuf-dev",
     // The HA control plane's tests and failover benchmark run a real etcd
-    // (sanlb/tests/cluster.rs, sanlb/benches/failover.rs).
+    // (sanlb/tests/cluster.rs, sanlb/tests/ha.rs, sanlb/benches/ha.rs).
     "etcd-server",
+    // etcdctl: the lab's HA test watches sanlb's keys with it (and the docs
+    // use it to read them).
+    "etcd-client",
     // The status page's browser test (headless Chromium over WebDriver) and
     // the metrics' checks: promtool, and a Prometheus that scrapes the lab
     // and answers the Grafana dashboard's queries (sanlb/tests/control/page.rs,

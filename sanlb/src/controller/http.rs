@@ -20,7 +20,7 @@ use axum::{
     Extension, Json, Router,
     body::Body,
     extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State, rejection::JsonRejection},
-    http::{StatusCode, header},
+    http::{StatusCode, Uri, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -29,7 +29,8 @@ use http_body_util::BodyExt as _;
 use serde::Deserialize;
 
 use super::{
-    Controller, IngestError, controls::ControlError, metrics, page, server::DEFAULT_BODY_TIMEOUT,
+    Controller, IngestError, controls::ControlError, leadership::ClusterView, metrics, page,
+    server::DEFAULT_BODY_TIMEOUT,
 };
 use crate::proto::{
     ApiError, ControlsStatus, History, MAX_BODY_BYTES, MAX_NAME_LEN, MAX_WAIT_MS, PinRequest,
@@ -63,6 +64,8 @@ pub struct AppState {
     isns: std::sync::OnceLock<Arc<super::isns::IsnsStats>>,
     access: Access,
     closing: tokio::sync::watch::Sender<bool>,
+    /// The cluster's view, when the state lives in etcd (`leadership.rs`).
+    pub(super) cluster: Option<ClusterView>,
     sessions: page::Sessions,
 }
 
@@ -82,11 +85,22 @@ impl AppState {
 
     /// Serves `controller` as `access` says.
     pub fn with_access(controller: Controller, access: Access) -> Arc<Self> {
+        Self::in_cluster(controller, access, None)
+    }
+
+    /// Serves `controller` as `access` says, as one of a cluster when
+    /// `cluster` is given.
+    pub fn in_cluster(
+        controller: Controller,
+        access: Access,
+        cluster: Option<ClusterView>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             controller: Mutex::new(controller),
             isns: std::sync::OnceLock::new(),
             access,
             closing: tokio::sync::watch::channel(false).0,
+            cluster,
             sessions: page::Sessions::default(),
         })
     }
@@ -378,8 +392,12 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
 
 async fn report(
     State(state): State<Arc<AppState>>,
+    uri: Uri,
     body: Result<Json<Report>, JsonRejection>,
 ) -> Response {
+    if let Some(elsewhere) = state.not_here(&uri) {
+        return elsewhere;
+    }
     let r = match body {
         Ok(Json(r)) => r,
         Err(rej) => {
@@ -426,8 +444,12 @@ struct ShareQuery {
 
 async fn share(
     State(state): State<Arc<AppState>>,
+    uri: Uri,
     q: Result<Query<ShareQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    if let Some(elsewhere) = state.not_here(&uri) {
+        return elsewhere;
+    }
     let Query(q) = match q {
         Ok(q) => q,
         Err(rej) => {
@@ -460,6 +482,10 @@ async fn share(
         _ = tokio::time::timeout(wait, rx.wait_for(|g| *g > q.after)) => {}
         () = state.closed() => {}
     }
+    // The lead may have changed hands while this poll waited.
+    if let Some(elsewhere) = state.not_here(&uri) {
+        return elsewhere;
+    }
     let c = state.lock();
     if !c.may_share(&q.gateway, &q.boot_id) {
         // Taken over while this poll waited.
@@ -471,8 +497,13 @@ async fn share(
     Json::<Share>(c.share(&q.gateway)).into_response()
 }
 
-async fn status(State(state): State<Arc<AppState>>) -> Json<Status> {
-    Json(state.lock().status(Instant::now()))
+async fn status(State(state): State<Arc<AppState>>, uri: Uri) -> Response {
+    if let Some(elsewhere) = state.not_here(&uri) {
+        return elsewhere;
+    }
+    let mut st = state.lock().status(Instant::now());
+    st.cluster = state.cluster_status();
+    Json::<Status>(st).into_response()
 }
 
 async fn history(State(state): State<Arc<AppState>>) -> Json<History> {
@@ -563,6 +594,7 @@ async fn unpin(
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     let mut text = metrics::render(&state.lock(), Instant::now());
+    text.push_str(&state.cluster_metrics());
     if let Some(isns) = state.isns() {
         isns.render(&mut text);
     }

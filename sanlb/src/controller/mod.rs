@@ -22,13 +22,18 @@
 //! | the status page (`/`) and its sessions | `page.rs`, `page/` |
 //! | lease checks, the rebalance period, solves off the timer path | `timers.rs` |
 //! | the state file | `store.rs` |
+//! | where the state lives (nowhere, the file, etcd) and when it is durable | `persist.rs` |
+//! | leading or following in a cluster of controllers (etcd) | `leadership.rs` |
 //! | generations, shares, the order of the steps | this file |
 //!
 //! ## Generations
 //! The generation counts changes of the hand-out: every adopted map, every
 //! batch of completed releases, failover, the end of the start-up grace. It
 //! is persisted before any share that carries it leaves the controller, so a
-//! restarted controller resumes it and never hands out an older one.
+//! restarted controller resumes it and never hands out an older one (with
+//! etcd, where writes are asynchronous, see `persist.rs`: a share carries
+//! the last generation stored, and addresses only when that is the one in
+//! memory).
 
 mod config;
 pub mod controls;
@@ -36,10 +41,12 @@ mod faults;
 mod gateways;
 pub mod http;
 pub mod isns;
+pub mod leadership;
 pub mod metrics;
 mod ownership;
 pub mod page;
 mod pairs;
+mod persist;
 pub mod rates;
 mod rebalance;
 pub mod server;
@@ -65,6 +72,7 @@ pub use self::{
 use self::{
     gateways::{Gateway, Gateways},
     ownership::{RouteState, Routes},
+    persist::Backend,
     rates::{FlowKey, Ingest, Rates, RatesError},
 };
 pub use crate::proto::Ownership;
@@ -212,7 +220,10 @@ pub struct Controller {
     /// Intervals closed since start.
     intervals: u64,
     events: Events,
-    store: Option<Store>,
+    /// Where the state is persisted.
+    backend: Backend,
+    /// The last generation whose state is durable: the one shares carry.
+    persisted: u64,
     /// Generation changed and not yet persisted.
     dirty: bool,
     /// The generation reached [`MAX_GENERATION`]: no more changes.
@@ -227,6 +238,29 @@ pub struct Controller {
 impl Controller {
     /// A controller, resuming from `store` when it holds a state.
     pub fn new(cfg: Config, store: Option<Store>, now: Instant) -> Result<Self, ControllerError> {
+        let saved = store.as_ref().map(Store::load).transpose()?.flatten();
+        let fresh = saved.is_none();
+        let c = Self::build(
+            cfg,
+            store.map_or(Backend::Memory, Backend::File),
+            saved,
+            now,
+        )?;
+        if fresh && let Backend::File(store) = &c.backend {
+            // A state file that cannot be written is a start-up error, not
+            // a surprise at the first move.
+            store.save(&c.saved())?;
+        }
+        Ok(c)
+    }
+
+    /// A controller persisting to `backend`, resuming from `saved`.
+    fn build(
+        cfg: Config,
+        backend: Backend,
+        saved: Option<Saved>,
+        now: Instant,
+    ) -> Result<Self, ControllerError> {
         cfg.validate()?;
         let apriori = cfg
             .traffic
@@ -252,7 +286,8 @@ impl Controller {
             settled: 0,
             intervals: 0,
             events: Events::default(),
-            store: None,
+            backend,
+            persisted: 0,
             dirty: false,
             exhausted: false,
             persist_failed: false,
@@ -262,14 +297,9 @@ impl Controller {
             faults: faults::Faults::default(),
             cfg,
         };
-        let fresh = match store.as_ref().map(Store::load).transpose()?.flatten() {
-            Some(saved) => {
-                c.restore(saved, now)?;
-                false
-            }
-            None => true,
-        };
-        c.store = store;
+        if let Some(saved) = saved {
+            c.restore(saved, now)?;
+        }
         if let Some(m) = &c.apriori {
             if !c.cfg.traffic_replace {
                 c.rates.seed(m);
@@ -283,18 +313,14 @@ impl Controller {
         for t in c.cfg.targets.clone() {
             c.discover(None, t, now);
         }
-        if fresh && let Some(store) = &c.store {
-            // A state file that cannot be written is a start-up error, not
-            // a surprise at the first move.
-            store.save(&c.saved())?;
-        }
-        c.notify.send_replace(c.generation);
+        c.notify.send_replace(c.persisted);
         Ok(c)
     }
 
-    /// Writes the state now (on shutdown).
+    /// Writes the state file now (on shutdown; with etcd the server makes a
+    /// last guarded write instead).
     pub fn save(&self) -> Result<(), ControllerError> {
-        if let Some(store) = &self.store {
+        if let Backend::File(store) = &self.backend {
             store.save(&self.saved())?;
         }
         Ok(())
@@ -308,6 +334,8 @@ impl Controller {
             });
         }
         self.generation = saved.generation;
+        // Whatever was handed out carried at most this generation.
+        self.persisted = saved.generation;
         for g in saved.gateways {
             // A fresh lease: nobody could report while we were down. One
             // that was silent is suspect again: probed before its routes
@@ -325,7 +353,10 @@ impl Controller {
                 RouteState {
                     ownership: r.ownership,
                     changed: r.changed,
-                    since: now,
+                    // A move in flight gets a whole lease after the start-up
+                    // grace for its old owner to release: nothing was handed
+                    // out since the state was saved.
+                    since: now + self.cfg.lease,
                 },
             );
         }
@@ -357,7 +388,8 @@ impl Controller {
             generation = self.generation,
             gateways = self.gateways.len(),
             routes = self.routes.len(),
-            "resumed from the state file"
+            from = self.backend.describe(),
+            "resumed the saved state"
         );
         Ok(())
     }
@@ -487,38 +519,29 @@ impl Controller {
     }
 
     /// Persists when the generation changed, then announces it. Shares are
-    /// built only after this, so none carries an unpersisted generation.
+    /// built only after this, so none carries an unpersisted generation. A
+    /// synchronous backend (the file) is done on return; etcd's writer is
+    /// woken and announces once its write is acknowledged (`persist.rs`).
     fn flush(&mut self) {
         if !self.dirty {
             return;
         }
-        if self.persist().is_ok() {
-            self.dirty = false;
-            self.notify.send_replace(self.generation);
-        }
-    }
-
-    fn persist(&mut self) -> Result<(), ()> {
-        let Some(store) = &self.store else {
-            self.persist_failed = false;
-            return Ok(());
+        let file = match &self.backend {
+            Backend::Memory => None,
+            Backend::File(store) => Some(store.save(&self.saved())),
+            Backend::Etcd(remote) => {
+                remote.wake();
+                return;
+            }
         };
-        match store.save(&self.saved()) {
-            Ok(()) => {
+        match file {
+            None | Some(Ok(())) => {
                 if self.persist_failed {
                     tracing::info!("state file writable again");
                 }
-                self.persist_failed = false;
-                Ok(())
+                self.stored(self.generation);
             }
-            Err(e) => {
-                if !self.persist_failed {
-                    tracing::error!(error = %crate::error_chain(&e), "cannot persist the state: handing out no changes until it can");
-                }
-                self.persist_failed = true;
-                self.events.persist_failures += 1;
-                Err(())
-            }
+            Some(Err(e)) => self.persist_error(&e),
         }
     }
 
@@ -534,7 +557,7 @@ impl Controller {
                 counted: false,
                 share: Share {
                     gateway: r.gateway.clone(),
-                    generation: self.generation,
+                    generation: self.persisted,
                     addresses: None,
                     pairs: None,
                 },
@@ -650,6 +673,7 @@ impl Controller {
             && !self.persist_failed
             && !self.dirty
             && !self.exhausted
+            && self.backend.may_hand_out()
             && self.gateways.alive(gateway);
         let (addresses, pairs) = match (steering, self.cfg.mode) {
             (false, _) => (None, None),
@@ -661,7 +685,8 @@ impl Controller {
         };
         Share {
             gateway: gateway.to_owned(),
-            generation: self.generation,
+            // Never one not yet durable (equal to `generation` once stored).
+            generation: self.persisted,
             addresses,
             pairs,
         }
@@ -672,6 +697,10 @@ impl Controller {
     /// abandons moves an old owner did not release within the release
     /// timeout. Returns whether a failover is due.
     pub fn expire(&mut self, now: Instant) -> bool {
+        if !self.backend.active() {
+            // A follower keeps no clock: the leader does.
+            return false;
+        }
         self.seen(now);
         if !self.ready {
             if now.saturating_duration_since(self.started) < self.cfg.startup_grace {
@@ -762,6 +791,9 @@ impl Controller {
 
     /// Ends an interval: one sample into the window; persists the rates.
     pub fn close_interval(&mut self) {
+        if !self.backend.active() {
+            return;
+        }
         let gws = &self.gateways;
         self.rates.close_interval(|n| gws.alive(n));
         self.settled = self.settled.saturating_add(1);
@@ -769,13 +801,8 @@ impl Controller {
         self.sample_trend();
         // Rates are refreshed on disk once per window (and with every new
         // generation): a restart loses at most one window of them.
-        if let Some(store) = &self.store
-            && !self.dirty
-            && self.intervals.is_multiple_of(self.cfg.window as u64)
-            && let Err(e) = store.save(&self.saved())
-        {
-            tracing::warn!(error = %crate::error_chain(&e), "cannot persist the rates");
-            self.events.persist_failures += 1;
+        if !self.dirty && self.intervals.is_multiple_of(self.cfg.window as u64) {
+            self.persist_rates();
         }
     }
 

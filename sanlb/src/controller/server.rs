@@ -41,8 +41,10 @@ use super::{
     Controller,
     http::{self, AppState},
     isns::{IsnsPublisher, IsnsSettings},
-    timers,
+    leadership::{self, Cluster, ClusterView},
+    persist, timers,
 };
+use crate::cluster::{ClusterError, Elector, StateStore};
 
 /// How much the server accepts before refusing (see docs/operation.md).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +99,9 @@ pub struct Options {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Timeouts and the connection cap.
     pub limits: Limits,
+    /// Run as one of a cluster of controllers, the state in etcd
+    /// (`leadership.rs`); `None`: alone, with the controller's own store.
+    pub cluster: Option<Cluster>,
     /// Publish the map to an iSNS server ([`IsnsSettings`]).
     pub isns: Option<IsnsSettings>,
 }
@@ -123,6 +128,12 @@ pub enum ServeError {
         /// What is wrong.
         message: String,
     },
+    /// The cluster could not be joined (a setting out of range).
+    #[error("joining the cluster")]
+    Cluster(#[source] ClusterError),
+    /// The controller could not be made a follower.
+    #[error("standing by")]
+    StandBy(#[source] super::ControllerError),
     /// The iSNS settings are unusable.
     #[error("isns")]
     Isns(#[source] crate::isns::IsnsError),
@@ -171,9 +182,9 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, 
 /// Which of a server's tasks ended while it was not stopping, and how.
 #[derive(Debug)]
 pub struct TaskFailure {
-    /// `serving` or `timers`.
+    /// `serving`, `timers`, and in a cluster `leadership` or `persisting`.
     pub task: &'static str,
-    /// `panicked: …`, or `returned`.
+    /// `panicked: …`, `returned`, or the task's error.
     pub how: String,
 }
 
@@ -187,12 +198,26 @@ impl fmt::Display for TaskFailure {
     }
 }
 
+/// A task's end: `Err` with why it could not go on.
+type TaskResult = Result<(), String>;
+
 /// Named tasks that must run until the server stops.
 #[derive(Debug, Default)]
-struct Tasks(Vec<(&'static str, Option<JoinHandle<()>>)>);
+struct Tasks(Vec<(&'static str, Option<JoinHandle<TaskResult>>)>);
 
 impl Tasks {
     fn spawn(&mut self, name: &'static str, f: impl Future<Output = ()> + Send + 'static) {
+        self.spawn_fallible(name, async move {
+            f.await;
+            Ok(())
+        });
+    }
+
+    fn spawn_fallible(
+        &mut self,
+        name: &'static str,
+        f: impl Future<Output = TaskResult> + Send + 'static,
+    ) {
         self.0.push((name, Some(tokio::spawn(f))));
     }
 
@@ -229,9 +254,10 @@ impl Tasks {
     }
 }
 
-fn describe(r: Result<(), JoinError>) -> String {
+fn describe(r: Result<TaskResult, JoinError>) -> String {
     match r {
-        Ok(()) => "returned".into(),
+        Ok(Ok(())) => "returned".into(),
+        Ok(Err(why)) => why,
         Err(e) if e.is_panic() => {
             let p = e.into_panic();
             let what = p
@@ -252,6 +278,8 @@ pub struct Server {
     state: Arc<AppState>,
     limits: Limits,
     tasks: Tasks,
+    /// In a cluster: the campaign (resigned on stop) and the state in etcd.
+    cluster: Option<(Elector, StateStore)>,
 }
 
 impl Server {
@@ -268,7 +296,7 @@ impl Server {
     /// Serves `controller` on `listener` to agents presenting `token`, with
     /// `options` (a read-only token, TLS, limits).
     pub fn start_with(
-        controller: Controller,
+        mut controller: Controller,
         token: String,
         listener: TcpListener,
         options: Options,
@@ -298,25 +326,50 @@ impl Server {
                 limits.max_connections = room;
             }
         }
-        let state = AppState::with_access(
-            controller,
-            http::Access {
-                token,
-                read_token: options.read_token,
-                body_timeout: limits.body_timeout,
-                secure_cookies: options.tls.is_some(),
-            },
-        );
+        let access = http::Access {
+            token,
+            read_token: options.read_token,
+            body_timeout: limits.body_timeout,
+            secure_cookies: options.tls.is_some(),
+        };
         let isns = options
             .isns
             .map(IsnsPublisher::new)
             .transpose()
             .map_err(ServeError::Isns)?;
+        let mut cluster = None;
+        let mut view = None;
+        if let Some(c) = &options.cluster {
+            let wake = Arc::new(tokio::sync::Notify::new());
+            controller
+                .stand_by(wake.clone())
+                .map_err(ServeError::StandBy)?;
+            let elector =
+                Elector::start(&c.etcd, c.elector.clone()).map_err(ServeError::Cluster)?;
+            view = Some(ClusterView::new(
+                elector.subscribe(),
+                c.elector.advertise.clone(),
+                &c.etcd,
+            ));
+            cluster = Some((elector, StateStore::new(&c.etcd), wake));
+        }
+        let state = AppState::in_cluster(controller, access, view);
         let mut tasks = Tasks::default();
         if let Some(isns) = isns {
             state.set_isns(isns.stats());
             tasks.spawn("isns", isns.run(state.clone()));
         }
+        let cluster = cluster.map(|(elector, store, wake)| {
+            tasks.spawn_fallible(
+                "leadership",
+                leadership::run(state.clone(), elector.subscribe(), store.clone()),
+            );
+            tasks.spawn(
+                "persisting",
+                persist::writer(state.clone(), store.clone(), wake),
+            );
+            (elector, store)
+        });
         tasks.spawn(
             "serving",
             accept_loop(listener, state.clone(), options.tls.clone(), limits.clone()),
@@ -333,6 +386,7 @@ impl Server {
             state,
             limits,
             tasks,
+            cluster,
         })
     }
 
@@ -360,13 +414,30 @@ impl Server {
     }
 
     /// Stops serving (long polls end at once), waits at most 5 s for
-    /// requests in flight, and saves the state.
+    /// requests in flight, and saves the state; in a cluster a leader
+    /// writes it to etcd and resigns, so another leads at once.
     pub async fn stop(mut self) {
         self.state.close();
         self.tasks.stop(Duration::from_secs(5)).await;
+        if let Some((elector, store)) = self.cluster.take() {
+            persist::last_write(&self.state, &store).await;
+            elector.resign().await;
+            return;
+        }
         if let Err(e) = self.state.lock().save() {
             tracing::error!(error = %crate::error_chain(&e), "saving the state on shutdown");
         }
+    }
+
+    /// Stops like a process killed with SIGKILL: no last write, no
+    /// resignation (the others wait for the lease to expire). For tests
+    /// and benchmarks of failover.
+    pub async fn abort(mut self) {
+        if let Some((elector, _)) = self.cluster.take() {
+            drop(elector);
+        }
+        self.state.close();
+        self.tasks.stop(Duration::from_secs(5)).await;
     }
 }
 

@@ -113,6 +113,7 @@ impl Controller {
                 .iter()
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
+            cluster: None,
             data_addresses: self.data_addresses(),
             controls: self.controls_status(now),
         }

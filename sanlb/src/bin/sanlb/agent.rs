@@ -25,7 +25,11 @@ pub fn run(args: AgentArgs, file: &AgentSection) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| file.iface.clone())
         .ok_or_else(|| bad_input(anyhow::anyhow!("give --iface (or iface in [agent])")))?;
-    let controller_url = args.controller.clone().or_else(|| file.controller.clone());
+    let controller_urls = if args.controller.is_empty() {
+        file.controller.clone()
+    } else {
+        args.controller.clone()
+    };
     let gateway = args.gateway.clone().or_else(|| file.gateway.clone());
     let token_file = args.token_file.clone().or_else(|| file.token_file.clone());
     let ca_file = args.ca_file.clone().or_else(|| file.ca_file.clone());
@@ -37,38 +41,42 @@ pub fn run(args: AgentArgs, file: &AgentSection) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the runtime")?;
     // Everything that can fail on input is checked before attaching.
-    let controller = match &controller_url {
-        Some(url) => {
-            let (Some(gateway), Some(token_file)) = (&gateway, &token_file) else {
-                return Err(bad_input(anyhow::anyhow!(
-                    "--controller needs --gateway and --token-file (or gateway and token_file in [agent])"
-                )));
-            };
-            let token = crate::controller::read_token(token_file)?;
-            let client = Client::with_ca(url, &token, REQUEST_TIMEOUT, ca_file.as_deref())
-                .map_err(bad_input)?;
-            let window = args.probe_window.unwrap_or(file.probe_window);
-            if window.is_zero() || window > Duration::from_secs(5) {
-                return Err(bad_input(anyhow::anyhow!(
-                    "--probe-window must be in (0, 5s], not {window:?}"
-                )));
-            }
-            if !capacity.is_finite() || capacity <= 0.0 {
-                return Err(bad_input(anyhow::anyhow!(
-                    "--capacity must be a finite number > 0, not {capacity}"
-                )));
-            }
-            // The owner's sockets and tasks live on this runtime.
-            let _rt = rt.enter();
-            let owner = NetlinkOwner::new(OwnerConfig {
-                garp_count: args.garp_count.unwrap_or(file.garp_count),
-                garp_interval: args.garp_interval.unwrap_or(file.garp_interval),
-                ..OwnerConfig::new(&iface)
-            })
-            .with_context(|| format!("managing storage addresses on {iface}"))?;
-            Some((client, owner, gateway.clone()))
+    let controller = if controller_urls.is_empty() {
+        None
+    } else {
+        let (Some(gateway), Some(token_file)) = (&gateway, &token_file) else {
+            return Err(bad_input(anyhow::anyhow!(
+                "--controller needs --gateway and --token-file (or gateway and token_file in [agent])"
+            )));
+        };
+        let token = crate::controller::read_token(token_file)?;
+        let client = Client::cluster(
+            &controller_urls,
+            &token,
+            REQUEST_TIMEOUT,
+            ca_file.as_deref(),
+        )
+        .map_err(bad_input)?;
+        let window = args.probe_window.unwrap_or(file.probe_window);
+        if window.is_zero() || window > Duration::from_secs(5) {
+            return Err(bad_input(anyhow::anyhow!(
+                "--probe-window must be in (0, 5s], not {window:?}"
+            )));
         }
-        None => None,
+        if !capacity.is_finite() || capacity <= 0.0 {
+            return Err(bad_input(anyhow::anyhow!(
+                "--capacity must be a finite number > 0, not {capacity}"
+            )));
+        }
+        // The owner's sockets and tasks live on this runtime.
+        let _rt = rt.enter();
+        let owner = NetlinkOwner::new(OwnerConfig {
+            garp_count: args.garp_count.unwrap_or(file.garp_count),
+            garp_interval: args.garp_interval.unwrap_or(file.garp_interval),
+            ..OwnerConfig::new(&iface)
+        })
+        .with_context(|| format!("managing storage addresses on {iface}"))?;
+        Some((client, owner, gateway.clone()))
     };
     let cfg = DataplaneConfig {
         iface: iface.clone(),
@@ -136,7 +144,7 @@ pub fn run(args: AgentArgs, file: &AgentSection) -> anyhow::Result<ExitCode> {
             (dp, ExitCode::SUCCESS)
         }
         Some((client, owner, gateway)) => {
-            tracing::info!(%gateway, controller = controller_url.as_deref().unwrap_or_default(), "reporting");
+            tracing::info!(%gateway, controller = controller_urls.join(","), "reporting");
             let agent_cfg = AgentConfig {
                 gateway,
                 capacity,

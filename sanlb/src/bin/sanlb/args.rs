@@ -202,9 +202,11 @@ pub struct AgentArgs {
     #[arg(long)]
     pub keep_pins: bool,
     /// Report to this controller (http://HOST:PORT or https://HOST:PORT) and
-    /// apply its map; without it the agent only counts.
-    #[arg(long, value_name = "URL")]
-    pub controller: Option<String>,
+    /// apply its map; without it the agent only counts. With several
+    /// controllers, every one (repeat or separate with commas): the agent
+    /// follows the leader.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    pub controller: Vec<String>,
     /// This gateway's name in reports (with --controller): 1–64 characters
     /// of [A-Za-z0-9._-].
     #[arg(long, value_name = "NAME", value_parser = gateway_name)]
@@ -303,8 +305,25 @@ pub struct ControllerArgs {
     pub listen: Option<SocketAddr>,
     /// State file (map, generation, gateways, rates), replaced atomically
     /// [default: /var/lib/sanlb/controller.json].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "etcd")]
     pub state: Option<PathBuf>,
+    /// etcd's client URLs (repeat or separate with commas): one of several
+    /// controllers, one leading, the state in etcd instead of a file.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// sanlb's key prefix in etcd, one per sanlb cluster sharing it [default: /sanlb/].
+    #[arg(long, value_name = "PREFIX")]
+    pub etcd_prefix: Option<String>,
+    /// The URL agents and `sanlb status` reach this controller at, published
+    /// while it leads (with --etcd) [default: http(s)://LISTEN].
+    #[arg(long, value_name = "URL")]
+    pub advertise: Option<String>,
+    /// Time-to-live of the leader's lease in etcd, whole seconds [default: 2s].
+    #[arg(long, value_parser = duration)]
+    pub leader_ttl: Option<Duration>,
+    /// Time etcd has to answer one request [default: 2s].
+    #[arg(long, value_parser = duration)]
+    pub etcd_timeout: Option<Duration>,
     /// File holding the agents' bearer token (required here or in the config file).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
@@ -495,9 +514,11 @@ Exit status: 0 printed, 1 failure (writing the output), 2 bad flags, configurati
 token file, 3 controller unreachable (refused, timed out, TLS failure), 4 the controller
 refused the request (401 wrong token, 403 token not allowed, other errors).")]
 pub struct StatusArgs {
-    /// The controller (http://HOST:PORT or https://HOST:PORT).
-    #[arg(long, value_name = "URL")]
-    pub controller: Option<String>,
+    /// The controller (http://HOST:PORT or https://HOST:PORT); or several
+    /// of a cluster (repeat or separate with commas): the first that
+    /// answers, and its redirect to the leader, are followed.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    pub controller: Vec<String>,
     /// File holding a bearer token (the read-only one suffices).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
@@ -515,9 +536,10 @@ The controller and token come from the flags, else from [status] in the config f
 Exit status: 0 done, 1 --wait ran out, 2 bad flags, configuration or token file,
 3 controller unreachable, 4 the controller refused (404 unknown gateway).")]
 pub struct DrainArgs {
-    /// The controller (http://HOST:PORT or https://HOST:PORT).
-    #[arg(long, value_name = "URL")]
-    pub controller: Option<String>,
+    /// The controller (http://HOST:PORT or https://HOST:PORT); repeat it for
+    /// every controller of a cluster (the leader is found).
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    pub controller: Vec<String>,
     /// File holding the agents' bearer token (the read-only one cannot drain).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,

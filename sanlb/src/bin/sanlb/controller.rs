@@ -4,14 +4,17 @@ use std::{collections::BTreeSet, path::Path, process::ExitCode};
 
 use anyhow::Context as _;
 use sanlb::{
+    cluster::{ClusterError, ElectorConfig, Etcd, StateStore},
     config::{ControllerSection, IsnsSection},
     controller::{
         Config, ConfigError, Controller, PairSettings,
         isns::IsnsSettings,
+        leadership::{Cluster, check_state},
         server::{self, Limits, Options, Server},
         store::Store,
     },
     optimize::Options as SolverOptions,
+    proto::Mode,
     traffic,
 };
 
@@ -155,17 +158,53 @@ pub fn run(args: ControllerArgs, file: &ControllerSection) -> anyhow::Result<Exi
             return Err(bad_input(anyhow::anyhow!("{flag} must be > 0")));
         }
     }
+    let etcd = if args.etcd.is_empty() {
+        file.etcd.clone()
+    } else {
+        args.etcd
+    };
     if cfg.advise {
         tracing::warn!("advise mode: every decision is computed and shown, none is enforced");
     }
-    let state = args.state.unwrap_or_else(|| file.state.clone());
-    let controller = Controller::new(cfg, Some(Store::new(&state)), std::time::Instant::now())
-        .with_context(|| format!("starting from {}", state.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    if !etcd.is_empty() && isns.is_some() {
+        // A follower would publish its empty map: not wired for a cluster yet.
+        return Err(bad_input(anyhow::anyhow!(
+            "--isns with --etcd is not supported: give --isns to a controller without --etcd"
+        )));
+    }
+    let (controller, cluster) = if etcd.is_empty() {
+        let state = args.state.unwrap_or_else(|| file.state.clone());
+        let controller = Controller::new(cfg, Some(Store::new(&state)), std::time::Instant::now())
+            .with_context(|| format!("starting from {}", state.display()))?;
+        (controller, None)
+    } else {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let advertise = match args.advertise.or_else(|| file.advertise.clone()) {
+            Some(a) => a,
+            None if listen.ip().is_unspecified() => {
+                return Err(bad_input(anyhow::anyhow!(
+                    "--etcd needs --advertise (or advertise in [controller]): --listen {listen} names no address agents could reach"
+                )));
+            }
+            None => format!("{scheme}://{listen}"),
+        };
+        let elector = ElectorConfig {
+            advertise,
+            ttl: args.leader_ttl.unwrap_or(file.leader_ttl),
+        };
+        elector.validate().map_err(cluster_error)?;
+        let prefix = args.etcd_prefix.unwrap_or_else(|| file.etcd_prefix.clone());
+        let timeout = args.etcd_timeout.unwrap_or(file.etcd_timeout);
+        let mode = cfg.mode;
+        let etcd = rt.block_on(join_etcd(&etcd, &prefix, timeout, mode))?;
+        let controller = Controller::new(cfg, None, std::time::Instant::now())?;
+        (controller, Some(Cluster { etcd, elector }))
+    };
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -174,6 +213,7 @@ pub fn run(args: ControllerArgs, file: &ControllerSection) -> anyhow::Result<Exi
             read_token,
             tls,
             limits,
+            cluster,
             isns,
         };
         let mut server = Server::start_with(controller, token, listener, options)?;
@@ -193,6 +233,51 @@ pub fn run(args: ControllerArgs, file: &ControllerSection) -> anyhow::Result<Exi
             }
         }
     })
+}
+
+/// Connects to etcd and checks what sanlb keeps under `prefix` (its keys,
+/// and a state a leader could start from) before serving anything.
+async fn join_etcd(
+    endpoints: &[String],
+    prefix: &str,
+    timeout: std::time::Duration,
+    mode: Mode,
+) -> anyhow::Result<Etcd> {
+    let etcd = Etcd::connect(endpoints, prefix, timeout)
+        .await
+        .map_err(cluster_error)?;
+    let store = StateStore::new(&etcd);
+    if let Some(saved) = store.read().await.map_err(cluster_error)? {
+        check_state(store.key(), &saved, mode).map_err(cluster_error)?;
+    }
+    tracing::info!(
+        etcd = etcd.endpoints(),
+        prefix = etcd.prefix(),
+        "etcd reached"
+    );
+    Ok(etcd)
+}
+
+/// An error of the cluster's layer in the words of the command line: bad
+/// settings and refused keys are bad input (exit 2); an etcd that does not
+/// answer is a failure (exit 1).
+fn cluster_error(e: ClusterError) -> anyhow::Error {
+    match e {
+        ClusterError::Setting { setting, reason } => {
+            let flag = match setting {
+                "etcd prefix" => "--etcd-prefix",
+                "etcd timeout" => "--etcd-timeout",
+                "leader ttl" => "--leader-ttl",
+                "advertise" => "--advertise",
+                other => other,
+            };
+            bad_input(anyhow::anyhow!("{flag} {reason}"))
+        }
+        e @ (ClusterError::Endpoint { .. } | ClusterError::Foreign { .. }) => {
+            bad_input(anyhow::Error::from(e))
+        }
+        e => anyhow::Error::from(e),
+    }
 }
 
 /// `--isns`, `--host`, `--isns-source`, `--isns-period` over

@@ -28,22 +28,23 @@ fn exit(e: ClientError) -> anyhow::Error {
 }
 
 pub fn run(args: DrainArgs, file: &StatusSection, drain: bool) -> anyhow::Result<ExitCode> {
-    let url = args
-        .controller
-        .clone()
-        .or_else(|| file.controller.clone())
-        .ok_or_else(|| {
-            bad_input(anyhow::anyhow!(
-                "give --controller (or controller in [status])"
-            ))
-        })?;
+    let urls = if args.controller.is_empty() {
+        file.controller.clone()
+    } else {
+        args.controller.clone()
+    };
+    if urls.is_empty() {
+        return Err(bad_input(anyhow::anyhow!(
+            "give --controller (or controller in [status])"
+        )));
+    }
     let token = match args.token_file.as_ref().or(file.token_file.as_ref()) {
         Some(p) => crate::controller::read_token(p)?,
         None => String::new(),
     };
     let ca = args.ca_file.as_ref().or(file.ca_file.as_ref());
-    let client = Client::with_ca(
-        &url,
+    let client = Client::cluster(
+        &urls,
         &token,
         Duration::from_secs(5),
         ca.map(|p| p.as_path()),

@@ -12,22 +12,23 @@ use sanlb::{
 use crate::{Exit, REFUSED, UNREACHABLE, args::StatusArgs, bad_input};
 
 pub fn run(args: StatusArgs, file: &StatusSection) -> anyhow::Result<ExitCode> {
-    let url = args
-        .controller
-        .clone()
-        .or_else(|| file.controller.clone())
-        .ok_or_else(|| {
-            bad_input(anyhow::anyhow!(
-                "give --controller (or controller in [status])"
-            ))
-        })?;
+    let urls = if args.controller.is_empty() {
+        file.controller.clone()
+    } else {
+        args.controller.clone()
+    };
+    if urls.is_empty() {
+        return Err(bad_input(anyhow::anyhow!(
+            "give --controller (or controller in [status])"
+        )));
+    }
     let token = match args.token_file.as_ref().or(file.token_file.as_ref()) {
         Some(p) => crate::controller::read_token(p)?,
         None => String::new(),
     };
     let ca = args.ca_file.as_ref().or(file.ca_file.as_ref());
-    let client = Client::with_ca(
-        &url,
+    let client = Client::cluster(
+        &urls,
         &token,
         Duration::from_secs(5),
         ca.map(|p| p.as_path()),
@@ -50,7 +51,7 @@ pub fn run(args: StatusArgs, file: &StatusSection) -> anyhow::Result<ExitCode> {
     let text = if args.json {
         serde_json::to_string_pretty(&status)? + "\n"
     } else {
-        render(&url, &status)
+        render(client.current(), &status)
     };
     match std::io::stdout().write_all(text.as_bytes()) {
         // `sanlb status | head`: the reader has what it wanted.
@@ -102,6 +103,17 @@ fn render(url: &str, st: &Status) -> String {
         "controller {url}  generation {}  mode {}  var_norm {:.4}  interval {} ms × {}  lease {} ms\n",
         st.generation, st.mode, st.var_norm, st.interval_ms, st.window, st.lease_ms
     );
+    if let Some(c) = &st.cluster {
+        let _ = writeln!(
+            o,
+            "cluster: {} leads (term {}); this answer from {} ({}); etcd {}\n",
+            c.leader.as_deref().unwrap_or("nobody"),
+            c.term.map_or("-".into(), |t| t.to_string()),
+            c.advertise,
+            c.role,
+            c.etcd
+        );
+    }
     let max_u = st
         .gateways
         .iter()

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Instant};
 use axum::{
     Json,
     extract::{State, rejection::JsonRejection},
-    http::StatusCode,
+    http::{StatusCode, Uri},
     response::{IntoResponse, Response},
 };
 
@@ -44,8 +44,13 @@ fn refused(state: &AppState, what: &str, rej: &JsonRejection) -> Response {
 /// `POST /v1/heartbeat`.
 pub(in crate::controller) async fn heartbeat(
     State(state): State<Arc<AppState>>,
+    uri: Uri,
     body: Result<Json<Heartbeat>, JsonRejection>,
 ) -> Response {
+    // In a cluster only the leader answers: a redirect or 503 elsewhere.
+    if let Some(elsewhere) = state.not_here(&uri) {
+        return elsewhere;
+    }
     let hb = match body {
         Ok(Json(hb)) => hb,
         Err(rej) => return refused(&state, "heartbeat", &rej),
@@ -88,8 +93,13 @@ fn drain_answer(
 /// `POST /v1/drain`.
 pub(in crate::controller) async fn drain(
     State(state): State<Arc<AppState>>,
+    uri: Uri,
     body: Result<Json<DrainRequest>, JsonRejection>,
 ) -> Response {
+    // In a cluster only the leader answers: a redirect or 503 elsewhere.
+    if let Some(elsewhere) = state.not_here(&uri) {
+        return elsewhere;
+    }
     let req = match body {
         Ok(Json(r)) => r,
         Err(rej) => return refused(&state, "drain", &rej),
@@ -102,8 +112,13 @@ pub(in crate::controller) async fn drain(
 /// `POST /v1/undrain`.
 pub(in crate::controller) async fn undrain(
     State(state): State<Arc<AppState>>,
+    uri: Uri,
     body: Result<Json<DrainRequest>, JsonRejection>,
 ) -> Response {
+    // In a cluster only the leader answers: a redirect or 503 elsewhere.
+    if let Some(elsewhere) = state.not_here(&uri) {
+        return elsewhere;
+    }
     let req = match body {
         Ok(Json(r)) => r,
         Err(rej) => return refused(&state, "undrain", &rej),
