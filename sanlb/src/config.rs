@@ -418,8 +418,10 @@ pub struct StatusSection {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ControlSection {
-    /// The controller's URL.
-    pub controller: Option<String>,
+    /// The controller's URL, or every controller of a cluster (a list, or
+    /// one string separated by commas): the leader is found.
+    #[serde(deserialize_with = "urls")]
+    pub controller: Vec<String>,
     /// The agents' bearer token (the read-only one may not steer).
     pub token_file: Option<PathBuf>,
     /// CA certificates (PEM) for an `https://` controller.

@@ -436,9 +436,11 @@ file, 3 controller unreachable (refused, timed out, TLS failure), 4 the controll
 the request (401 wrong token, 403 the read-only token, 422 unknown target or gateway,
 503 state not writable).")]
 pub struct ControlArgs {
-    /// The controller (http://HOST:PORT or https://HOST:PORT) [default: [control] controller].
-    #[arg(long, value_name = "URL")]
-    pub controller: Option<String>,
+    /// The controller (http://HOST:PORT or https://HOST:PORT), or every controller of a
+    /// cluster (repeat or separate with commas): the leader is found [default: [control]
+    /// controller].
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    pub controller: Vec<String>,
     /// File holding the agents' bearer token (the read-only one may not steer).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,

@@ -21,15 +21,16 @@ pub enum Action {
 }
 
 pub fn run(action: Action, args: ControlArgs, file: &ControlSection) -> anyhow::Result<ExitCode> {
-    let url = args
-        .controller
-        .clone()
-        .or_else(|| file.controller.clone())
-        .ok_or_else(|| {
-            bad_input(anyhow::anyhow!(
-                "give --controller (or controller in [control])"
-            ))
-        })?;
+    let urls = if args.controller.is_empty() {
+        file.controller.clone()
+    } else {
+        args.controller.clone()
+    };
+    if urls.is_empty() {
+        return Err(bad_input(anyhow::anyhow!(
+            "give --controller (or controller in [control])"
+        )));
+    }
     let token_file = args
         .token_file
         .as_ref()
@@ -41,8 +42,8 @@ pub fn run(action: Action, args: ControlArgs, file: &ControlSection) -> anyhow::
         })?;
     let token = crate::controller::read_token(token_file)?;
     let ca = args.ca_file.as_ref().or(file.ca_file.as_ref());
-    let client = Client::with_ca(
-        &url,
+    let client = Client::cluster(
+        &urls,
         &token,
         Duration::from_secs(5),
         ca.map(|p| p.as_path()),
