@@ -414,7 +414,8 @@ impl Controller {
         }
         self.routes.iter().any(|(k, r)| {
             self.pinned(k).is_some_and(|g| {
-                self.gateways.alive(g) && r.ownership.assigned().is_some_and(|a| a != g)
+                self.gateways.get(g).is_some_and(|g| g.takes_routes())
+                    && r.ownership.assigned().is_some_and(|a| a != g)
             })
         })
     }
@@ -427,8 +428,8 @@ impl Controller {
     }
 
     /// Restricts the routes of `problem` (route `i` is `keys[i]`): a pinned
-    /// route to its gateway while that one is alive; a route in its
-    /// cool-down on an alive gateway to that gateway; and, for a `pin`
+    /// route to its gateway while that one takes routes; a route in its
+    /// cool-down on a gateway that takes routes to that gateway; and, for a `pin`
     /// rebalance, every route that is not pinned to where it is, so that
     /// only pinned routes move.
     pub(super) fn constrain(
@@ -443,15 +444,19 @@ impl Controller {
         self.controls
             .moved
             .retain(|_, at| now.saturating_duration_since(*at) < cooldown);
+        // Pins and cool-downs yield to faults and drains: a gateway that
+        // takes no routes (dead, link down, drained) keeps none.
+        let takes = |g: &str| self.gateways.get(g).is_some_and(|g| g.takes_routes());
         for (route, key) in problem.routes.iter_mut().zip(keys) {
             if let Some(g) = self.pinned(key)
-                && self.gateways.alive(g)
+                && takes(g)
             {
                 route.allowed = Some(vec![g.to_owned()]);
                 continue;
             }
-            let Some(current) = route.current.as_deref().filter(|g| self.gateways.alive(g)) else {
-                // Off a dead gateway or on none: failover places it freely.
+            let Some(current) = route.current.as_deref().filter(|g| takes(g)) else {
+                // Off a gateway that takes no routes, or on none: placed
+                // freely.
                 continue;
             };
             let hold = match trigger {

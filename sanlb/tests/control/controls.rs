@@ -11,7 +11,7 @@ use std::{
 use crate::fakes::{Beats, HOST, config, target};
 use sanlb::{
     controller::{Config, Controller, Trigger, controls::ControlError, metrics, store::Store},
-    proto::{EnforceCounters, Flow, Ownership, RebalanceRecord, Report},
+    proto::{DrainRequest, EnforceCounters, Flow, Ownership, RebalanceRecord, Report},
 };
 
 const LEASE: Duration = Duration::from_millis(900);
@@ -306,6 +306,39 @@ fn a_pin_moves_only_its_routes_holds_them_and_yields_to_failover() {
     let st = s.c.unpin(target(1), s.now).unwrap();
     assert_eq!(st.pins.len(), 1);
     assert_eq!(metric(&s.c, s.now, "sanlb_pinned_targets"), 1.0);
+}
+
+#[test]
+fn a_route_in_its_cool_down_leaves_a_drained_gateway() {
+    // Regression (merge of issues 14 and 18): a drain, like a failover,
+    // moves routes in their cool-down; before, a hand-off on stop waited
+    // for a cool-down of minutes.
+    let mut s = all_on_gw1(3, |c| c.move_cooldown = Duration::from_secs(600), None);
+    let r = s.rebalance(Trigger::Interval).expect("due");
+    assert!(r.adopted);
+    let first = r.changes[0].target;
+    s.interval(&["gw1", "gw2"]);
+    s.interval(&["gw1", "gw2"]);
+    assert_eq!(s.owned_by(first).as_deref(), Some("gw2"));
+    assert_eq!(s.c.controls_status(s.now).cooling.len(), 1);
+    s.c.drain(
+        &DrainRequest {
+            gateway: "gw2".into(),
+            boot_id: None,
+        },
+        s.now,
+    )
+    .unwrap();
+    assert!(
+        s.c.expire(s.now),
+        "a drained gateway's routes are due to move"
+    );
+    let r = s.rebalance(Trigger::Failover).expect("due");
+    assert!(r.adopted, "{r:?}");
+    assert!(
+        r.changes.iter().any(|c| c.target == first),
+        "the cooling route stayed on the drained gateway: {r:?}"
+    );
 }
 
 #[test]
