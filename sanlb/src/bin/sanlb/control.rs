@@ -1,11 +1,11 @@
 //! `sanlb pause`, `resume`, `pin`, `unpin`: the operator's controls, over
 //! the controller's authenticated API (the agents' token).
 
-use std::{fmt::Write as _, io::Write as _, net::IpAddr, process::ExitCode, time::Duration};
+use std::{fmt::Write as _, io::Write as _, net::IpAddr, process::ExitCode};
 
 use anyhow::Context as _;
 use sanlb::{
-    agent::{Client, ClientError},
+    agent::ClientError,
     config::ControlSection,
     proto::{ControlsStatus, PinRequest, UnpinRequest},
 };
@@ -21,16 +21,7 @@ pub enum Action {
 }
 
 pub fn run(action: Action, args: ControlArgs, file: &ControlSection) -> anyhow::Result<ExitCode> {
-    let urls = if args.controller.is_empty() {
-        file.controller.clone()
-    } else {
-        args.controller.clone()
-    };
-    if urls.is_empty() {
-        return Err(bad_input(anyhow::anyhow!(
-            "give --controller (or controller in [control])"
-        )));
-    }
+    let urls = crate::remote::controllers(&args.controller, &file.controller, "control")?;
     let token_file = args
         .token_file
         .as_ref()
@@ -42,17 +33,8 @@ pub fn run(action: Action, args: ControlArgs, file: &ControlSection) -> anyhow::
         })?;
     let token = crate::controller::read_token(token_file)?;
     let ca = args.ca_file.as_ref().or(file.ca_file.as_ref());
-    let client = Client::cluster(
-        &urls,
-        &token,
-        Duration::from_secs(5),
-        ca.map(|p| p.as_path()),
-    )
-    .map_err(bad_input)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let client = crate::remote::client(&urls, &token, ca.map(|p| p.as_path()))?;
+    let rt = crate::remote::runtime()?;
     let reply = rt.block_on(async {
         match &action {
             Action::Pause => client.pause(false).await,

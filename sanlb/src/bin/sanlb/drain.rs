@@ -5,14 +5,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
-use sanlb::{
-    agent::{Client, ClientError},
-    config::StatusSection,
-    proto::DrainRequest,
-};
+use sanlb::{agent::ClientError, config::StatusSection, proto::DrainRequest};
 
-use crate::{Exit, FAILURE, REFUSED, UNREACHABLE, args::DrainArgs, bad_input};
+use crate::{Exit, FAILURE, REFUSED, UNREACHABLE, args::DrainArgs};
 
 /// A failed request as its exit status: 4 refused, 3 unreachable.
 fn exit(e: ClientError) -> anyhow::Error {
@@ -28,32 +23,14 @@ fn exit(e: ClientError) -> anyhow::Error {
 }
 
 pub fn run(args: DrainArgs, file: &StatusSection, drain: bool) -> anyhow::Result<ExitCode> {
-    let urls = if args.controller.is_empty() {
-        file.controller.clone()
-    } else {
-        args.controller.clone()
-    };
-    if urls.is_empty() {
-        return Err(bad_input(anyhow::anyhow!(
-            "give --controller (or controller in [status])"
-        )));
-    }
+    let urls = crate::remote::controllers(&args.controller, &file.controller, "status")?;
     let token = match args.token_file.as_ref().or(file.token_file.as_ref()) {
         Some(p) => crate::controller::read_token(p)?,
         None => String::new(),
     };
     let ca = args.ca_file.as_ref().or(file.ca_file.as_ref());
-    let client = Client::cluster(
-        &urls,
-        &token,
-        Duration::from_secs(5),
-        ca.map(|p| p.as_path()),
-    )
-    .map_err(bad_input)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let client = crate::remote::client(&urls, &token, ca.map(|p| p.as_path()))?;
+    let rt = crate::remote::runtime()?;
     let req = DrainRequest {
         gateway: args.gateway.clone(),
         boot_id: None,

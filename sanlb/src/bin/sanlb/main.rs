@@ -14,6 +14,7 @@ mod drain;
 mod generate;
 mod logging;
 mod plan;
+mod remote;
 mod status;
 mod token;
 

@@ -1,43 +1,25 @@
 //! `sanlb status`.
 
-use std::{fmt::Write as _, io::Write as _, process::ExitCode, time::Duration};
+use std::{fmt::Write as _, io::Write as _, process::ExitCode};
 
 use anyhow::Context as _;
 use sanlb::{
-    agent::{Client, ClientError},
+    agent::ClientError,
     config::StatusSection,
     proto::{GatewayState, GatewayStatus, Ownership, Status},
 };
 
-use crate::{Exit, REFUSED, UNREACHABLE, args::StatusArgs, bad_input};
+use crate::{Exit, REFUSED, UNREACHABLE, args::StatusArgs};
 
 pub fn run(args: StatusArgs, file: &StatusSection) -> anyhow::Result<ExitCode> {
-    let urls = if args.controller.is_empty() {
-        file.controller.clone()
-    } else {
-        args.controller.clone()
-    };
-    if urls.is_empty() {
-        return Err(bad_input(anyhow::anyhow!(
-            "give --controller (or controller in [status])"
-        )));
-    }
+    let urls = crate::remote::controllers(&args.controller, &file.controller, "status")?;
     let token = match args.token_file.as_ref().or(file.token_file.as_ref()) {
         Some(p) => crate::controller::read_token(p)?,
         None => String::new(),
     };
     let ca = args.ca_file.as_ref().or(file.ca_file.as_ref());
-    let client = Client::cluster(
-        &urls,
-        &token,
-        Duration::from_secs(5),
-        ca.map(|p| p.as_path()),
-    )
-    .map_err(bad_input)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let client = crate::remote::client(&urls, &token, ca.map(|p| p.as_path()))?;
+    let rt = crate::remote::runtime()?;
     let status = rt.block_on(client.status()).map_err(|e| {
         let code = match e {
             ClientError::Refused { .. } => REFUSED,
