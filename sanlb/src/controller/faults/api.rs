@@ -96,17 +96,7 @@ pub(in crate::controller) async fn drain(
     uri: Uri,
     body: Result<Json<DrainRequest>, JsonRejection>,
 ) -> Response {
-    // In a cluster only the leader answers: a redirect or 503 elsewhere.
-    if let Some(elsewhere) = state.not_here(&uri) {
-        return elsewhere;
-    }
-    let req = match body {
-        Ok(Json(r)) => r,
-        Err(rej) => return refused(&state, "drain", &rej),
-    };
-    let mut c = state.lock();
-    let r = c.drain(&req, Instant::now());
-    drain_answer(&mut c, r)
+    drain_or_undrain(&state, &uri, body, true)
 }
 
 /// `POST /v1/undrain`.
@@ -115,15 +105,29 @@ pub(in crate::controller) async fn undrain(
     uri: Uri,
     body: Result<Json<DrainRequest>, JsonRejection>,
 ) -> Response {
+    drain_or_undrain(&state, &uri, body, false)
+}
+
+fn drain_or_undrain(
+    state: &AppState,
+    uri: &Uri,
+    body: Result<Json<DrainRequest>, JsonRejection>,
+    drain: bool,
+) -> Response {
     // In a cluster only the leader answers: a redirect or 503 elsewhere.
-    if let Some(elsewhere) = state.not_here(&uri) {
+    if let Some(elsewhere) = state.not_here(uri) {
         return elsewhere;
     }
+    let what = if drain { "drain" } else { "undrain" };
     let req = match body {
         Ok(Json(r)) => r,
-        Err(rej) => return refused(&state, "undrain", &rej),
+        Err(rej) => return refused(state, what, &rej),
     };
     let mut c = state.lock();
-    let r = c.undrain(&req, Instant::now());
+    let r = if drain {
+        c.drain(&req, Instant::now())
+    } else {
+        c.undrain(&req, Instant::now())
+    };
     drain_answer(&mut c, r)
 }
