@@ -12,10 +12,17 @@ pub mod duration;
 pub const FLOWS4_MAP: &str = "FLOWS4";
 /// Name of the IPv6 per-(initiator, target) counter map in the eBPF object.
 pub const FLOWS6_MAP: &str = "FLOWS6";
+/// Name of the per-CPU set-associative table of IPv4 pairs, [`FlowSet4`]
+/// values, looked up before [`FLOWS4_MAP`].
+pub const FLOWSETS4_MAP: &str = "FLOWSETS4";
 /// Name of the per-hook statistics map (skip reasons, new flows, failures).
 pub const STATS_MAP: &str = "STATS";
-/// Name of the iSCSI port bitmap (configuration written by the agent).
+/// Name of the map recording the iSCSI ports (a bitmap written by the agent
+/// for `sanlb counters` and bpftool; the programs read [`PORT_BITS_GLOBAL`]).
 pub const PORTS_MAP: &str = "ISCSI_PORTS";
+/// Name of the global (in .rodata, set when the object is loaded) holding the
+/// iSCSI port bitmap the programs check: [`PORT_BITMAP_WORDS`] `u64` words.
+pub const PORT_BITS_GLOBAL: &str = "ISCSI_PORT_BITS";
 /// Name of the map recording where the agent attached the ingress counter
 /// (written by the agent, read by `sanlb counters` and bpftool).
 pub const ATTACH_MAP: &str = "ATTACH";
@@ -135,6 +142,41 @@ impl FlowCounters {
     }
 }
 
+/// Sets of [`FLOWSETS4_MAP`] (a power of two).
+pub const FLOW_SETS: u32 = 1024;
+/// `log2(FLOW_SETS)`.
+pub const FLOW_SET_BITS: u32 = FLOW_SETS.trailing_zeros();
+/// Pairs one set holds.
+pub const FLOW_WAYS: usize = 4;
+
+/// One way of a [`FlowSet4`]: a pair and its counters on one CPU. An all-zero
+/// key is a free way.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowWay4 {
+    /// The pair.
+    pub key: FlowKey4,
+    /// Its counters on this CPU.
+    pub counters: FlowCounters,
+}
+
+/// Value of [`FLOWSETS4_MAP`], one per set and CPU: the IPv4 pairs this CPU
+/// saw first whose key hashes to the set, [`FLOW_WAYS`] of them; later pairs
+/// of a full set go to [`FLOWS4_MAP`]. A way, once taken, keeps its pair.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSet4 {
+    /// The ways.
+    pub ways: [FlowWay4; FLOW_WAYS],
+}
+
+/// The set of a [`FLOWSETS4_MAP`] key: the key as one little-endian 64-bit
+/// word (initiator in the low half), Fibonacci-hashed to [`FLOW_SET_BITS`].
+#[inline(always)]
+pub fn flow_set(key: u64) -> u32 {
+    (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FLOW_SET_BITS)) as u32
+}
+
 /// Value of [`STATS_MAP`], one per hook and CPU: what each program saw and why
 /// it did not count a frame. Every frame is passed whatever the reason.
 #[repr(C)]
@@ -215,6 +257,8 @@ const _: () = assert!(core::mem::size_of::<FlowKey6>() == 32);
 const _: () = assert!(core::mem::size_of::<AttachInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<FlowCounters>() == 11 * 8);
 const _: () = assert!(core::mem::size_of::<HookStats>() == 11 * 8);
+const _: () = assert!(core::mem::size_of::<FlowWay4>() == 12 * 8);
+const _: () = assert!(FLOW_SETS.is_power_of_two());
 
 #[cfg(feature = "user")]
 mod user {
@@ -228,4 +272,6 @@ mod user {
     unsafe impl aya::Pod for super::FlowCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::HookStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowSet4 {}
 }

@@ -14,7 +14,7 @@ mod parse;
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action},
     btf_maps::{Array, LruPerCpuHashMap, PerCpuArray},
-    helpers::generated::bpf_xdp_get_buff_len,
+    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_get_buff_len},
     macros::{btf_map, classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -22,8 +22,8 @@ use core::mem::MaybeUninit;
 
 use parse::{Frame, Parsed, Skip};
 use sanlb_common::{
-    AttachInfo, DEFAULT_MAX_FLOWS, FlowCounters, FlowKey4, FlowKey6, HOOK_EGRESS, HOOK_INGRESS,
-    HOOKS, HookStats, PORT_BITMAP_WORDS,
+    AttachInfo, DEFAULT_MAX_FLOWS, FLOW_SETS, FLOW_WAYS, FlowCounters, FlowKey4, FlowKey6,
+    FlowSet4, HOOK_EGRESS, HOOK_INGRESS, HOOKS, HookStats, PORT_BITMAP_WORDS, flow_set,
 };
 
 /// Counters per IPv4 (initiator, target). LRU bounds memory; the agent sets
@@ -39,6 +39,15 @@ static FLOWS4: LruPerCpuHashMap<
     { DEFAULT_MAX_FLOWS as usize },
     { BPF_F_NO_COMMON_LRU as usize },
 > = LruPerCpuHashMap::new();
+
+/// The IPv4 pairs each CPU saw first, FLOW_WAYS per set, each with its
+/// counters: found with an array index and a compare, where FLOWS4 costs a
+/// hash-table look-up (the kernel's jhash, bucket walk and memcmp, a helper
+/// call). Pairs of a full set go to FLOWS4. A way is never given up, so a
+/// pair's counts never move between the tables and a reader that adds both
+/// sees them grow monotonically.
+#[btf_map]
+static FLOWSETS4: PerCpuArray<FlowSet4, { FLOW_SETS as usize }> = PerCpuArray::new();
 
 /// Counters per IPv6 (initiator, target), as FLOWS4.
 #[btf_map]
@@ -58,7 +67,14 @@ static ATTACH: Array<AttachInfo, 1> = Array::new();
 #[btf_map]
 static STATS: PerCpuArray<HookStats, { HOOKS as usize }> = PerCpuArray::new();
 
-/// iSCSI ports, one bit per TCP port (word = port / 64, bit = port % 64).
+/// iSCSI ports, one bit per TCP port (word = port / 64, bit = port % 64):
+/// a global in .rodata that the agent sets when it loads the object, so a
+/// port check is one load from a fixed address (no map look-up).
+/// `ISCSI_PORTS` records the same set for `sanlb counters` and bpftool.
+#[unsafe(no_mangle)]
+static ISCSI_PORT_BITS: [u64; PORT_BITMAP_WORDS as usize] = [0; PORT_BITMAP_WORDS as usize];
+
+/// The record of the iSCSI ports (see `ISCSI_PORT_BITS`); no program reads it.
 #[btf_map]
 static ISCSI_PORTS: Array<u64, { PORT_BITMAP_WORDS as usize }> = Array::new();
 
@@ -124,6 +140,17 @@ impl Frame for Xdp<'_> {
         // SAFETY: bounds checked against data_end just above.
         Some(unsafe { ((start + off) as *const T).read_unaligned() })
     }
+
+    #[inline(always)]
+    fn head<const N: usize>(&self) -> Option<&[u8; N]> {
+        let start = self.0.data();
+        if start + N > self.0.data_end() {
+            return None;
+        }
+        // SAFETY: N bytes of packet data, checked against data_end just above;
+        // the program only reads them while it runs.
+        Some(unsafe { &*(start as *const [u8; N]) })
+    }
 }
 
 struct Tc<'a>(&'a TcContext);
@@ -151,16 +178,43 @@ impl Frame for Tc<'_> {
             // SAFETY: bounds checked against data_end just above.
             return Some(unsafe { ((start + off) as *const T).read_unaligned() });
         }
-        self.0.load::<T>(off).ok()
+        // Into an 8-aligned slot: the verifier refuses misaligned stack reads.
+        let mut slot = MaybeUninit::<Aligned<T>>::uninit();
+        // SAFETY: the helper writes at most size_of::<T>() bytes into the slot
+        // and, returning 0, has written all of them.
+        unsafe {
+            let ret = bpf_skb_load_bytes(
+                self.0.skb.skb.cast(),
+                off as u32,
+                slot.as_mut_ptr().cast(),
+                size_of::<T>() as u32,
+            );
+            (ret == 0).then(|| slot.assume_init().0)
+        }
+    }
+
+    #[inline(always)]
+    fn head<const N: usize>(&self) -> Option<&[u8; N]> {
+        let start = self.0.data();
+        if start + N > self.0.data_end() {
+            return None;
+        }
+        // SAFETY: N bytes of the linear area, checked against data_end just
+        // above; the program only reads them while it runs.
+        Some(unsafe { &*(start as *const [u8; N]) })
     }
 }
 
+#[repr(C, align(8))]
+struct Aligned<T>(T);
+
 #[inline(always)]
 fn is_iscsi_port(port: u16) -> bool {
-    match ISCSI_PORTS.get(u32::from(port >> 6)) {
-        Some(word) => (*word >> (port & 63)) & 1 != 0,
-        None => false,
-    }
+    // SAFETY: port / 64 < 1024 words; volatile so that the compiler does not
+    // fold the placeholder value the loader replaces.
+    let word =
+        unsafe { core::ptr::read_volatile(ISCSI_PORT_BITS.as_ptr().add(usize::from(port >> 6))) };
+    (word >> (port & 63)) & 1 != 0
 }
 
 #[inline(always)]
@@ -174,12 +228,20 @@ fn count<F: Frame>(f: &F, hook: u32, segs: u32) {
     // read-modify-write is exact.
     let stats = unsafe { &mut *stats };
     stats.frames += 1;
-    match parse::parse(f, is_iscsi_port) {
+    // The common frame takes the short path; anything else, the whole walk.
+    let parsed = match f
+        .head::<{ parse::FAST_LEN }>()
+        .and_then(|h| parse::fast(h, f.linear_len(), is_iscsi_port))
+    {
+        Some(parsed) => parsed,
+        None => parse::parse(f, is_iscsi_port),
+    };
+    match parsed {
         Ok(p) => {
             let added = if p.ipv6 {
                 add(&FLOWS6, f, &key6(&p), &p, segs, stats)
             } else {
-                add(&FLOWS4, f, &key4(&p), &p, segs, stats)
+                add4(f, &p, segs, stats)
             };
             if added {
                 stats.counted += 1;
@@ -256,6 +318,40 @@ fn zero_counters(v: &mut MaybeUninit<FlowCounters>) -> &mut FlowCounters {
         }
         v.assume_init_mut()
     }
+}
+
+/// Adds an IPv4 frame to its pair: in this CPU's FLOWSETS4 set if the pair
+/// is there or a way is free, else in FLOWS4.
+#[inline(always)]
+fn add4<F: Frame>(f: &F, p: &Parsed, segs: u32, stats: &mut HookStats) -> bool {
+    let key = key4(p);
+    // SAFETY: FlowKey4 is 8 bytes with alignment 8.
+    let word = unsafe { core::ptr::from_ref(&key).cast::<u64>().read() };
+    // The all-zero key (0.0.0.0 to 0.0.0.0) would look like a free way.
+    if word != 0
+        && let Some(set) = FLOWSETS4.get_ptr_mut(flow_set(word))
+    {
+        // SAFETY: this CPU's copy of the set; no other program runs on this
+        // CPU meanwhile (see `count`).
+        let set = unsafe { &mut *set };
+        for way in set.ways.iter_mut().take(FLOW_WAYS) {
+            // SAFETY: as `word` above.
+            let k = unsafe { core::ptr::from_ref(&way.key).cast::<u64>().read() };
+            if k == word {
+                apply(f, p, segs, &mut way.counters);
+                return true;
+            }
+            if k == 0 {
+                // A free way has never been used, so its counters are zero.
+                // SAFETY: as `word` above.
+                unsafe { core::ptr::from_mut(&mut way.key).cast::<u64>().write(word) };
+                apply(f, p, segs, &mut way.counters);
+                stats.new_flows += 1;
+                return true;
+            }
+        }
+    }
+    add(&FLOWS4, f, &key, p, segs, stats)
 }
 
 /// Adds the frame to its flow, creating the entry on first sight. Returns

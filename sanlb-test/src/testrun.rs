@@ -16,8 +16,8 @@ use aya::{
 };
 use sanlb::dataplane::{Programs, Snapshot};
 use sanlb_common::{
-    FLOWS4_MAP, FLOWS6_MAP, FlowCounters, FlowKey4, FlowKey6, HOOKS, HookStats, STATS_MAP,
-    TC_INGRESS_PROG, TC_PROG, XDP_PROG,
+    FLOW_SETS, FLOWS4_MAP, FLOWS6_MAP, FLOWSETS4_MAP, FlowCounters, FlowKey4, FlowKey6, FlowSet4,
+    HOOKS, HookStats, STATS_MAP, TC_INGRESS_PROG, TC_PROG, XDP_PROG,
 };
 
 /// The empty XDP and TC programs, built by `build.rs` from `sanlb-test-ebpf`.
@@ -98,14 +98,27 @@ impl Detached {
         self.programs.snapshot().context("reading the maps")
     }
 
+    /// Keys in the IPv4 flow table behind the flow sets (FLOWS4).
+    pub fn flows4_keys(&self) -> Result<Vec<FlowKey4>> {
+        let m = self.programs.ebpf().map(FLOWS4_MAP).context(FLOWS4_MAP)?;
+        let flows: PerCpuHashMap<&MapData, FlowKey4, FlowCounters> = PerCpuHashMap::try_from(m)?;
+        Ok(flows.keys().filter_map(|k| k.ok()).collect())
+    }
+
     /// Empties the flow tables and zeroes the statistics.
     pub fn reset(&mut self) -> Result<()> {
         let ebpf = self.programs.ebpf_mut();
         clear::<FlowKey4>(ebpf, FLOWS4_MAP)?;
         clear::<FlowKey6>(ebpf, FLOWS6_MAP)?;
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        let m = ebpf.map_mut(FLOWSETS4_MAP).context(FLOWSETS4_MAP)?;
+        let mut sets: PerCpuArray<&mut MapData, FlowSet4> = PerCpuArray::try_from(m)?;
+        for set in 0..FLOW_SETS {
+            let zero = PerCpuValues::try_from(vec![FlowSet4::default(); cpus])?;
+            sets.set(set, zero, 0).context("zeroing a flow set")?;
+        }
         let m = ebpf.map_mut(STATS_MAP).context(STATS_MAP)?;
         let mut stats: PerCpuArray<&mut MapData, HookStats> = PerCpuArray::try_from(m)?;
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
         for hook in 0..HOOKS {
             let zero = PerCpuValues::try_from(vec![HookStats::default(); cpus])?;
             stats.set(hook, zero, 0).context("zeroing stats")?;

@@ -621,27 +621,114 @@ fn multi_buffer_jumbo_frames_count_whole() {
     assert_eq!(s.ingress.truncated, 1);
 }
 
+/// Runs the calling thread on CPU 0 only, so that every test run uses one
+/// CPU's copy of the per-CPU tables.
+fn on_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity get
+    // a pointer to it and its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning the test thread to CPU 0"
+        );
+    }
+}
+
+/// The IPv4 key of a flow set as the programs hash it.
+fn set_of(initiator: [u8; 4], target: [u8; 4]) -> u32 {
+    let mut word = [0u8; 8];
+    word[..4].copy_from_slice(&initiator);
+    word[4..].copy_from_slice(&target);
+    sanlb_common::flow_set(u64::from_le_bytes(word))
+}
+
+fn frame_from(src: [u8; 4], len: usize) -> Vec<u8> {
+    let mut f = tcp4(40000, 3260, payload(len));
+    if let L3::V4(ip, _) = &mut f.l3 {
+        ip.src = src;
+    }
+    f.build()
+}
+
 #[test]
 #[ignore = "privileged: needs root, run by cargo xtask test"]
-fn lru_table_stays_bounded() {
+fn a_full_flow_set_sends_new_pairs_to_the_lru_table() {
+    on_cpu0();
     let mut dp = Detached::load(&[3260], 64).unwrap();
-    for i in 0..1000u32 {
-        let mut f = tcp4(40000, 3260, payload(1));
-        if let L3::V4(ip, _) = &mut f.l3 {
-            ip.src = [198, 18, (i >> 8) as u8, i as u8];
+    // Six initiators whose pairs with the frames' target share one set.
+    let target = [198, 18, 1, 50];
+    let mut same: Vec<[u8; 4]> = Vec::new();
+    let want = set_of([198, 18, 0, 0], target);
+    for i in 0..=u16::MAX {
+        let src = [198, 18, (i >> 8) as u8, i as u8];
+        if set_of(src, target) == want {
+            same.push(src);
+            if same.len() == sanlb_common::FLOW_WAYS + 2 {
+                break;
+            }
         }
-        let r = dp.run_xdp(&f.build(), 1).unwrap();
+    }
+    assert_eq!(same.len(), sanlb_common::FLOW_WAYS + 2);
+    // Each sends i + 1 frames of 100 + i bytes, interleaved.
+    for round in 0..same.len() {
+        for (i, src) in same.iter().enumerate().skip(round) {
+            dp.run_xdp(&frame_from(*src, 100 + i), 1).unwrap();
+        }
+    }
+    let s = dp.snapshot().unwrap();
+    assert_eq!(s.flows.len(), same.len());
+    for (i, src) in same.iter().enumerate() {
+        let f = s
+            .flows
+            .iter()
+            .find(|f| f.initiator == std::net::IpAddr::from(*src))
+            .unwrap_or_else(|| panic!("no counts for {src:?}"));
+        assert_eq!(f.counters.to_target_packets, i as u64 + 1, "{src:?}");
+        assert_eq!(
+            f.counters.to_target_bytes,
+            (i as u64 + 1) * (100 + i as u64),
+            "{src:?}"
+        );
+    }
+    // The first four took the set's ways, the other two are in FLOWS4.
+    let mut spilled: Vec<[u8; 4]> = dp
+        .flows4_keys()
+        .unwrap()
+        .into_iter()
+        .map(|k| k.initiator)
+        .collect();
+    spilled.sort();
+    assert_eq!(spilled, same[sanlb_common::FLOW_WAYS..].to_vec());
+    assert_eq!(s.ingress.new_flows, same.len() as u64);
+    assert_eq!(s.ingress.insert_failed, 0);
+}
+
+#[test]
+#[ignore = "privileged: needs root, run by cargo xtask test"]
+fn flow_tables_stay_bounded() {
+    on_cpu0();
+    let mut dp = Detached::load(&[3260], 64).unwrap();
+    // More pairs than the sets and the 64-entry LRU table hold together.
+    let capacity = sanlb_common::FLOW_SETS as usize * sanlb_common::FLOW_WAYS;
+    let n = (capacity + 1000) as u32;
+    for i in 0..n {
+        let src = [198, 18 + (i >> 16) as u8, (i >> 8) as u8, i as u8];
+        let r = dp.run_xdp(&frame_from(src, 1), 1).unwrap();
         assert_eq!(r.verdict, XDP_PASS);
     }
     let s = dp.snapshot().unwrap();
     assert!(
-        s.flows.len() <= 64,
-        "{} entries in a 64-entry table",
+        s.flows.len() <= capacity + 64,
+        "{} pairs in {capacity} ways and a 64-entry table",
         s.flows.len()
     );
-    assert!(!s.flows.is_empty());
-    assert_eq!(s.ingress.new_flows, 1000);
-    assert_eq!(s.ingress.counted, 1000);
+    assert!(s.flows.len() > 64, "the sets hold pairs too");
+    assert!(dp.flows4_keys().unwrap().len() <= 64);
+    assert_eq!(s.ingress.new_flows, u64::from(n));
+    assert_eq!(s.ingress.counted, u64::from(n));
     assert_eq!(s.ingress.insert_failed, 0);
 }
 

@@ -19,6 +19,7 @@
 //! `sanlb counters` and `bpftool` see the same numbers the agent reports.
 
 use std::{
+    collections::HashMap,
     fmt,
     fs::{self, File},
     io,
@@ -33,10 +34,11 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
 };
 use sanlb_common::{
-    ATTACH_MAP, AttachInfo, FLOWS4_MAP, FLOWS6_MAP, FlowCounters, FlowKey4, FlowKey6, HOOK_EGRESS,
-    HOOK_INGRESS, HookStats, INGRESS_TC, INGRESS_XDP_DRIVER, INGRESS_XDP_GENERIC,
-    PORT_BITMAP_WORDS, PORTS_MAP, REASON_DRIVER_REFUSED, REASON_FORCED, REASON_NATIVE_NIC,
-    REASON_VIRTUAL_NIC, STATS_MAP, TC_INGRESS_PROG, TC_PROG, XDP_PROG,
+    ATTACH_MAP, AttachInfo, FLOWS4_MAP, FLOWS6_MAP, FLOWSETS4_MAP, FlowCounters, FlowKey4,
+    FlowKey6, FlowSet4, HOOK_EGRESS, HOOK_INGRESS, HookStats, INGRESS_TC, INGRESS_XDP_DRIVER,
+    INGRESS_XDP_GENERIC, PORT_BITMAP_WORDS, PORT_BITS_GLOBAL, PORTS_MAP, REASON_DRIVER_REFUSED,
+    REASON_FORCED, REASON_NATIVE_NIC, REASON_VIRTUAL_NIC, STATS_MAP, TC_INGRESS_PROG, TC_PROG,
+    XDP_PROG,
 };
 use serde::Serialize;
 
@@ -47,7 +49,10 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/sanlb";
 /// Directory of the per-NIC agent locks.
 pub const LOCK_DIR: &str = "/run/sanlb";
-/// File names of the pinned maps inside the pin directory: IPv4 flows.
+/// File names of the pinned maps inside the pin directory: the per-CPU sets
+/// of IPv4 pairs.
+pub const PIN_FLOWSETS4: &str = "flowsets4";
+/// IPv4 flows (pairs of full sets).
 pub const PIN_FLOWS4: &str = "flows4";
 /// IPv6 flows.
 pub const PIN_FLOWS6: &str = "flows6";
@@ -58,7 +63,8 @@ pub const PIN_PORTS: &str = "ports";
 /// Where ingress is counted and why.
 pub const PIN_ATTACH: &str = "attach";
 /// Every pin, with the map behind it.
-const PINS: [(&str, &str); 5] = [
+const PINS: [(&str, &str); 6] = [
+    (FLOWSETS4_MAP, PIN_FLOWSETS4),
     (FLOWS4_MAP, PIN_FLOWS4),
     (FLOWS6_MAP, PIN_FLOWS6),
     (STATS_MAP, PIN_STATS),
@@ -343,9 +349,11 @@ impl Programs {
         if EBPF_OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
+        let bits = port_bits(ports);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(FLOWS4_MAP, max_flows)
             .map_max_entries(FLOWS6_MAP, max_flows)
+            .override_global(PORT_BITS_GLOBAL, &bits, true)
             .load(EBPF_OBJECT)
             .map_err(DataplaneError::Load)?;
         write_ports(&mut ebpf, ports)?;
@@ -366,6 +374,7 @@ impl Programs {
     pub fn snapshot(&self) -> Result<Snapshot> {
         let map = |name| self.ebpf.map(name).ok_or_else(|| missing_map(name));
         read_snapshot(&Maps {
+            flowsets4: map(FLOWSETS4_MAP)?,
             flows4: map(FLOWS4_MAP)?,
             flows6: map(FLOWS6_MAP)?,
             stats: map(STATS_MAP)?,
@@ -515,6 +524,7 @@ impl Dataplane {
 
 /// Maps pinned by an agent, opened from another process.
 pub struct PinnedMaps {
+    flowsets4: Map,
     flows4: Map,
     flows6: Map,
     stats: Map,
@@ -540,6 +550,7 @@ impl PinnedMaps {
             })
         };
         Ok(Self {
+            flowsets4: open(PIN_FLOWSETS4)?,
             flows4: open(PIN_FLOWS4)?,
             flows6: open(PIN_FLOWS6)?,
             stats: open(PIN_STATS)?,
@@ -551,6 +562,7 @@ impl PinnedMaps {
     /// Reads the counters.
     pub fn snapshot(&self) -> Result<Snapshot> {
         read_snapshot(&Maps {
+            flowsets4: &self.flowsets4,
             flows4: &self.flows4,
             flows6: &self.flows6,
             stats: &self.stats,
@@ -595,6 +607,7 @@ pub struct Snapshot {
 
 /// The maps of one object, loaded or pinned.
 struct Maps<'a> {
+    flowsets4: &'a Map,
     flows4: &'a Map,
     flows6: &'a Map,
     stats: &'a Map,
@@ -610,10 +623,27 @@ fn map_err(what: &str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
     }
 }
 
-/// Appends the flows of one table to `records`.
-fn read_flows<K: aya::Pod>(
+/// Adds the pairs of every CPU's flow sets to `pairs`.
+fn read_flow_sets(map: &Map, pairs: &mut HashMap<FlowKey4, FlowCounters>) -> Result<()> {
+    let sets: PerCpuArray<&MapData, FlowSet4> =
+        PerCpuArray::try_from(map).map_err(map_err("opening the flow sets"))?;
+    for set in 0..sets.len() {
+        let per_cpu = sets.get(&set, 0).map_err(map_err("reading a flow set"))?;
+        for s in per_cpu.iter() {
+            for way in s.ways.iter().filter(|w| w.key != FlowKey4::default()) {
+                pairs.entry(way.key).or_default().accumulate(&way.counters);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Appends the flows of one table to `records`, adding to each the counts
+/// `extra` holds for its key (taking them out of `extra`).
+fn read_flows<K: aya::Pod + Eq + std::hash::Hash>(
     map: &Map,
     addrs: impl Fn(&K) -> (IpAddr, IpAddr),
+    extra: &mut HashMap<K, FlowCounters>,
     records: &mut Vec<FlowRecord>,
 ) -> Result<()> {
     let flows: PerCpuHashMap<&MapData, K, FlowCounters> =
@@ -627,10 +657,14 @@ fn read_flows<K: aya::Pod>(
             Err(e) => return Err(map_err("reading a flow")(e)),
         };
         let (initiator, target) = addrs(&key);
+        let mut counters = sum_per_cpu(&values);
+        if let Some(more) = extra.remove(&key) {
+            counters.accumulate(&more);
+        }
         records.push(FlowRecord {
             initiator,
             target,
-            counters: sum_per_cpu(&values),
+            counters,
         });
     }
     Ok(())
@@ -638,8 +672,22 @@ fn read_flows<K: aya::Pod>(
 
 fn read_snapshot(maps: &Maps<'_>) -> Result<Snapshot> {
     let mut records = Vec::new();
-    read_flows(maps.flows4, v4_addrs, &mut records)?;
-    read_flows(maps.flows6, v6_addrs, &mut records)?;
+    // A pair can be in both IPv4 tables (in a set on one CPU, in FLOWS4 from
+    // another whose set was full): one record with the sum. The sets are read
+    // first; a pair's counts never move between the tables, so each read
+    // sees them no lower than the one before.
+    let mut in_sets = HashMap::new();
+    read_flow_sets(maps.flowsets4, &mut in_sets)?;
+    read_flows(maps.flows4, v4_addrs, &mut in_sets, &mut records)?;
+    records.extend(in_sets.into_iter().map(|(key, counters)| {
+        let (initiator, target) = v4_addrs(&key);
+        FlowRecord {
+            initiator,
+            target,
+            counters,
+        }
+    }));
+    read_flows(maps.flows6, v6_addrs, &mut HashMap::new(), &mut records)?;
     let stats_map: PerCpuArray<&MapData, HookStats> =
         PerCpuArray::try_from(maps.stats).map_err(map_err("opening the stats map"))?;
     let hook = |i: u32| -> Result<Stats> {
@@ -698,6 +746,15 @@ pub fn v6_addrs(key: &FlowKey6) -> (IpAddr, IpAddr) {
         IpAddr::V6(Ipv6Addr::from(key.initiator)),
         IpAddr::V6(Ipv6Addr::from(key.target)),
     )
+}
+
+/// The whole port bitmap the programs check ([`PORT_BITS_GLOBAL`]).
+fn port_bits(ports: &[u16]) -> [u64; PORT_BITMAP_WORDS as usize] {
+    let mut bits = [0; PORT_BITMAP_WORDS as usize];
+    for (word, b) in port_bitmap(ports) {
+        bits[word as usize] = b;
+    }
+    bits
 }
 
 /// The bitmap words for `ports` (word = port / 64, bit = port % 64).
