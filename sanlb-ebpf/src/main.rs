@@ -67,10 +67,12 @@ static ATTACH: Array<AttachInfo, 1> = Array::new();
 #[btf_map]
 static STATS: PerCpuArray<HookStats, { HOOKS as usize }> = PerCpuArray::new();
 
-/// iSCSI ports, one bit per TCP port (word = port / 64, bit = port % 64):
-/// a global in .rodata that the agent sets when it loads the object, so a
-/// port check is one load from a fixed address (no map look-up).
-/// `ISCSI_PORTS` records the same set for `sanlb counters` and bpftool.
+/// iSCSI ports, one bit per TCP port: a global in .rodata that the agent
+/// sets when it loads the object, so a port check is one load from a fixed
+/// address (no map look-up). Indexed by the port in network byte order, as
+/// read from the frame (word = raw / 64, bit = raw % 64), which saves the
+/// byte swaps. `ISCSI_PORTS` records the same set by port number for
+/// `sanlb counters` and bpftool.
 #[unsafe(no_mangle)]
 static ISCSI_PORT_BITS: [u64; PORT_BITMAP_WORDS as usize] = [0; PORT_BITMAP_WORDS as usize];
 
@@ -208,13 +210,14 @@ impl Frame for Tc<'_> {
 #[repr(C, align(8))]
 struct Aligned<T>(T);
 
+/// Whether `raw`, a TCP port in network byte order, is an iSCSI port.
 #[inline(always)]
-fn is_iscsi_port(port: u16) -> bool {
-    // SAFETY: port / 64 < 1024 words; volatile so that the compiler does not
+fn is_iscsi_port(raw: u16) -> bool {
+    // SAFETY: raw / 64 < 1024 words; volatile so that the compiler does not
     // fold the placeholder value the loader replaces.
     let word =
-        unsafe { core::ptr::read_volatile(ISCSI_PORT_BITS.as_ptr().add(usize::from(port >> 6))) };
-    (word >> (port & 63)) & 1 != 0
+        unsafe { core::ptr::read_volatile(ISCSI_PORT_BITS.as_ptr().add(usize::from(raw >> 6))) };
+    (word >> (raw & 63)) & 1 != 0
 }
 
 #[inline(always)]

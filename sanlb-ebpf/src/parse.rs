@@ -85,8 +85,8 @@ fn be16<F: Frame>(f: &F, off: usize) -> Result<u16, Skip> {
     f.load::<u16>(off).map(u16::from_be).ok_or(Skip::Truncated)
 }
 
-/// Walks the headers of `f`. `is_iscsi_port` tells whether a TCP port is
-/// configured as an iSCSI port.
+/// Walks the headers of `f`. `is_iscsi_port` tells whether a TCP port, in
+/// network byte order (as read from the frame), is an iSCSI port.
 #[inline(always)]
 pub fn parse<F: Frame>(f: &F, is_iscsi_port: impl Fn(u16) -> bool) -> Result<Parsed, Skip> {
     // The whole length costs a helper call in XDP: only asked for when the
@@ -207,8 +207,9 @@ pub fn parse<F: Frame>(f: &F, is_iscsi_port: impl Fn(u16) -> bool) -> Result<Par
     if l4 + TCP_HLEN > ip_end {
         return Err(Skip::Malformed);
     }
-    let sport = be16(f, l4)?;
-    let dport = be16(f, l4 + 2)?;
+    // In network byte order, as `is_iscsi_port` takes them.
+    let sport = f.load::<u16>(l4).ok_or(Skip::Truncated)?;
+    let dport = f.load::<u16>(l4 + 2).ok_or(Skip::Truncated)?;
     let to_target = if is_iscsi_port(dport) {
         true
     } else if is_iscsi_port(sport) {
@@ -271,9 +272,9 @@ pub fn fast(
     if h[L3 + 9] != IPPROTO_TCP {
         return Some(Err(Skip::NotTcp));
     }
-    let to_target = if is_iscsi_port(u16::from_be(at::<u16>(h, L4 + 2))) {
+    let to_target = if is_iscsi_port(at::<u16>(h, L4 + 2)) {
         true
-    } else if is_iscsi_port(u16::from_be(at::<u16>(h, L4))) {
+    } else if is_iscsi_port(at::<u16>(h, L4)) {
         false
     } else {
         return Some(Err(Skip::NotIscsi));

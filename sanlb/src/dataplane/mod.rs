@@ -748,10 +748,13 @@ pub fn v6_addrs(key: &FlowKey6) -> (IpAddr, IpAddr) {
     )
 }
 
-/// The whole port bitmap the programs check ([`PORT_BITS_GLOBAL`]).
+/// The port bitmap the programs check ([`PORT_BITS_GLOBAL`]): indexed by
+/// the port in network byte order read as a native `u16`, as the programs
+/// read it from the frame.
 fn port_bits(ports: &[u16]) -> [u64; PORT_BITMAP_WORDS as usize] {
+    let raw: Vec<u16> = ports.iter().map(|p| p.to_be()).collect();
     let mut bits = [0; PORT_BITMAP_WORDS as usize];
-    for (word, b) in port_bitmap(ports) {
+    for (word, b) in port_bitmap(&raw) {
         bits[word as usize] = b;
     }
     bits
