@@ -5,9 +5,10 @@
 //! 3260, both directions (host → gateway is the gateway's ingress, gateway →
 //! host its egress), at MTU 1500 and 9000, for each `--xdp-mode` of the
 //! agent. Within one run the agent is detached and attached in turn
-//! (A B A B …), so that both sides of each ratio see the same machine load;
-//! the table gives the ratio attached / not per round as min / median / max
-//! and the median Gbit/s of each side.
+//! (A B, B A, A B, …: which side runs first alternates), so that both sides
+//! of each ratio see the same machine load; iperf3's client runs on CPU 0
+//! and its server on CPU 1. The table gives the ratio attached / not per
+//! round as min / median / max and the median Gbit/s of each side.
 //!
 //! iSCSI: iscsi-perf (64 KiB reads, queue depth 16) through the lab's
 //! gateway, the agent detached and attached in turn the same way.
@@ -260,6 +261,11 @@ impl Pair {
         if reverse {
             cmd.arg("-R");
         }
+        // Client on CPU 0, server on CPU 1: left to the scheduler, both
+        // wander between the CPUs and the rounds differ by tens of percent.
+        if thread::available_parallelism().is_ok_and(|n| n.get() >= 2) {
+            cmd.args(["-A", "0,1"]);
+        }
         let out = proc::output_timeout(&mut cmd, Duration::from_secs(u64::from(seconds) + 20))?;
         if !out.status.success() {
             bail!(
@@ -336,17 +342,27 @@ fn tcp(
             ratios: Vec::new(),
         })
         .collect();
-    for _ in 0..opts.rounds {
-        let without = [
+    let both = || -> Result<[f64; 2]> {
+        Ok([
             pair.iperf(false, opts.seconds)?,
             pair.iperf(true, opts.seconds)?,
-        ];
+        ])
+    };
+    let attached = || -> Result<([f64; 2], String)> {
         let (agent, hook) = agent(sanlb, &pair.gw, &pin_dir, logs, mode)?;
-        let with = [
-            pair.iperf(false, opts.seconds)?,
-            pair.iperf(true, opts.seconds)?,
-        ];
+        let with = both()?;
         drop(agent);
+        Ok((with, hook))
+    };
+    for round in 0..opts.rounds {
+        // A B, then B A: whichever runs first in a round gains or loses
+        // from it the same number of times.
+        let (without, (with, hook)) = if round % 2 == 0 {
+            (both()?, attached()?)
+        } else {
+            let with = attached()?;
+            (both()?, with)
+        };
         for (i, row) in rows.iter_mut().enumerate() {
             row.ingress_hook.clone_from(&hook);
             row.without_gbps.push(without[i]);
@@ -416,16 +432,26 @@ fn iscsi(sanlb: &Path, opts: &Options) -> Result<Row> {
         with_gbps: Vec::new(),
         ratios: Vec::new(),
     };
-    for _ in 0..opts.rounds {
-        let without = perf()?;
+    let attached = || -> Result<(f64, String)> {
         let agent = lab_agent::start(&lab, sanlb, gw, &[])?;
         let deadline = Instant::now() + Duration::from_secs(5);
         while logged_hook(&agent.stderr()).is_none() && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(20));
         }
-        row.ingress_hook = logged_hook(&agent.stderr()).unwrap_or_default();
+        let hook = logged_hook(&agent.stderr()).unwrap_or_default();
         let with = perf()?;
         drop(agent);
+        Ok((with, hook))
+    };
+    for round in 0..opts.rounds {
+        // A B, then B A, as in `tcp`.
+        let (without, (with, hook)) = if round % 2 == 0 {
+            (perf()?, attached()?)
+        } else {
+            let with = attached()?;
+            (perf()?, with)
+        };
+        row.ingress_hook = hook;
         row.without_gbps.push(without);
         row.with_gbps.push(with);
         row.ratios.push(with / without);
