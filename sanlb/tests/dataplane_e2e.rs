@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sanlb::dataplane::{FlowRecord, PIN_FLOWS4, PinnedMaps};
+use sanlb::dataplane::{FlowRecord, PIN_FLOWS4, PIN_FLOWSETS4, PinnedMaps};
 use xtask::lab::{Lab, Netns, Process, netns::veth};
 
 const SANLB: &str = env!("CARGO_BIN_EXE_sanlb");
@@ -371,16 +371,32 @@ fn tcp_stream_counts_equal_the_senders_bytes() {
         assert_eq!(v[0]["stats64"]["rx"]["dropped"], 0, "{mode}: {dropped}");
         assert_eq!(v[0]["stats64"]["tx"]["dropped"], 0, "{mode}: {dropped}");
 
-        // bpftool prints named fields from the BTF of the pinned maps.
+        // bpftool prints named fields from the BTF of the pinned maps (with
+        // -j under "formatted"); the one pair took a way of a flow set.
         let dump = Command::new("bpftool")
             .args(["-j", "map", "dump", "pinned"])
-            .arg(pin_dir.join(PIN_FLOWS4))
+            .arg(pin_dir.join(PIN_FLOWSETS4))
             .output()
             .unwrap();
-        let text = String::from_utf8_lossy(&dump.stdout);
-        for field in ["\"initiator\"", "\"target\"", "\"to_target_bytes\""] {
-            assert!(text.contains(field), "bpftool output lacks {field}: {text}");
-        }
+        let v: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
+        let pair = serde_json::json!({"initiator": [198, 18, 2, 10], "target": [198, 18, 2, 1]});
+        let bytes: u64 = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|set| set["formatted"]["values"].as_array().unwrap())
+            .flat_map(|cpu| cpu["value"]["ways"].as_array().unwrap())
+            .filter(|way| way["key"] == pair)
+            .map(|way| way["counters"]["to_target_bytes"].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            bytes,
+            snap.flows
+                .iter()
+                .map(|f| f.counters.to_target_bytes)
+                .sum::<u64>(),
+            "{mode}: the pair's bytes in bpftool's dump of {PIN_FLOWSETS4}"
+        );
 
         // SIGTERM detaches and removes the pins.
         agent.stop(Duration::from_secs(5)).unwrap();
