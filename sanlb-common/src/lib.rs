@@ -15,6 +15,9 @@ pub const FLOWS6_MAP: &str = "FLOWS6";
 /// Name of the per-CPU set-associative table of IPv4 pairs, [`FlowSet4`]
 /// values, looked up before [`FLOWS4_MAP`].
 pub const FLOWSETS4_MAP: &str = "FLOWSETS4";
+/// Name of the per-CPU set-associative table of IPv6 pairs, [`FlowSet6`]
+/// values, looked up before [`FLOWS6_MAP`].
+pub const FLOWSETS6_MAP: &str = "FLOWSETS6";
 /// Name of the per-hook statistics map (skip reasons, new flows, failures).
 pub const STATS_MAP: &str = "STATS";
 /// Name of the map recording the iSCSI ports (a bitmap written by the agent
@@ -170,11 +173,38 @@ pub struct FlowSet4 {
     pub ways: [FlowWay4; FLOW_WAYS],
 }
 
+/// One way of a [`FlowSet6`], as [`FlowWay4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowWay6 {
+    /// The pair.
+    pub key: FlowKey6,
+    /// Its counters on this CPU.
+    pub counters: FlowCounters,
+}
+
+/// Value of [`FLOWSETS6_MAP`], as [`FlowSet4`] for IPv6 pairs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSet6 {
+    /// The ways.
+    pub ways: [FlowWay6; FLOW_WAYS],
+}
+
 /// The set of a [`FLOWSETS4_MAP`] key: the key as one little-endian 64-bit
 /// word (initiator in the low half), Fibonacci-hashed to [`FLOW_SET_BITS`].
 #[inline(always)]
 pub fn flow_set(key: u64) -> u32 {
     (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FLOW_SET_BITS)) as u32
+}
+
+/// The set of a [`FLOWSETS6_MAP`] key, given as four little-endian 64-bit
+/// words (initiator, then target): the words folded into one (each
+/// address's two halves xor-ed, the target's turned by 32 bits so that a
+/// pair and its reverse differ), then as [`flow_set`].
+#[inline(always)]
+pub fn flow_set6(key: [u64; 4]) -> u32 {
+    flow_set(key[0] ^ key[1] ^ (key[2] ^ key[3]).rotate_left(32))
 }
 
 /// Value of [`STATS_MAP`], one per hook and CPU: what each program saw and why
@@ -258,6 +288,7 @@ const _: () = assert!(core::mem::size_of::<AttachInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<FlowCounters>() == 11 * 8);
 const _: () = assert!(core::mem::size_of::<HookStats>() == 11 * 8);
 const _: () = assert!(core::mem::size_of::<FlowWay4>() == 12 * 8);
+const _: () = assert!(core::mem::size_of::<FlowWay6>() == 15 * 8);
 const _: () = assert!(FLOW_SETS.is_power_of_two());
 
 #[cfg(feature = "user")]
@@ -274,4 +305,6 @@ mod user {
     unsafe impl aya::Pod for super::HookStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowSet4 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowSet6 {}
 }

@@ -23,7 +23,8 @@ use core::mem::MaybeUninit;
 use parse::{Frame, Parsed, Skip};
 use sanlb_common::{
     AttachInfo, DEFAULT_MAX_FLOWS, FLOW_SETS, FLOW_WAYS, FlowCounters, FlowKey4, FlowKey6,
-    FlowSet4, HOOK_EGRESS, HOOK_INGRESS, HOOKS, HookStats, PORT_BITMAP_WORDS, flow_set,
+    FlowSet4, FlowSet6, FlowWay4, FlowWay6, HOOK_EGRESS, HOOK_INGRESS, HOOKS, HookStats,
+    PORT_BITMAP_WORDS, flow_set, flow_set6,
 };
 
 /// Counters per IPv4 (initiator, target). LRU bounds memory; the agent sets
@@ -48,6 +49,10 @@ static FLOWS4: LruPerCpuHashMap<
 /// sees them grow monotonically.
 #[btf_map]
 static FLOWSETS4: PerCpuArray<FlowSet4, { FLOW_SETS as usize }> = PerCpuArray::new();
+
+/// The IPv6 pairs each CPU saw first, as FLOWSETS4.
+#[btf_map]
+static FLOWSETS6: PerCpuArray<FlowSet6, { FLOW_SETS as usize }> = PerCpuArray::new();
 
 /// Counters per IPv6 (initiator, target), as FLOWS4.
 #[btf_map]
@@ -231,18 +236,21 @@ fn count<F: Frame>(f: &F, hook: u32, segs: u32) {
     // read-modify-write is exact.
     let stats = unsafe { &mut *stats };
     stats.frames += 1;
-    // The common frame takes the short path; anything else, the whole walk.
+    // The common frames take a short path; anything else, the whole walk.
     let parsed = match f
         .head::<{ parse::FAST_LEN }>()
         .and_then(|h| parse::fast(h, f.linear_len(), is_iscsi_port))
-    {
+        .or_else(|| {
+            f.head::<{ parse::FAST6_LEN }>()
+                .and_then(|h| parse::fast6(h, f.linear_len(), is_iscsi_port))
+        }) {
         Some(parsed) => parsed,
         None => parse::parse(f, is_iscsi_port),
     };
     match parsed {
         Ok(p) => {
             let added = if p.ipv6 {
-                add(&FLOWS6, f, &key6(&p), &p, segs, stats)
+                add6(f, &p, segs, stats)
             } else {
                 add4(f, &p, segs, stats)
             };
@@ -323,6 +331,77 @@ fn zero_counters(v: &mut MaybeUninit<FlowCounters>) -> &mut FlowCounters {
     }
 }
 
+/// A way of a flow set whose key is `N` 64-bit words.
+trait Way<const N: usize> {
+    fn key(&mut self) -> *mut u64;
+    fn counters(&mut self) -> &mut FlowCounters;
+}
+
+impl Way<1> for FlowWay4 {
+    #[inline(always)]
+    fn key(&mut self) -> *mut u64 {
+        // FlowKey4: 8 bytes, alignment 8.
+        core::ptr::from_mut(&mut self.key).cast()
+    }
+    #[inline(always)]
+    fn counters(&mut self) -> &mut FlowCounters {
+        &mut self.counters
+    }
+}
+
+impl Way<4> for FlowWay6 {
+    #[inline(always)]
+    fn key(&mut self) -> *mut u64 {
+        // FlowKey6: 32 bytes, alignment 8.
+        core::ptr::from_mut(&mut self.key).cast()
+    }
+    #[inline(always)]
+    fn counters(&mut self) -> &mut FlowCounters {
+        &mut self.counters
+    }
+}
+
+/// Counts the frame in the way of `ways` that holds `key`, else in a free
+/// one (taking it). False when the set is full. `key` is not all zeros (a
+/// free way's key).
+#[inline(always)]
+fn add_to_set<const N: usize, W: Way<N>, F: Frame>(
+    ways: &mut [W; FLOW_WAYS],
+    key: &[u64; N],
+    f: &F,
+    p: &Parsed,
+    segs: u32,
+    stats: &mut HookStats,
+) -> bool {
+    for way in ways.iter_mut() {
+        let k = way.key();
+        // Word by word: comparing or copying arrays becomes calls to
+        // memcmp/memcpy, which this target lowers to out-of-line byte loops.
+        let (mut same, mut free) = (true, true);
+        for (i, word) in key.iter().enumerate() {
+            // SAFETY: `k` points at the way's N-word key.
+            let w = unsafe { k.add(i).read() };
+            same &= w == *word;
+            free &= w == 0;
+        }
+        if same {
+            apply(f, p, segs, way.counters());
+            return true;
+        }
+        if free {
+            for (i, word) in key.iter().enumerate() {
+                // SAFETY: as above.
+                unsafe { k.add(i).write_volatile(*word) };
+            }
+            // A free way has never been used, so its counters are zero.
+            apply(f, p, segs, way.counters());
+            stats.new_flows += 1;
+            return true;
+        }
+    }
+    false
+}
+
 /// Adds an IPv4 frame to its pair: in this CPU's FLOWSETS4 set if the pair
 /// is there or a way is free, else in FLOWS4.
 #[inline(always)]
@@ -333,28 +412,28 @@ fn add4<F: Frame>(f: &F, p: &Parsed, segs: u32, stats: &mut HookStats) -> bool {
     // The all-zero key (0.0.0.0 to 0.0.0.0) would look like a free way.
     if word != 0
         && let Some(set) = FLOWSETS4.get_ptr_mut(flow_set(word))
-    {
         // SAFETY: this CPU's copy of the set; no other program runs on this
         // CPU meanwhile (see `count`).
-        let set = unsafe { &mut *set };
-        for way in set.ways.iter_mut().take(FLOW_WAYS) {
-            // SAFETY: as `word` above.
-            let k = unsafe { core::ptr::from_ref(&way.key).cast::<u64>().read() };
-            if k == word {
-                apply(f, p, segs, &mut way.counters);
-                return true;
-            }
-            if k == 0 {
-                // A free way has never been used, so its counters are zero.
-                // SAFETY: as `word` above.
-                unsafe { core::ptr::from_mut(&mut way.key).cast::<u64>().write(word) };
-                apply(f, p, segs, &mut way.counters);
-                stats.new_flows += 1;
-                return true;
-            }
-        }
+        && add_to_set(unsafe { &mut (*set).ways }, &[word], f, p, segs, stats)
+    {
+        return true;
     }
     add(&FLOWS4, f, &key, p, segs, stats)
+}
+
+/// Adds an IPv6 frame to its pair, as `add4`.
+#[inline(always)]
+fn add6<F: Frame>(f: &F, p: &Parsed, segs: u32, stats: &mut HookStats) -> bool {
+    let (initiator, target) = ends(p);
+    let words = [initiator[0], initiator[1], target[0], target[1]];
+    if words.iter().fold(0, |a, w| a | w) != 0
+        && let Some(set) = FLOWSETS6.get_ptr_mut(flow_set6(words))
+        // SAFETY: as in `add4`.
+        && add_to_set(unsafe { &mut (*set).ways }, &words, f, p, segs, stats)
+    {
+        return true;
+    }
+    add(&FLOWS6, f, &key6(p), p, segs, stats)
 }
 
 /// Adds the frame to its flow, creating the entry on first sight. Returns

@@ -238,8 +238,8 @@ pub const FAST_LEN: usize = ETH_HLEN + 20 + TCP_HLEN;
 
 /// Reads a `T` at `off` of `h`, in memory order.
 #[inline(always)]
-fn at<T: Copy>(h: &[u8; FAST_LEN], off: usize) -> T {
-    debug_assert!(off + size_of::<T>() <= FAST_LEN);
+fn at<T: Copy, const N: usize>(h: &[u8; N], off: usize) -> T {
+    debug_assert!(off + size_of::<T>() <= N);
     // SAFETY: every caller passes a constant `off` with `off + size_of::<T>()`
     // within the array.
     unsafe { h.as_ptr().add(off).cast::<T>().read_unaligned() }
@@ -257,24 +257,24 @@ pub fn fast(
 ) -> Option<Result<Parsed, Skip>> {
     const L3: usize = ETH_HLEN;
     const L4: usize = L3 + 20;
-    if at::<u16>(h, 12) != ETH_P_IP.to_be() || h[L3] != 0x45 {
+    if at::<u16, _>(h, 12) != ETH_P_IP.to_be() || h[L3] != 0x45 {
         return None;
     }
-    let tot_len = usize::from(u16::from_be(at::<u16>(h, L3 + 2)));
+    let tot_len = usize::from(u16::from_be(at::<u16, _>(h, L3 + 2)));
     // At least the two fixed headers (else malformed, left to the walk), the
     // IP packet in the first buffer, and not a fragment.
     if tot_len < 20 + TCP_HLEN
         || L3 + tot_len > linear_len
-        || at::<u16>(h, L3 + 6) & 0x3fff_u16.to_be() != 0
+        || at::<u16, _>(h, L3 + 6) & 0x3fff_u16.to_be() != 0
     {
         return None;
     }
     if h[L3 + 9] != IPPROTO_TCP {
         return Some(Err(Skip::NotTcp));
     }
-    let to_target = if is_iscsi_port(at::<u16>(h, L4 + 2)) {
+    let to_target = if is_iscsi_port(at::<u16, _>(h, L4 + 2)) {
         true
-    } else if is_iscsi_port(at::<u16>(h, L4)) {
+    } else if is_iscsi_port(at::<u16, _>(h, L4)) {
         false
     } else {
         return Some(Err(Skip::NotIscsi));
@@ -287,8 +287,8 @@ pub fn fast(
         return None;
     }
     Some(Ok(Parsed {
-        src: [u64::from(at::<u32>(h, L3 + 12)), 0],
-        dst: [u64::from(at::<u32>(h, L3 + 16)), 0],
+        src: [u64::from(at::<u32, _>(h, L3 + 12)), 0],
+        dst: [u64::from(at::<u32, _>(h, L3 + 16)), 0],
         ipv6: false,
         to_target,
         payload_off: payload_off as u32,
@@ -296,8 +296,50 @@ pub fn fast(
     }))
 }
 
+/// Bytes [`fast6`] reads: an untagged Ethernet header, an IPv6 header and
+/// the fixed part of a TCP header.
+pub const FAST6_LEN: usize = ETH_HLEN + IPV6_HLEN + TCP_HLEN;
+
+/// As [`fast`] for IPv6: untagged, no extension header (TCP right after the
+/// IPv6 header), the IP packet inside the first `linear_len` bytes.
 #[inline(always)]
+pub fn fast6(
+    h: &[u8; FAST6_LEN],
+    linear_len: usize,
+    is_iscsi_port: impl Fn(u16) -> bool,
+) -> Option<Result<Parsed, Skip>> {
+    const L3: usize = ETH_HLEN;
+    const L4: usize = L3 + IPV6_HLEN;
+    if at::<u16, _>(h, 12) != ETH_P_IPV6.to_be() || h[L3] >> 4 != 6 || h[L3 + 6] != IPPROTO_TCP {
+        return None;
+    }
+    let ip_end = L4 + usize::from(u16::from_be(at::<u16, _>(h, L3 + 4)));
+    if ip_end < L4 + TCP_HLEN || ip_end > linear_len {
+        return None;
+    }
+    let to_target = if is_iscsi_port(at::<u16, _>(h, L4 + 2)) {
+        true
+    } else if is_iscsi_port(at::<u16, _>(h, L4)) {
+        false
+    } else {
+        return Some(Err(Skip::NotIscsi));
+    };
+    let payload_off = L4 + usize::from(h[L4 + 12] >> 4) * 4;
+    if payload_off < L4 + TCP_HLEN || payload_off > ip_end {
+        return None;
+    }
+    Some(Ok(Parsed {
+        src: [at::<u64, _>(h, L3 + 8), at::<u64, _>(h, L3 + 16)],
+        dst: [at::<u64, _>(h, L3 + 24), at::<u64, _>(h, L3 + 32)],
+        ipv6: true,
+        to_target,
+        payload_off: payload_off as u32,
+        payload_len: (ip_end - payload_off) as u32,
+    }))
+}
+
 /// Next header and length field of the extension header at `off`.
+#[inline(always)]
 fn ext_head<F: Frame>(f: &F, off: usize, ip_end: usize) -> Result<(u8, usize), Skip> {
     // Every extension header is at least 8 bytes long.
     if off + 8 > ip_end {

@@ -16,8 +16,8 @@ use aya::{
 };
 use sanlb::dataplane::{Programs, Snapshot};
 use sanlb_common::{
-    FLOW_SETS, FLOWS4_MAP, FLOWS6_MAP, FLOWSETS4_MAP, FlowCounters, FlowKey4, FlowKey6, FlowSet4,
-    HOOKS, HookStats, STATS_MAP, TC_INGRESS_PROG, TC_PROG, XDP_PROG,
+    FLOW_SETS, FLOWS4_MAP, FLOWS6_MAP, FLOWSETS4_MAP, FLOWSETS6_MAP, FlowCounters, FlowKey4,
+    FlowKey6, FlowSet4, FlowSet6, HOOKS, HookStats, STATS_MAP, TC_INGRESS_PROG, TC_PROG, XDP_PROG,
 };
 
 /// The empty XDP and TC programs, built by `build.rs` from `sanlb-test-ebpf`.
@@ -100,8 +100,17 @@ impl Detached {
 
     /// Keys in the IPv4 flow table behind the flow sets (FLOWS4).
     pub fn flows4_keys(&self) -> Result<Vec<FlowKey4>> {
-        let m = self.programs.ebpf().map(FLOWS4_MAP).context(FLOWS4_MAP)?;
-        let flows: PerCpuHashMap<&MapData, FlowKey4, FlowCounters> = PerCpuHashMap::try_from(m)?;
+        self.lru_keys(FLOWS4_MAP)
+    }
+
+    /// Keys in the IPv6 flow table behind the flow sets (FLOWS6).
+    pub fn flows6_keys(&self) -> Result<Vec<FlowKey6>> {
+        self.lru_keys(FLOWS6_MAP)
+    }
+
+    fn lru_keys<K: aya::Pod>(&self, name: &str) -> Result<Vec<K>> {
+        let m = self.programs.ebpf().map(name).context(name.to_owned())?;
+        let flows: PerCpuHashMap<&MapData, K, FlowCounters> = PerCpuHashMap::try_from(m)?;
         Ok(flows.keys().filter_map(|k| k.ok()).collect())
     }
 
@@ -111,12 +120,8 @@ impl Detached {
         clear::<FlowKey4>(ebpf, FLOWS4_MAP)?;
         clear::<FlowKey6>(ebpf, FLOWS6_MAP)?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
-        let m = ebpf.map_mut(FLOWSETS4_MAP).context(FLOWSETS4_MAP)?;
-        let mut sets: PerCpuArray<&mut MapData, FlowSet4> = PerCpuArray::try_from(m)?;
-        for set in 0..FLOW_SETS {
-            let zero = PerCpuValues::try_from(vec![FlowSet4::default(); cpus])?;
-            sets.set(set, zero, 0).context("zeroing a flow set")?;
-        }
+        zero_sets::<FlowSet4>(ebpf, FLOWSETS4_MAP, cpus)?;
+        zero_sets::<FlowSet6>(ebpf, FLOWSETS6_MAP, cpus)?;
         let m = ebpf.map_mut(STATS_MAP).context(STATS_MAP)?;
         let mut stats: PerCpuArray<&mut MapData, HookStats> = PerCpuArray::try_from(m)?;
         for hook in 0..HOOKS {
@@ -181,6 +186,17 @@ fn clear<K: aya::Pod>(ebpf: &mut Ebpf, name: &str) -> Result<()> {
     let keys: Vec<K> = flows.keys().filter_map(|k| k.ok()).collect();
     for k in keys {
         flows.remove(&k).context("removing a flow")?;
+    }
+    Ok(())
+}
+
+/// Zeroes every set of a flow-set map on every CPU.
+fn zero_sets<S: aya::Pod + Default>(ebpf: &mut Ebpf, name: &str, cpus: usize) -> Result<()> {
+    let m = ebpf.map_mut(name).with_context(|| name.to_owned())?;
+    let mut sets: PerCpuArray<&mut MapData, S> = PerCpuArray::try_from(m)?;
+    for set in 0..FLOW_SETS {
+        let zero = PerCpuValues::try_from(vec![S::default(); cpus])?;
+        sets.set(set, zero, 0).context("zeroing a flow set")?;
     }
     Ok(())
 }

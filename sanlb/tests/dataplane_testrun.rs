@@ -637,12 +637,25 @@ fn on_cpu0() {
     }
 }
 
-/// The IPv4 key of a flow set as the programs hash it.
-fn set_of(initiator: [u8; 4], target: [u8; 4]) -> u32 {
-    let mut word = [0u8; 8];
-    word[..4].copy_from_slice(&initiator);
-    word[4..].copy_from_slice(&target);
-    sanlb_common::flow_set(u64::from_le_bytes(word))
+/// The set of a pair as the programs hash it.
+fn set_of(initiator: std::net::IpAddr, target: std::net::IpAddr) -> u32 {
+    use std::net::IpAddr::{V4, V6};
+    let words = |b: &[u8]| -> Vec<u64> {
+        b.chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    match (initiator, target) {
+        (V4(i), V4(t)) => {
+            let key = [i.octets(), t.octets()].concat();
+            sanlb_common::flow_set(words(&key)[0])
+        }
+        (V6(i), V6(t)) => {
+            let key = [i.octets(), t.octets()].concat();
+            sanlb_common::flow_set6(words(&key).try_into().unwrap())
+        }
+        _ => unreachable!("one family"),
+    }
 }
 
 fn frame_from(src: [u8; 4], len: usize) -> Vec<u8> {
@@ -653,29 +666,44 @@ fn frame_from(src: [u8; 4], len: usize) -> Vec<u8> {
     f.build()
 }
 
-#[test]
-#[ignore = "privileged: needs root, run by cargo xtask test"]
-fn a_full_flow_set_sends_new_pairs_to_the_lru_table() {
-    on_cpu0();
-    let mut dp = Detached::load(&[3260], 64).unwrap();
-    // Six initiators whose pairs with the frames' target share one set.
-    let target = [198, 18, 1, 50];
-    let mut same: Vec<[u8; 4]> = Vec::new();
-    let want = set_of([198, 18, 0, 0], target);
-    for i in 0..=u16::MAX {
-        let src = [198, 18, (i >> 8) as u8, i as u8];
-        if set_of(src, target) == want {
-            same.push(src);
-            if same.len() == sanlb_common::FLOW_WAYS + 2 {
-                break;
-            }
+/// An IPv4 or IPv6 frame from `initiator` to the default target.
+fn frame_of(initiator: std::net::IpAddr, len: usize) -> (Vec<u8>, std::net::IpAddr) {
+    match initiator {
+        std::net::IpAddr::V4(a) => {
+            let f = tcp4(40000, 3260, payload(len));
+            let L3::V4(ip, _) = &f.l3 else { unreachable!() };
+            let target = std::net::IpAddr::from(ip.dst);
+            (frame_from(a.octets(), len), target)
+        }
+        std::net::IpAddr::V6(a) => {
+            let mut f = tcp6(40000, 3260, payload(len));
+            let L3::V6(ip, _) = &mut f.l3 else {
+                unreachable!()
+            };
+            ip.src = a.octets();
+            let target = std::net::IpAddr::from(ip.dst);
+            (f.build(), target)
         }
     }
+}
+
+/// Six initiators whose pairs share one set: the first four take its ways,
+/// the other two go to the LRU table; every pair's counts are exact.
+fn full_set_spills(initiator: impl Fn(u16) -> std::net::IpAddr) {
+    on_cpu0();
+    let mut dp = Detached::load(&[3260], 64).unwrap();
+    let target = frame_of(initiator(0), 1).1;
+    let want = set_of(initiator(0), target);
+    let same: Vec<std::net::IpAddr> = (0..=u16::MAX)
+        .map(&initiator)
+        .filter(|i| set_of(*i, target) == want)
+        .take(sanlb_common::FLOW_WAYS + 2)
+        .collect();
     assert_eq!(same.len(), sanlb_common::FLOW_WAYS + 2);
     // Each sends i + 1 frames of 100 + i bytes, interleaved.
     for round in 0..same.len() {
         for (i, src) in same.iter().enumerate().skip(round) {
-            dp.run_xdp(&frame_from(*src, 100 + i), 1).unwrap();
+            dp.run_xdp(&frame_of(*src, 100 + i).0, 1).unwrap();
         }
     }
     let s = dp.snapshot().unwrap();
@@ -684,26 +712,48 @@ fn a_full_flow_set_sends_new_pairs_to_the_lru_table() {
         let f = s
             .flows
             .iter()
-            .find(|f| f.initiator == std::net::IpAddr::from(*src))
-            .unwrap_or_else(|| panic!("no counts for {src:?}"));
-        assert_eq!(f.counters.to_target_packets, i as u64 + 1, "{src:?}");
+            .find(|f| f.initiator == *src)
+            .unwrap_or_else(|| panic!("no counts for {src}"));
+        assert_eq!(f.counters.to_target_packets, i as u64 + 1, "{src}");
         assert_eq!(
             f.counters.to_target_bytes,
             (i as u64 + 1) * (100 + i as u64),
-            "{src:?}"
+            "{src}"
         );
     }
-    // The first four took the set's ways, the other two are in FLOWS4.
-    let mut spilled: Vec<[u8; 4]> = dp
+    let mut spilled: Vec<std::net::IpAddr> = dp
         .flows4_keys()
         .unwrap()
         .into_iter()
-        .map(|k| k.initiator)
+        .map(|k| std::net::IpAddr::from(k.initiator))
+        .chain(
+            dp.flows6_keys()
+                .unwrap()
+                .into_iter()
+                .map(|k| std::net::IpAddr::from(k.initiator)),
+        )
         .collect();
     spilled.sort();
     assert_eq!(spilled, same[sanlb_common::FLOW_WAYS..].to_vec());
     assert_eq!(s.ingress.new_flows, same.len() as u64);
     assert_eq!(s.ingress.insert_failed, 0);
+}
+
+#[test]
+#[ignore = "privileged: needs root, run by cargo xtask test"]
+fn a_full_flow_set_sends_new_pairs_to_the_lru_table() {
+    full_set_spills(|i| std::net::IpAddr::from([198, 18, (i >> 8) as u8, i as u8]));
+}
+
+#[test]
+#[ignore = "privileged: needs root, run by cargo xtask test"]
+fn a_full_ipv6_flow_set_sends_new_pairs_to_the_lru_table() {
+    full_set_spills(|i| {
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        a[14..].copy_from_slice(&i.to_be_bytes());
+        std::net::IpAddr::from(a)
+    });
 }
 
 #[test]

@@ -34,11 +34,11 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
 };
 use sanlb_common::{
-    ATTACH_MAP, AttachInfo, FLOWS4_MAP, FLOWS6_MAP, FLOWSETS4_MAP, FlowCounters, FlowKey4,
-    FlowKey6, FlowSet4, HOOK_EGRESS, HOOK_INGRESS, HookStats, INGRESS_TC, INGRESS_XDP_DRIVER,
-    INGRESS_XDP_GENERIC, PORT_BITMAP_WORDS, PORT_BITS_GLOBAL, PORTS_MAP, REASON_DRIVER_REFUSED,
-    REASON_FORCED, REASON_NATIVE_NIC, REASON_VIRTUAL_NIC, STATS_MAP, TC_INGRESS_PROG, TC_PROG,
-    XDP_PROG,
+    ATTACH_MAP, AttachInfo, FLOWS4_MAP, FLOWS6_MAP, FLOWSETS4_MAP, FLOWSETS6_MAP, FlowCounters,
+    FlowKey4, FlowKey6, FlowSet4, FlowSet6, HOOK_EGRESS, HOOK_INGRESS, HookStats, INGRESS_TC,
+    INGRESS_XDP_DRIVER, INGRESS_XDP_GENERIC, PORT_BITMAP_WORDS, PORT_BITS_GLOBAL, PORTS_MAP,
+    REASON_DRIVER_REFUSED, REASON_FORCED, REASON_NATIVE_NIC, REASON_VIRTUAL_NIC, STATS_MAP,
+    TC_INGRESS_PROG, TC_PROG, XDP_PROG,
 };
 use serde::Serialize;
 
@@ -54,6 +54,8 @@ pub const LOCK_DIR: &str = "/run/sanlb";
 pub const PIN_FLOWSETS4: &str = "flowsets4";
 /// IPv4 flows (pairs of full sets).
 pub const PIN_FLOWS4: &str = "flows4";
+/// The per-CPU sets of IPv6 pairs.
+pub const PIN_FLOWSETS6: &str = "flowsets6";
 /// IPv6 flows.
 pub const PIN_FLOWS6: &str = "flows6";
 /// Per-hook statistics.
@@ -63,9 +65,10 @@ pub const PIN_PORTS: &str = "ports";
 /// Where ingress is counted and why.
 pub const PIN_ATTACH: &str = "attach";
 /// Every pin, with the map behind it.
-const PINS: [(&str, &str); 6] = [
+const PINS: [(&str, &str); 7] = [
     (FLOWSETS4_MAP, PIN_FLOWSETS4),
     (FLOWS4_MAP, PIN_FLOWS4),
+    (FLOWSETS6_MAP, PIN_FLOWSETS6),
     (FLOWS6_MAP, PIN_FLOWS6),
     (STATS_MAP, PIN_STATS),
     (PORTS_MAP, PIN_PORTS),
@@ -376,6 +379,7 @@ impl Programs {
         read_snapshot(&Maps {
             flowsets4: map(FLOWSETS4_MAP)?,
             flows4: map(FLOWS4_MAP)?,
+            flowsets6: map(FLOWSETS6_MAP)?,
             flows6: map(FLOWS6_MAP)?,
             stats: map(STATS_MAP)?,
             ports: map(PORTS_MAP)?,
@@ -526,6 +530,7 @@ impl Dataplane {
 pub struct PinnedMaps {
     flowsets4: Map,
     flows4: Map,
+    flowsets6: Map,
     flows6: Map,
     stats: Map,
     ports: Map,
@@ -552,6 +557,7 @@ impl PinnedMaps {
         Ok(Self {
             flowsets4: open(PIN_FLOWSETS4)?,
             flows4: open(PIN_FLOWS4)?,
+            flowsets6: open(PIN_FLOWSETS6)?,
             flows6: open(PIN_FLOWS6)?,
             stats: open(PIN_STATS)?,
             ports: open(PIN_PORTS)?,
@@ -564,6 +570,7 @@ impl PinnedMaps {
         read_snapshot(&Maps {
             flowsets4: &self.flowsets4,
             flows4: &self.flows4,
+            flowsets6: &self.flowsets6,
             flows6: &self.flows6,
             stats: &self.stats,
             ports: &self.ports,
@@ -609,6 +616,7 @@ pub struct Snapshot {
 struct Maps<'a> {
     flowsets4: &'a Map,
     flows4: &'a Map,
+    flowsets6: &'a Map,
     flows6: &'a Map,
     stats: &'a Map,
     ports: &'a Map,
@@ -623,19 +631,41 @@ fn map_err(what: &str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
     }
 }
 
-/// Adds the pairs of every CPU's flow sets to `pairs`.
-fn read_flow_sets(map: &Map, pairs: &mut HashMap<FlowKey4, FlowCounters>) -> Result<()> {
-    let sets: PerCpuArray<&MapData, FlowSet4> =
+/// A flow set of either family: its ways as (key, counters).
+trait FlowSet: aya::Pod {
+    type Key: Copy + Default + Eq + std::hash::Hash;
+    fn ways(&self) -> impl Iterator<Item = (Self::Key, &FlowCounters)>;
+}
+
+impl FlowSet for FlowSet4 {
+    type Key = FlowKey4;
+    fn ways(&self) -> impl Iterator<Item = (FlowKey4, &FlowCounters)> {
+        self.ways.iter().map(|w| (w.key, &w.counters))
+    }
+}
+
+impl FlowSet for FlowSet6 {
+    type Key = FlowKey6;
+    fn ways(&self) -> impl Iterator<Item = (FlowKey6, &FlowCounters)> {
+        self.ways.iter().map(|w| (w.key, &w.counters))
+    }
+}
+
+/// The pairs of every CPU's flow sets, their counts added up. A way whose key
+/// is all zeros is free.
+fn read_flow_sets<S: FlowSet>(map: &Map) -> Result<HashMap<S::Key, FlowCounters>> {
+    let sets: PerCpuArray<&MapData, S> =
         PerCpuArray::try_from(map).map_err(map_err("opening the flow sets"))?;
+    let mut pairs: HashMap<S::Key, FlowCounters> = HashMap::new();
     for set in 0..sets.len() {
         let per_cpu = sets.get(&set, 0).map_err(map_err("reading a flow set"))?;
         for s in per_cpu.iter() {
-            for way in s.ways.iter().filter(|w| w.key != FlowKey4::default()) {
-                pairs.entry(way.key).or_default().accumulate(&way.counters);
+            for (key, counters) in s.ways().filter(|(k, _)| *k != S::Key::default()) {
+                pairs.entry(key).or_default().accumulate(counters);
             }
         }
     }
-    Ok(())
+    Ok(pairs)
 }
 
 /// Appends the flows of one table to `records`, adding to each the counts
@@ -656,38 +686,35 @@ fn read_flows<K: aya::Pod + Eq + std::hash::Hash>(
             Err(aya::maps::MapError::KeyNotFound) => continue,
             Err(e) => return Err(map_err("reading a flow")(e)),
         };
-        let (initiator, target) = addrs(&key);
         let mut counters = sum_per_cpu(&values);
         if let Some(more) = extra.remove(&key) {
             counters.accumulate(&more);
         }
-        records.push(FlowRecord {
-            initiator,
-            target,
-            counters,
-        });
+        records.push(record(addrs(&key), counters));
     }
     Ok(())
 }
 
+fn record((initiator, target): (IpAddr, IpAddr), counters: FlowCounters) -> FlowRecord {
+    FlowRecord {
+        initiator,
+        target,
+        counters,
+    }
+}
+
 fn read_snapshot(maps: &Maps<'_>) -> Result<Snapshot> {
     let mut records = Vec::new();
-    // A pair can be in both IPv4 tables (in a set on one CPU, in FLOWS4 from
-    // another whose set was full): one record with the sum. The sets are read
-    // first; a pair's counts never move between the tables, so each read
-    // sees them no lower than the one before.
-    let mut in_sets = HashMap::new();
-    read_flow_sets(maps.flowsets4, &mut in_sets)?;
+    // A pair can be in both tables of its family (in a set on one CPU, in
+    // the LRU table from another whose set was full): one record with the
+    // sum. The sets are read first; a pair's counts never move between the
+    // tables, so each read sees them no lower than the one before.
+    let mut in_sets = read_flow_sets::<FlowSet4>(maps.flowsets4)?;
     read_flows(maps.flows4, v4_addrs, &mut in_sets, &mut records)?;
-    records.extend(in_sets.into_iter().map(|(key, counters)| {
-        let (initiator, target) = v4_addrs(&key);
-        FlowRecord {
-            initiator,
-            target,
-            counters,
-        }
-    }));
-    read_flows(maps.flows6, v6_addrs, &mut HashMap::new(), &mut records)?;
+    records.extend(in_sets.iter().map(|(key, c)| record(v4_addrs(key), *c)));
+    let mut in_sets = read_flow_sets::<FlowSet6>(maps.flowsets6)?;
+    read_flows(maps.flows6, v6_addrs, &mut in_sets, &mut records)?;
+    records.extend(in_sets.iter().map(|(key, c)| record(v6_addrs(key), *c)));
     let stats_map: PerCpuArray<&MapData, HookStats> =
         PerCpuArray::try_from(maps.stats).map_err(map_err("opening the stats map"))?;
     let hook = |i: u32| -> Result<Stats> {
