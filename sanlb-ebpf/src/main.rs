@@ -149,14 +149,8 @@ impl Frame for Xdp<'_> {
     }
 
     #[inline(always)]
-    fn head<const N: usize>(&self) -> Option<&[u8; N]> {
-        let start = self.0.data();
-        if start + N > self.0.data_end() {
-            return None;
-        }
-        // SAFETY: N bytes of packet data, checked against data_end just above;
-        // the program only reads them while it runs.
-        Some(unsafe { &*(start as *const [u8; N]) })
+    fn direct(&self) -> (usize, usize) {
+        (self.0.data(), self.0.data_end())
     }
 }
 
@@ -201,14 +195,8 @@ impl Frame for Tc<'_> {
     }
 
     #[inline(always)]
-    fn head<const N: usize>(&self) -> Option<&[u8; N]> {
-        let start = self.0.data();
-        if start + N > self.0.data_end() {
-            return None;
-        }
-        // SAFETY: N bytes of the linear area, checked against data_end just
-        // above; the program only reads them while it runs.
-        Some(unsafe { &*(start as *const [u8; N]) })
+    fn direct(&self) -> (usize, usize) {
+        (self.0.data(), self.0.data_end())
     }
 }
 

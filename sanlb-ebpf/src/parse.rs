@@ -25,9 +25,21 @@ pub trait Frame {
     fn has(&self, off: usize, n: usize) -> bool {
         off + n <= self.linear_len()
     }
-    /// The first `N` bytes, when the first buffer holds them: read with no
+    /// Start and end addresses of the bytes read directly: XDP's first
+    /// buffer, TC's linear area.
+    fn direct(&self) -> (usize, usize);
+    /// The first `N` bytes, when they can be read directly: read with no
     /// further bounds checks.
-    fn head<const N: usize>(&self) -> Option<&[u8; N]>;
+    #[inline(always)]
+    fn head<const N: usize>(&self) -> Option<&[u8; N]> {
+        let (start, end) = self.direct();
+        if start + N > end {
+            return None;
+        }
+        // SAFETY: N bytes of packet data, checked against their end just
+        // above; the program only reads them while it runs.
+        Some(unsafe { &*(start as *const [u8; N]) })
+    }
 }
 
 /// Why a frame was not counted (each is a field of `HookStats`).
@@ -246,8 +258,8 @@ fn at<T: Copy, const N: usize>(h: &[u8; N], off: usize) -> T {
 }
 
 /// The common frame in a few instructions: untagged IPv4 without options,
-/// not a fragment, TCP, the IP packet inside the first `linear_len` bytes. `h` is the frame's first [`FAST_LEN`] bytes.
-/// `None` for any other frame, which [`parse`] then walks; where this answers,
+/// not a fragment, TCP, the IP packet inside the first `linear_len` bytes.
+/// `h` is the frame's first [`FAST_LEN`] bytes. `None` for any other frame, which [`parse`] then walks; where this answers,
 /// it answers what [`parse`] would (the property test holds both to the model).
 #[inline(always)]
 pub fn fast(
@@ -272,24 +284,44 @@ pub fn fast(
     if h[L3 + 9] != IPPROTO_TCP {
         return Some(Err(Skip::NotTcp));
     }
-    let to_target = if is_iscsi_port(at::<u16, _>(h, L4 + 2)) {
+    tcp(h, L4, L3 + tot_len, is_iscsi_port, || {
+        (
+            [u64::from(at::<u32, _>(h, L3 + 12)), 0],
+            [u64::from(at::<u32, _>(h, L3 + 16)), 0],
+            false,
+        )
+    })
+}
+
+/// The TCP part of [`fast`] and [`fast6`]: the fixed TCP header at `l4` of
+/// `h`, the IP packet ending at `ip_end` (at least `l4` + 20); `addrs` reads
+/// the source and destination addresses and tells whether they are IPv6.
+#[inline(always)]
+fn tcp<const N: usize>(
+    h: &[u8; N],
+    l4: usize,
+    ip_end: usize,
+    is_iscsi_port: impl Fn(u16) -> bool,
+    addrs: impl FnOnce() -> ([u64; 2], [u64; 2], bool),
+) -> Option<Result<Parsed, Skip>> {
+    let to_target = if is_iscsi_port(at::<u16, _>(h, l4 + 2)) {
         true
-    } else if is_iscsi_port(at::<u16, _>(h, L4)) {
+    } else if is_iscsi_port(at::<u16, _>(h, l4)) {
         false
     } else {
         return Some(Err(Skip::NotIscsi));
     };
     // TCP options (timestamps, on by default in Linux) lie beyond `h`; only
     // the data offset is needed.
-    let ip_end = L3 + tot_len;
-    let payload_off = L4 + usize::from(h[L4 + 12] >> 4) * 4;
-    if payload_off < L4 + TCP_HLEN || payload_off > ip_end {
+    let payload_off = l4 + usize::from(h[l4 + 12] >> 4) * 4;
+    if payload_off < l4 + TCP_HLEN || payload_off > ip_end {
         return None;
     }
+    let (src, dst, ipv6) = addrs();
     Some(Ok(Parsed {
-        src: [u64::from(at::<u32, _>(h, L3 + 12)), 0],
-        dst: [u64::from(at::<u32, _>(h, L3 + 16)), 0],
-        ipv6: false,
+        src,
+        dst,
+        ipv6,
         to_target,
         payload_off: payload_off as u32,
         payload_len: (ip_end - payload_off) as u32,
@@ -317,25 +349,13 @@ pub fn fast6(
     if ip_end < L4 + TCP_HLEN || ip_end > linear_len {
         return None;
     }
-    let to_target = if is_iscsi_port(at::<u16, _>(h, L4 + 2)) {
-        true
-    } else if is_iscsi_port(at::<u16, _>(h, L4)) {
-        false
-    } else {
-        return Some(Err(Skip::NotIscsi));
-    };
-    let payload_off = L4 + usize::from(h[L4 + 12] >> 4) * 4;
-    if payload_off < L4 + TCP_HLEN || payload_off > ip_end {
-        return None;
-    }
-    Some(Ok(Parsed {
-        src: [at::<u64, _>(h, L3 + 8), at::<u64, _>(h, L3 + 16)],
-        dst: [at::<u64, _>(h, L3 + 24), at::<u64, _>(h, L3 + 32)],
-        ipv6: true,
-        to_target,
-        payload_off: payload_off as u32,
-        payload_len: (ip_end - payload_off) as u32,
-    }))
+    tcp(h, L4, ip_end, is_iscsi_port, || {
+        (
+            [at::<u64, _>(h, L3 + 8), at::<u64, _>(h, L3 + 16)],
+            [at::<u64, _>(h, L3 + 24), at::<u64, _>(h, L3 + 32)],
+            true,
+        )
+    })
 }
 
 /// Next header and length field of the extension header at `off`.
