@@ -259,8 +259,9 @@ fn at<T: Copy, const N: usize>(h: &[u8; N], off: usize) -> T {
 
 /// The common frame in a few instructions: untagged IPv4 without options,
 /// not a fragment, TCP, the IP packet inside the first `linear_len` bytes.
-/// `h` is the frame's first [`FAST_LEN`] bytes. `None` for any other frame, which [`parse`] then walks; where this answers,
-/// it answers what [`parse`] would (the property test holds both to the model).
+/// `h` is the frame's first [`FAST_LEN`] bytes. `None` for any other frame,
+/// which [`parse`] then walks; where this answers, it answers what [`parse`]
+/// would (the property test holds both to the model).
 #[inline(always)]
 pub fn fast(
     h: &[u8; FAST_LEN],
