@@ -215,7 +215,8 @@ pub fn flow_set6(key: [u64; 4]) -> u32 {
 pub struct HookStats {
     /// Frames the program ran on.
     pub frames: u64,
-    /// Frames counted into [`FLOWS4_MAP`] or [`FLOWS6_MAP`].
+    /// Frames counted into a flow set ([`FLOWSETS4_MAP`], [`FLOWSETS6_MAP`])
+    /// or a flow table ([`FLOWS4_MAP`], [`FLOWS6_MAP`]).
     pub counted: u64,
     /// Not IPv4/IPv6 (ARP, LLDP, ...), also behind VLAN tags.
     pub not_ip: u64,

@@ -270,36 +270,43 @@ fn ends(p: &Parsed) -> ([u64; 2], [u64; 2]) {
     }
 }
 
-/// The IPv4 key of a parsed frame: initiator first, one 64-bit word.
+/// The words of a parsed frame's key, initiator first: IPv4 one word (the
+/// initiator's 4 bytes in memory order, then the target's: little endian,
+/// low half first), IPv6 four.
 #[inline(always)]
-fn key4(p: &Parsed) -> FlowKey4 {
+fn key_words(p: &Parsed) -> [u64; 4] {
     let (initiator, target) = ends(p);
+    if p.ipv6 {
+        [initiator[0], initiator[1], target[0], target[1]]
+    } else {
+        [initiator[0] | target[0] << 32, 0, 0, 0]
+    }
+}
+
+/// The FLOWS4 key of a key word.
+#[inline(always)]
+fn key4(word: u64) -> FlowKey4 {
     let mut key = MaybeUninit::<FlowKey4>::uninit();
-    // SAFETY: FlowKey4 is 8 bytes with alignment 8; in memory order the
-    // initiator's 4 bytes, then the target's (little endian: low half first).
+    // SAFETY: FlowKey4 is 8 bytes with alignment 8.
     unsafe {
-        key.as_mut_ptr()
-            .cast::<u64>()
-            .write_volatile(initiator[0] | target[0] << 32);
+        key.as_mut_ptr().cast::<u64>().write_volatile(word);
         key.assume_init()
     }
 }
 
-/// The IPv6 key of a parsed frame: initiator first.
+/// The FLOWS6 key of four key words.
 ///
 /// Written as four volatile word stores on purpose: plain stores get merged by
 /// LLVM into memset/memcpy, which this target lowers to out-of-line byte loops.
 #[inline(always)]
-fn key6(p: &Parsed) -> FlowKey6 {
-    let (initiator, target) = ends(p);
+fn key6(words: &[u64; 4]) -> FlowKey6 {
     let mut key = MaybeUninit::<FlowKey6>::uninit();
     let w = key.as_mut_ptr().cast::<u64>();
     // SAFETY: FlowKey6 is 32 bytes with alignment 8: four u64 words.
     unsafe {
-        w.write_volatile(initiator[0]);
-        w.add(1).write_volatile(initiator[1]);
-        w.add(2).write_volatile(target[0]);
-        w.add(3).write_volatile(target[1]);
+        for (i, word) in words.iter().enumerate() {
+            w.add(i).write_volatile(*word);
+        }
         key.assume_init()
     }
 }
@@ -391,12 +398,10 @@ fn add_to_set<const N: usize, W: Way<N>, F: Frame>(
 }
 
 /// Adds an IPv4 frame to its pair: in this CPU's FLOWSETS4 set if the pair
-/// is there or a way is free, else in FLOWS4.
+/// is there or a way is free, else in FLOWS4 (whose key is only built then).
 #[inline(always)]
 fn add4<F: Frame>(f: &F, p: &Parsed, segs: u32, stats: &mut HookStats) -> bool {
-    let key = key4(p);
-    // SAFETY: FlowKey4 is 8 bytes with alignment 8.
-    let word = unsafe { core::ptr::from_ref(&key).cast::<u64>().read() };
+    let word = key_words(p)[0];
     // The all-zero key (0.0.0.0 to 0.0.0.0) would look like a free way.
     if word != 0
         && let Some(set) = FLOWSETS4.get_ptr_mut(flow_set(word))
@@ -406,14 +411,13 @@ fn add4<F: Frame>(f: &F, p: &Parsed, segs: u32, stats: &mut HookStats) -> bool {
     {
         return true;
     }
-    add(&FLOWS4, f, &key, p, segs, stats)
+    add(&FLOWS4, f, &key4(word), p, segs, stats)
 }
 
 /// Adds an IPv6 frame to its pair, as `add4`.
 #[inline(always)]
 fn add6<F: Frame>(f: &F, p: &Parsed, segs: u32, stats: &mut HookStats) -> bool {
-    let (initiator, target) = ends(p);
-    let words = [initiator[0], initiator[1], target[0], target[1]];
+    let words = key_words(p);
     if words.iter().fold(0, |a, w| a | w) != 0
         && let Some(set) = FLOWSETS6.get_ptr_mut(flow_set6(words))
         // SAFETY: as in `add4`.
@@ -421,7 +425,7 @@ fn add6<F: Frame>(f: &F, p: &Parsed, segs: u32, stats: &mut HookStats) -> bool {
     {
         return true;
     }
-    add(&FLOWS6, f, &key6(p), p, segs, stats)
+    add(&FLOWS6, f, &key6(&words), p, segs, stats)
 }
 
 /// Adds the frame to its flow, creating the entry on first sight. Returns
