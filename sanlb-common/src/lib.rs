@@ -18,10 +18,15 @@ pub const FLOWSETS4_MAP: &str = "FLOWSETS4";
 /// Name of the per-CPU set-associative table of IPv6 pairs, [`FlowSet6`]
 /// values, looked up before [`FLOWS6_MAP`].
 pub const FLOWSETS6_MAP: &str = "FLOWSETS6";
+/// Name of the per-CPU record of which flow sets hold a pair: [`SetsUsed`]
+/// values, entry [`FAMILY_IPV4`] for [`FLOWSETS4_MAP`], [`FAMILY_IPV6`] for
+/// [`FLOWSETS6_MAP`]. Readers read only the sets it marks.
+pub const SETS_USED_MAP: &str = "SETS_USED";
 /// Name of the per-hook statistics map (skip reasons, new flows, failures).
 pub const STATS_MAP: &str = "STATS";
-/// Name of the map recording the iSCSI ports (a bitmap written by the agent
-/// for `sanlb counters` and bpftool; the programs read [`PORT_BITS_GLOBAL`]).
+/// Name of the map recording the iSCSI ports (one [`PortBitmap`] written by
+/// the agent for `sanlb counters` and bpftool; the programs read
+/// [`PORT_BITS_GLOBAL`]).
 pub const PORTS_MAP: &str = "ISCSI_PORTS";
 /// Name of the global (in .rodata, set when the object is loaded) holding the
 /// iSCSI port bitmap the programs check: [`PORT_BITMAP_WORDS`] `u64` words.
@@ -191,6 +196,39 @@ pub struct FlowSet6 {
     pub ways: [FlowWay6; FLOW_WAYS],
 }
 
+/// Value of [`SETS_USED_MAP`], one per family and CPU: bit `s % 64` of word
+/// `s / 64` is set once a way of set `s` holds a pair on this CPU. Set after
+/// the way's key, never cleared while the maps live (as a way is never given
+/// up), so a reader that reads this first and then the sets it marks misses
+/// at most the pairs taken meanwhile, which the next read finds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetsUsed {
+    /// The bits, set by set.
+    pub words: [u64; (FLOW_SETS / 64) as usize],
+}
+
+impl SetsUsed {
+    /// Whether set `set` is marked.
+    pub fn has(&self, set: u32) -> bool {
+        self.words
+            .get((set / 64) as usize)
+            .is_some_and(|w| w >> (set % 64) & 1 == 1)
+    }
+
+    /// Adds the marks of `other` (the union of two CPUs' records).
+    pub fn union(&mut self, other: &Self) {
+        for (w, o) in self.words.iter_mut().zip(other.words.iter()) {
+            *w |= *o;
+        }
+    }
+}
+
+/// [`SETS_USED_MAP`] entry of the IPv4 sets.
+pub const FAMILY_IPV4: u32 = 0;
+/// [`SETS_USED_MAP`] entry of the IPv6 sets.
+pub const FAMILY_IPV6: u32 = 1;
+
 /// The set of a [`FLOWSETS4_MAP`] key: the key as one little-endian 64-bit
 /// word (initiator in the low half), Fibonacci-hashed to [`FLOW_SET_BITS`].
 #[inline(always)]
@@ -266,6 +304,23 @@ pub struct AttachInfo {
     pub reason: u32,
 }
 
+/// Value of [`PORTS_MAP`] (one entry): port `p` is bit `p % 64` of word
+/// `p / 64`. One value, so a reader takes it in one system call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortBitmap {
+    /// The bits, port by port.
+    pub words: [u64; PORT_BITMAP_WORDS as usize],
+}
+
+impl Default for PortBitmap {
+    fn default() -> Self {
+        Self {
+            words: [0; PORT_BITMAP_WORDS as usize],
+        }
+    }
+}
+
 /// [`AttachInfo::ingress`]: XDP in the driver (native).
 pub const INGRESS_XDP_DRIVER: u32 = 1;
 /// [`AttachInfo::ingress`]: generic (skb) XDP.
@@ -290,7 +345,7 @@ const _: () = assert!(core::mem::size_of::<FlowCounters>() == 11 * 8);
 const _: () = assert!(core::mem::size_of::<HookStats>() == 11 * 8);
 const _: () = assert!(core::mem::size_of::<FlowWay4>() == 12 * 8);
 const _: () = assert!(core::mem::size_of::<FlowWay6>() == 15 * 8);
-const _: () = assert!(FLOW_SETS.is_power_of_two());
+const _: () = assert!(FLOW_SETS.is_power_of_two() && FLOW_SETS.is_multiple_of(64));
 
 #[cfg(feature = "user")]
 mod user {
@@ -308,4 +363,8 @@ mod user {
     unsafe impl aya::Pod for super::FlowSet4 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowSet6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SetsUsed {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortBitmap {}
 }

@@ -22,9 +22,9 @@ use core::mem::MaybeUninit;
 
 use parse::{Frame, Parsed, Skip};
 use sanlb_common::{
-    AttachInfo, DEFAULT_MAX_FLOWS, FLOW_SETS, FLOW_WAYS, FlowCounters, FlowKey4, FlowKey6,
-    FlowSet4, FlowSet6, FlowWay4, FlowWay6, HOOK_EGRESS, HOOK_INGRESS, HOOKS, HookStats,
-    PORT_BITMAP_WORDS, flow_set, flow_set6,
+    AttachInfo, DEFAULT_MAX_FLOWS, FAMILY_IPV4, FAMILY_IPV6, FLOW_SETS, FLOW_WAYS, FlowCounters,
+    FlowKey4, FlowKey6, FlowSet4, FlowSet6, FlowWay4, FlowWay6, HOOK_EGRESS, HOOK_INGRESS, HOOKS,
+    HookStats, PORT_BITMAP_WORDS, PortBitmap, SetsUsed, flow_set, flow_set6,
 };
 
 /// Counters per IPv4 (initiator, target). LRU bounds memory; the agent sets
@@ -53,6 +53,12 @@ static FLOWSETS4: PerCpuArray<FlowSet4, { FLOW_SETS as usize }> = PerCpuArray::n
 /// The IPv6 pairs each CPU saw first, as FLOWSETS4.
 #[btf_map]
 static FLOWSETS6: PerCpuArray<FlowSet6, { FLOW_SETS as usize }> = PerCpuArray::new();
+
+/// Which sets of FLOWSETS4 (entry FAMILY_IPV4) and FLOWSETS6 (FAMILY_IPV6)
+/// hold a pair on this CPU, so that readers read those only: a few sets
+/// instead of all 1,024 on every CPU. Written only when a way is taken.
+#[btf_map]
+static SETS_USED: PerCpuArray<SetsUsed, 2> = PerCpuArray::new();
 
 /// Counters per IPv6 (initiator, target), as FLOWS4.
 #[btf_map]
@@ -83,7 +89,7 @@ static ISCSI_PORT_BITS: [u64; PORT_BITMAP_WORDS as usize] = [0; PORT_BITMAP_WORD
 
 /// The record of the iSCSI ports (see `ISCSI_PORT_BITS`); no program reads it.
 #[btf_map]
-static ISCSI_PORTS: Array<u64, { PORT_BITMAP_WORDS as usize }> = Array::new();
+static ISCSI_PORTS: Array<PortBitmap, 1> = Array::new();
 
 const EEXIST: i32 = 17;
 
@@ -357,11 +363,12 @@ impl Way<4> for FlowWay6 {
 }
 
 /// Counts the frame in the way of `ways` that holds `key`, else in a free
-/// one (taking it). False when the set is full. `key` is not all zeros (a
-/// free way's key).
+/// one (taking it, and marking set `set` of `family` in SETS_USED). False
+/// when the set is full. `key` is not all zeros (a free way's key).
 #[inline(always)]
 fn add_to_set<const N: usize, W: Way<N>, F: Frame>(
     ways: &mut [W; FLOW_WAYS],
+    (family, set): (u32, u32),
     key: &[u64; N],
     f: &F,
     p: &Parsed,
@@ -391,10 +398,23 @@ fn add_to_set<const N: usize, W: Way<N>, F: Frame>(
             // A free way has never been used, so its counters are zero.
             apply(f, p, segs, way.counters());
             stats.new_flows += 1;
+            mark_used(family, set);
             return true;
         }
     }
     false
+}
+
+/// Marks set `set` of `family` in this CPU's SETS_USED record.
+#[inline(always)]
+fn mark_used(family: u32, set: u32) {
+    if let Some(used) = SETS_USED.get_ptr_mut(family)
+        // SAFETY: this CPU's record; nothing else runs on this CPU meanwhile
+        // (see `count`).
+        && let Some(word) = unsafe { (*used).words.get_mut((set / 64) as usize) }
+    {
+        *word |= 1 << (set % 64);
+    }
 }
 
 /// Adds an IPv4 frame to its pair: in this CPU's FLOWSETS4 set if the pair
@@ -402,12 +422,21 @@ fn add_to_set<const N: usize, W: Way<N>, F: Frame>(
 #[inline(always)]
 fn add4<F: Frame>(f: &F, p: &Parsed, segs: u32, stats: &mut HookStats) -> bool {
     let word = key_words(p)[0];
+    let index = flow_set(word);
     // The all-zero key (0.0.0.0 to 0.0.0.0) would look like a free way.
     if word != 0
-        && let Some(set) = FLOWSETS4.get_ptr_mut(flow_set(word))
+        && let Some(set) = FLOWSETS4.get_ptr_mut(index)
         // SAFETY: this CPU's copy of the set; no other program runs on this
         // CPU meanwhile (see `count`).
-        && add_to_set(unsafe { &mut (*set).ways }, &[word], f, p, segs, stats)
+        && add_to_set(
+            unsafe { &mut (*set).ways },
+            (FAMILY_IPV4, index),
+            &[word],
+            f,
+            p,
+            segs,
+            stats,
+        )
     {
         return true;
     }
@@ -418,10 +447,19 @@ fn add4<F: Frame>(f: &F, p: &Parsed, segs: u32, stats: &mut HookStats) -> bool {
 #[inline(always)]
 fn add6<F: Frame>(f: &F, p: &Parsed, segs: u32, stats: &mut HookStats) -> bool {
     let words = key_words(p);
+    let index = flow_set6(words);
     if words.iter().fold(0, |a, w| a | w) != 0
-        && let Some(set) = FLOWSETS6.get_ptr_mut(flow_set6(words))
+        && let Some(set) = FLOWSETS6.get_ptr_mut(index)
         // SAFETY: as in `add4`.
-        && add_to_set(unsafe { &mut (*set).ways }, &words, f, p, segs, stats)
+        && add_to_set(
+            unsafe { &mut (*set).ways },
+            (FAMILY_IPV6, index),
+            &words,
+            f,
+            p,
+            segs,
+            stats,
+        )
     {
         return true;
     }

@@ -16,8 +16,9 @@ use aya::{
 };
 use sanlb::dataplane::{Programs, Snapshot};
 use sanlb_common::{
-    FLOW_SETS, FLOWS4_MAP, FLOWS6_MAP, FLOWSETS4_MAP, FLOWSETS6_MAP, FlowCounters, FlowKey4,
-    FlowKey6, FlowSet4, FlowSet6, HOOKS, HookStats, STATS_MAP, TC_INGRESS_PROG, TC_PROG, XDP_PROG,
+    FAMILY_IPV4, FAMILY_IPV6, FLOW_SETS, FLOWS4_MAP, FLOWS6_MAP, FLOWSETS4_MAP, FLOWSETS6_MAP,
+    FlowCounters, FlowKey4, FlowKey6, FlowSet4, FlowSet6, HOOKS, HookStats, SETS_USED_MAP,
+    STATS_MAP, SetsUsed, TC_INGRESS_PROG, TC_PROG, XDP_PROG,
 };
 
 /// The empty XDP and TC programs, built by `build.rs` from `sanlb-test-ebpf`.
@@ -114,14 +115,30 @@ impl Detached {
         Ok(flows.keys().filter_map(|k| k.ok()).collect())
     }
 
+    /// Reads every set of both flow-set maps against the SETS_USED marks:
+    /// (occupied ways in unmarked sets, marked sets with no occupied way),
+    /// both zero when the programs mark exactly the sets they use.
+    pub fn unmarked_ways(&self) -> Result<(usize, usize)> {
+        let ebpf = self.programs.ebpf();
+        let free4 = FlowKey4::default();
+        let free6 = FlowKey6::default();
+        let v4 = mark_mismatches::<FlowSet4>(ebpf, FLOWSETS4_MAP, FAMILY_IPV4, |s| {
+            s.ways.iter().filter(|w| w.key != free4).count()
+        })?;
+        let v6 = mark_mismatches::<FlowSet6>(ebpf, FLOWSETS6_MAP, FAMILY_IPV6, |s| {
+            s.ways.iter().filter(|w| w.key != free6).count()
+        })?;
+        Ok((v4.0 + v6.0, v4.1 + v6.1))
+    }
+
     /// Empties the flow tables and zeroes the statistics.
     pub fn reset(&mut self) -> Result<()> {
         let ebpf = self.programs.ebpf_mut();
         clear::<FlowKey4>(ebpf, FLOWS4_MAP)?;
         clear::<FlowKey6>(ebpf, FLOWS6_MAP)?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
-        zero_sets::<FlowSet4>(ebpf, FLOWSETS4_MAP, cpus)?;
-        zero_sets::<FlowSet6>(ebpf, FLOWSETS6_MAP, cpus)?;
+        zero_sets::<FlowSet4>(ebpf, FLOWSETS4_MAP, FAMILY_IPV4, cpus)?;
+        zero_sets::<FlowSet6>(ebpf, FLOWSETS6_MAP, FAMILY_IPV6, cpus)?;
         let m = ebpf.map_mut(STATS_MAP).context(STATS_MAP)?;
         let mut stats: PerCpuArray<&mut MapData, HookStats> = PerCpuArray::try_from(m)?;
         for hook in 0..HOOKS {
@@ -190,15 +207,55 @@ fn clear<K: aya::Pod>(ebpf: &mut Ebpf, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Zeroes every set of a flow-set map on every CPU.
-fn zero_sets<S: aya::Pod + Default>(ebpf: &mut Ebpf, name: &str, cpus: usize) -> Result<()> {
+/// Zeroes the sets of a flow-set map that SETS_USED marks, on every CPU, then
+/// the marks: what the programs wrote (they mark every set whose way they
+/// take; [`Detached::unmarked_ways`] checks that), in a few system calls
+/// rather than one per set.
+fn zero_sets<S: aya::Pod + Default>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    family: u32,
+    cpus: usize,
+) -> Result<()> {
+    let used_map = ebpf.map(SETS_USED_MAP).context(SETS_USED_MAP)?;
+    let used = sanlb::dataplane::sets_used(used_map, family)?;
     let m = ebpf.map_mut(name).with_context(|| name.to_owned())?;
     let mut sets: PerCpuArray<&mut MapData, S> = PerCpuArray::try_from(m)?;
-    for set in 0..FLOW_SETS {
+    for set in (0..FLOW_SETS).filter(|s| used.has(*s)) {
         let zero = PerCpuValues::try_from(vec![S::default(); cpus])?;
         sets.set(set, zero, 0).context("zeroing a flow set")?;
     }
+    let m = ebpf.map_mut(SETS_USED_MAP).context(SETS_USED_MAP)?;
+    let mut marks: PerCpuArray<&mut MapData, SetsUsed> = PerCpuArray::try_from(m)?;
+    let zero = PerCpuValues::try_from(vec![SetsUsed::default(); cpus])?;
+    marks
+        .set(family, zero, 0)
+        .context("zeroing the used-set record")?;
     Ok(())
+}
+
+/// Occupied ways (any CPU) in sets of `map` that `SETS_USED` does not mark,
+/// and marked sets with no occupied way, every set read.
+fn mark_mismatches<S: aya::Pod>(
+    ebpf: &Ebpf,
+    map: &str,
+    family: u32,
+    occupied: impl Fn(&S) -> usize,
+) -> Result<(usize, usize)> {
+    let used =
+        sanlb::dataplane::sets_used(ebpf.map(SETS_USED_MAP).context(SETS_USED_MAP)?, family)?;
+    let sets: PerCpuArray<&MapData, S> =
+        PerCpuArray::try_from(ebpf.map(map).with_context(|| map.to_owned())?)?;
+    let (mut unmarked, mut empty_marked) = (0, 0);
+    for set in 0..FLOW_SETS {
+        let ways: usize = sets.get(&set, 0)?.iter().map(&occupied).sum();
+        if used.has(set) {
+            empty_marked += usize::from(ways == 0);
+        } else {
+            unmarked += ways;
+        }
+    }
+    Ok((unmarked, empty_marked))
 }
 
 /// A `struct __sk_buff` context with `gso_segs` set.

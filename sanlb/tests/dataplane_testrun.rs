@@ -780,6 +780,38 @@ fn flow_tables_stay_bounded() {
     assert_eq!(s.ingress.new_flows, u64::from(n));
     assert_eq!(s.ingress.counted, u64::from(n));
     assert_eq!(s.ingress.insert_failed, 0);
+    assert_eq!(dp.unmarked_ways().unwrap(), (0, 0), "every set marked");
+}
+
+/// Readers read only the sets SETS_USED marks: the marks must cover every
+/// taken way (else its pair would go unreported) and nothing else; the
+/// reset the tests rely on empties the sets through them.
+#[test]
+#[ignore = "privileged: needs root, run by cargo xtask test"]
+fn the_used_set_marks_cover_exactly_the_taken_ways() {
+    on_cpu0();
+    let mut dp = load(&[3260]);
+    let v6 = |i: u16| {
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        a[14..].copy_from_slice(&i.to_be_bytes());
+        std::net::IpAddr::from(a)
+    };
+    let n = 300u16;
+    for i in 0..n {
+        let v4 = std::net::IpAddr::from([198, 18, (i >> 8) as u8, i as u8]);
+        dp.run_xdp(&frame_of(v4, 100).0, 1).unwrap();
+        dp.run_xdp(&frame_of(v6(i), 100).0, 1).unwrap();
+    }
+    assert_eq!(dp.unmarked_ways().unwrap(), (0, 0));
+    let s = dp.snapshot().unwrap();
+    assert_eq!(s.flows.len(), 2 * usize::from(n));
+    assert!(s.flows.iter().all(|f| f.counters.to_target_packets == 1));
+    assert_eq!(s.ingress.new_flows, 2 * u64::from(n));
+    // Unmarked and zero everywhere after a reset, every set read.
+    dp.reset().unwrap();
+    assert_eq!(dp.unmarked_ways().unwrap(), (0, 0));
+    assert!(dp.snapshot().unwrap().flows.is_empty());
 }
 
 #[test]

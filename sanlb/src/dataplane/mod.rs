@@ -34,11 +34,12 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
 };
 use sanlb_common::{
-    ATTACH_MAP, AttachInfo, FLOWS4_MAP, FLOWS6_MAP, FLOWSETS4_MAP, FLOWSETS6_MAP, FlowCounters,
-    FlowKey4, FlowKey6, FlowSet4, FlowSet6, HOOK_EGRESS, HOOK_INGRESS, HookStats, INGRESS_TC,
-    INGRESS_XDP_DRIVER, INGRESS_XDP_GENERIC, PORT_BITMAP_WORDS, PORT_BITS_GLOBAL, PORTS_MAP,
-    REASON_DRIVER_REFUSED, REASON_FORCED, REASON_NATIVE_NIC, REASON_VIRTUAL_NIC, STATS_MAP,
-    TC_INGRESS_PROG, TC_PROG, XDP_PROG,
+    ATTACH_MAP, AttachInfo, FAMILY_IPV4, FAMILY_IPV6, FLOWS4_MAP, FLOWS6_MAP, FLOWSETS4_MAP,
+    FLOWSETS6_MAP, FlowCounters, FlowKey4, FlowKey6, FlowSet4, FlowSet6, HOOK_EGRESS, HOOK_INGRESS,
+    HookStats, INGRESS_TC, INGRESS_XDP_DRIVER, INGRESS_XDP_GENERIC, PORT_BITMAP_WORDS,
+    PORT_BITS_GLOBAL, PORTS_MAP, PortBitmap, REASON_DRIVER_REFUSED, REASON_FORCED,
+    REASON_NATIVE_NIC, REASON_VIRTUAL_NIC, SETS_USED_MAP, STATS_MAP, SetsUsed, TC_INGRESS_PROG,
+    TC_PROG, XDP_PROG,
 };
 use serde::Serialize;
 
@@ -58,6 +59,8 @@ pub const PIN_FLOWS4: &str = "flows4";
 pub const PIN_FLOWSETS6: &str = "flowsets6";
 /// IPv6 flows.
 pub const PIN_FLOWS6: &str = "flows6";
+/// Which flow sets hold pairs.
+pub const PIN_SETS_USED: &str = "sets_used";
 /// Per-hook statistics.
 pub const PIN_STATS: &str = "stats";
 /// The iSCSI port bitmap.
@@ -65,11 +68,12 @@ pub const PIN_PORTS: &str = "ports";
 /// Where ingress is counted and why.
 pub const PIN_ATTACH: &str = "attach";
 /// Every pin, with the map behind it.
-const PINS: [(&str, &str); 7] = [
+const PINS: [(&str, &str); 8] = [
     (FLOWSETS4_MAP, PIN_FLOWSETS4),
     (FLOWS4_MAP, PIN_FLOWS4),
     (FLOWSETS6_MAP, PIN_FLOWSETS6),
     (FLOWS6_MAP, PIN_FLOWS6),
+    (SETS_USED_MAP, PIN_SETS_USED),
     (STATS_MAP, PIN_STATS),
     (PORTS_MAP, PIN_PORTS),
     (ATTACH_MAP, PIN_ATTACH),
@@ -381,6 +385,7 @@ impl Programs {
             flows4: map(FLOWS4_MAP)?,
             flowsets6: map(FLOWSETS6_MAP)?,
             flows6: map(FLOWS6_MAP)?,
+            sets_used: map(SETS_USED_MAP)?,
             stats: map(STATS_MAP)?,
             ports: map(PORTS_MAP)?,
             attach: map(ATTACH_MAP)?,
@@ -532,6 +537,7 @@ pub struct PinnedMaps {
     flows4: Map,
     flowsets6: Map,
     flows6: Map,
+    sets_used: Map,
     stats: Map,
     ports: Map,
     attach: Map,
@@ -559,6 +565,7 @@ impl PinnedMaps {
             flows4: open(PIN_FLOWS4)?,
             flowsets6: open(PIN_FLOWSETS6)?,
             flows6: open(PIN_FLOWS6)?,
+            sets_used: open(PIN_SETS_USED)?,
             stats: open(PIN_STATS)?,
             ports: open(PIN_PORTS)?,
             attach: open(PIN_ATTACH)?,
@@ -572,6 +579,7 @@ impl PinnedMaps {
             flows4: &self.flows4,
             flowsets6: &self.flowsets6,
             flows6: &self.flows6,
+            sets_used: &self.sets_used,
             stats: &self.stats,
             ports: &self.ports,
             attach: &self.attach,
@@ -618,6 +626,7 @@ struct Maps<'a> {
     flows4: &'a Map,
     flowsets6: &'a Map,
     flows6: &'a Map,
+    sets_used: &'a Map,
     stats: &'a Map,
     ports: &'a Map,
     attach: &'a Map,
@@ -651,13 +660,33 @@ impl FlowSet for FlowSet6 {
     }
 }
 
-/// The pairs of every CPU's flow sets, their counts added up. A way whose key
-/// is all zeros is free.
-fn read_flow_sets<S: FlowSet>(map: &Map) -> Result<HashMap<S::Key, FlowCounters>> {
+/// The sets of `family` that hold a pair on some CPU ([`SETS_USED_MAP`]).
+pub fn sets_used(map: &Map, family: u32) -> Result<SetsUsed> {
+    let used: PerCpuArray<&MapData, SetsUsed> =
+        PerCpuArray::try_from(map).map_err(map_err("opening the used-set record"))?;
+    let per_cpu = used
+        .get(&family, 0)
+        .map_err(map_err("reading the used-set record"))?;
+    let mut all = SetsUsed::default();
+    for u in per_cpu.iter() {
+        all.union(u);
+    }
+    Ok(all)
+}
+
+/// The pairs of every CPU's flow sets, their counts added up: the sets that
+/// `used` marks (read first, see [`SetsUsed`]), each on every CPU. A way
+/// whose key is all zeros is free.
+fn read_flow_sets<S: FlowSet>(
+    map: &Map,
+    used: &Map,
+    family: u32,
+) -> Result<HashMap<S::Key, FlowCounters>> {
+    let used = sets_used(used, family)?;
     let sets: PerCpuArray<&MapData, S> =
         PerCpuArray::try_from(map).map_err(map_err("opening the flow sets"))?;
     let mut pairs: HashMap<S::Key, FlowCounters> = HashMap::new();
-    for set in 0..sets.len() {
+    for set in (0..sets.len()).filter(|s| used.has(*s)) {
         let per_cpu = sets.get(&set, 0).map_err(map_err("reading a flow set"))?;
         for s in per_cpu.iter() {
             for (key, counters) in s.ways().filter(|(k, _)| *k != S::Key::default()) {
@@ -709,10 +738,10 @@ fn read_snapshot(maps: &Maps<'_>) -> Result<Snapshot> {
     // the LRU table from another whose set was full): one record with the
     // sum. The sets are read first; a pair's counts never move between the
     // tables, so each read sees them no lower than the one before.
-    let mut in_sets = read_flow_sets::<FlowSet4>(maps.flowsets4)?;
+    let mut in_sets = read_flow_sets::<FlowSet4>(maps.flowsets4, maps.sets_used, FAMILY_IPV4)?;
     read_flows(maps.flows4, v4_addrs, &mut in_sets, &mut records)?;
     records.extend(in_sets.iter().map(|(key, c)| record(v4_addrs(key), *c)));
-    let mut in_sets = read_flow_sets::<FlowSet6>(maps.flowsets6)?;
+    let mut in_sets = read_flow_sets::<FlowSet6>(maps.flowsets6, maps.sets_used, FAMILY_IPV6)?;
     read_flows(maps.flows6, v6_addrs, &mut in_sets, &mut records)?;
     records.extend(in_sets.iter().map(|(key, c)| record(v6_addrs(key), *c)));
     let stats_map: PerCpuArray<&MapData, HookStats> =
@@ -725,17 +754,12 @@ fn read_snapshot(maps: &Maps<'_>) -> Result<Snapshot> {
         }
         Ok(sum)
     };
-    let port_map: Array<&MapData, u64> =
+    let port_map: Array<&MapData, PortBitmap> =
         Array::try_from(maps.ports).map_err(map_err("opening the port map"))?;
-    let mut port_list = Vec::new();
-    for word in 0..PORT_BITMAP_WORDS {
-        let bits = port_map.get(&word, 0).map_err(map_err("reading ports"))?;
-        for bit in 0..64 {
-            if bits >> bit & 1 == 1 {
-                port_list.push((word * 64 + bit) as u16);
-            }
-        }
-    }
+    let record = port_map.get(&0, 0).map_err(map_err("reading ports"))?;
+    let port_list = (0..=u16::MAX)
+        .filter(|p| record.words[usize::from(p / 64)] >> (p % 64) & 1 == 1)
+        .collect();
     let attach_map: Array<&MapData, AttachInfo> =
         Array::try_from(maps.attach).map_err(map_err("opening the attach map"))?;
     let info = attach_map
@@ -800,20 +824,15 @@ fn write_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<()> {
     let map = ebpf
         .map_mut(PORTS_MAP)
         .ok_or_else(|| missing_map(PORTS_MAP))?;
-    let mut array: Array<&mut MapData, u64> =
-        Array::try_from(map).map_err(|source| DataplaneError::Map {
-            what: "opening the port map".into(),
-            source,
-        })?;
+    let mut array: Array<&mut MapData, PortBitmap> =
+        Array::try_from(map).map_err(map_err("opening the port map"))?;
+    let mut record = PortBitmap::default();
     for (word, bits) in port_bitmap(ports) {
-        array
-            .set(word, bits, 0)
-            .map_err(|source| DataplaneError::Map {
-                what: "writing the port map".into(),
-                source,
-            })?;
+        record.words[word as usize] = bits;
     }
-    Ok(())
+    array
+        .set(0, record, 0)
+        .map_err(map_err("writing the port map"))
 }
 
 fn write_attach(ebpf: &mut Ebpf, attachment: Attachment) -> Result<()> {
