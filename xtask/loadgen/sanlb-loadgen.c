@@ -74,7 +74,9 @@
  * Exit: 0 all I/O succeeded and verified, 1 I/O or verify errors, 2 bad
  * usage, 3 a target could not be reached or its session was lost for good.
  * SIGTERM/SIGINT end the workload early (drain, final lines, no final
- * verify pass). An alarm bounds the whole run.
+ * verify pass). SIGUSR1 ends it as if --duration had passed (drain, final
+ * verify pass, final lines): a test whose scenario is over need not wait
+ * out a duration chosen to outlast it. An alarm bounds the whole run.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -156,6 +158,7 @@ static struct target *targets;
 static int ntargets;
 static struct target *current; /* whose iscsi_service is running: for the log */
 static volatile sig_atomic_t stop_requested;
+static volatile sig_atomic_t end_requested;
 static double stall_event = 0.05;
 static double nop_after = 0.2;
 static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
@@ -720,8 +723,10 @@ static void maybe_ping(struct target *t, double now)
 
 static void on_signal(int sig)
 {
-	(void)sig;
-	stop_requested = 1;
+	if (sig == SIGUSR1)
+		end_requested = 1;
+	else
+		stop_requested = 1;
 }
 
 int main(int argc, char **argv)
@@ -778,6 +783,7 @@ int main(int argc, char **argv)
 	struct sigaction sa = {.sa_handler = on_signal};
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGUSR1, &sa, NULL);
 	/* Nothing below may run for ever: the login, the workload, the drain
 	 * and a final verify pass of at most a few seconds. */
 	alarm((unsigned)(duration + 2 * drain_timeout + 60));
@@ -806,7 +812,7 @@ int main(int argc, char **argv)
 
 	for (;;) {
 		double now = mono();
-		if ((now >= end || stop_requested) && !drain_deadline) {
+		if ((now >= end || stop_requested || end_requested) && !drain_deadline) {
 			drain_deadline = now + drain_timeout;
 			for (int i = 0; i < ntargets; i++)
 				if (targets[i].phase == RUN || targets[i].phase == PREFILL)

@@ -230,9 +230,13 @@ impl Setup {
     }
 }
 
-/// Waits for the loadgen; asserts that no I/O failed and every block read
-/// back intact; returns its events.
+/// Ends the loadgen's run and waits for it; asserts that no I/O failed and
+/// every block read back intact; returns its events.
 fn finish_load(lg: &mut Process) -> Vec<Event> {
+    // The scenario is over: end the run now rather than at its duration (a
+    // bound chosen to outlast the scenario); the drain and the final verify
+    // pass still run.
+    lg.signal(libc::SIGUSR1).unwrap();
     let status = lg
         .wait_timeout(Duration::from_secs(180))
         .unwrap()
