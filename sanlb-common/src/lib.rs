@@ -31,6 +31,10 @@ pub const PORTS_MAP: &str = "ISCSI_PORTS";
 /// Name of the global (in .rodata, set when the object is loaded) holding the
 /// iSCSI port bitmap the programs check: [`PORT_BITMAP_WORDS`] `u64` words.
 pub const PORT_BITS_GLOBAL: &str = "ISCSI_PORT_BITS";
+/// Name of the global (in .rodata) holding the one iSCSI port in network
+/// byte order when only one is configured, else 0 (then the programs check
+/// [`PORT_BITS_GLOBAL`]).
+pub const PORT_ONLY_GLOBAL: &str = "ISCSI_PORT_ONLY";
 /// Name of the map recording where the agent attached the ingress counter
 /// (written by the agent, read by `sanlb counters` and bpftool).
 pub const ATTACH_MAP: &str = "ATTACH";

@@ -37,9 +37,9 @@ use sanlb_common::{
     ATTACH_MAP, AttachInfo, FAMILY_IPV4, FAMILY_IPV6, FLOWS4_MAP, FLOWS6_MAP, FLOWSETS4_MAP,
     FLOWSETS6_MAP, FlowCounters, FlowKey4, FlowKey6, FlowSet4, FlowSet6, HOOK_EGRESS, HOOK_INGRESS,
     HookStats, INGRESS_TC, INGRESS_XDP_DRIVER, INGRESS_XDP_GENERIC, PORT_BITMAP_WORDS,
-    PORT_BITS_GLOBAL, PORTS_MAP, PortBitmap, REASON_DRIVER_REFUSED, REASON_FORCED,
-    REASON_NATIVE_NIC, REASON_VIRTUAL_NIC, SETS_USED_MAP, STATS_MAP, SetsUsed, TC_INGRESS_PROG,
-    TC_PROG, XDP_PROG,
+    PORT_BITS_GLOBAL, PORT_ONLY_GLOBAL, PORTS_MAP, PortBitmap, REASON_DRIVER_REFUSED,
+    REASON_FORCED, REASON_NATIVE_NIC, REASON_VIRTUAL_NIC, SETS_USED_MAP, STATS_MAP, SetsUsed,
+    TC_INGRESS_PROG, TC_PROG, XDP_PROG,
 };
 use serde::Serialize;
 
@@ -357,10 +357,12 @@ impl Programs {
             return Err(DataplaneError::NoObject);
         }
         let bits = port_bits(ports);
+        let only = port_only(ports);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(FLOWS4_MAP, max_flows)
             .map_max_entries(FLOWS6_MAP, max_flows)
             .override_global(PORT_BITS_GLOBAL, &bits, true)
+            .override_global(PORT_ONLY_GLOBAL, &only, true)
             .load(EBPF_OBJECT)
             .map_err(DataplaneError::Load)?;
         write_ports(&mut ebpf, ports)?;
@@ -799,6 +801,16 @@ pub fn v6_addrs(key: &FlowKey6) -> (IpAddr, IpAddr) {
     )
 }
 
+/// The one port in network byte order read as a native `u16`, as the
+/// programs read it from the frame, when `ports` holds one port (repeats
+/// aside), else 0 ([`PORT_ONLY_GLOBAL`]).
+fn port_only(ports: &[u16]) -> u16 {
+    match ports.split_first() {
+        Some((first, rest)) if rest.iter().all(|p| p == first) => first.to_be(),
+        _ => 0,
+    }
+}
+
 /// The port bitmap the programs check ([`PORT_BITS_GLOBAL`]): indexed by
 /// the port in network byte order read as a native `u16`, as the programs
 /// read it from the frame.
@@ -1116,6 +1128,15 @@ mod tests {
         assert_eq!(port_bitmap(&[3260]), vec![(50, 1 << 60)]);
         assert_eq!(port_bitmap(&[0, 63, 64]), vec![(0, 1 | 1 << 63), (1, 1)]);
         assert_eq!(port_bitmap(&[65535]), vec![(1023, 1 << 63)]);
+    }
+
+    #[test]
+    fn a_single_port_is_compared_directly() {
+        // As read from the frame: the wire bytes 0x0c 0xbc as a native u16.
+        assert_eq!(port_only(&[3260]), u16::from_ne_bytes([0x0c, 0xbc]));
+        assert_eq!(port_only(&[3260, 3260]), port_only(&[3260]));
+        assert_eq!(port_only(&[3260, 860]), 0);
+        assert_eq!(port_only(&[]), 0);
     }
 
     #[test]
