@@ -148,6 +148,12 @@ pub enum DataplaneError {
     /// No pinned maps at the path (no agent, or it exited without --keep-pins).
     #[error("no sanlb maps pinned at {0} (is `sanlb agent` running on this NIC?)")]
     NotPinned(PathBuf),
+    /// Some pins are there, not this one: pinned by another sanlb version.
+    #[error(
+        "{0} is missing beside the other pins: they were made by another sanlb version \
+         (restart `sanlb agent` on this NIC with this version)"
+    )]
+    PinMissing(PathBuf),
     /// A file system operation failed.
     #[error("{what} {path}")]
     Io {
@@ -551,7 +557,12 @@ impl PinnedMaps {
         let open = |file: &str| -> Result<Map> {
             let path = dir.join(file);
             if !path.exists() {
-                return Err(DataplaneError::NotPinned(dir.to_owned()));
+                let others = PINS.iter().any(|(_, f)| dir.join(f).exists());
+                return Err(if others {
+                    DataplaneError::PinMissing(path)
+                } else {
+                    DataplaneError::NotPinned(dir.to_owned())
+                });
             }
             let data = MapData::from_pin(&path).map_err(|source| DataplaneError::Map {
                 what: format!("opening {}", path.display()),
@@ -1128,6 +1139,22 @@ mod tests {
         assert_eq!(port_bitmap(&[3260]), vec![(50, 1 << 60)]);
         assert_eq!(port_bitmap(&[0, 63, 64]), vec![(0, 1 | 1 << 63), (1, 1)]);
         assert_eq!(port_bitmap(&[65535]), vec![(1023, 1 << 63)]);
+    }
+
+    #[test]
+    fn pins_of_another_version_are_named() {
+        let dir = std::env::temp_dir().join(format!("sanlb-pins-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let err = PinnedMaps::open(&dir).err().unwrap();
+        assert!(matches!(err, DataplaneError::NotPinned(_)), "{err}");
+        // An older agent's pins: everything but `sets_used`.
+        fs::write(dir.join(PIN_STATS), b"").unwrap();
+        let err = PinnedMaps::open(&dir).err().unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        match err {
+            DataplaneError::PinMissing(p) => assert!(p.ends_with(PIN_FLOWSETS4), "{p:?}"),
+            e => panic!("{e}"),
+        }
     }
 
     #[test]
