@@ -325,6 +325,22 @@ impl Default for PortBitmap {
     }
 }
 
+impl PortBitmap {
+    /// The bitmap of `ports`.
+    pub fn from_ports(ports: &[u16]) -> Self {
+        let mut b = Self::default();
+        for &p in ports {
+            b.words[usize::from(p / 64)] |= 1 << (p % 64);
+        }
+        b
+    }
+
+    /// Whether `port` is set.
+    pub fn has(&self, port: u16) -> bool {
+        self.words[usize::from(port / 64)] >> (port % 64) & 1 == 1
+    }
+}
+
 /// [`AttachInfo::ingress`]: XDP in the driver (native).
 pub const INGRESS_XDP_DRIVER: u32 = 1;
 /// [`AttachInfo::ingress`]: generic (skb) XDP.

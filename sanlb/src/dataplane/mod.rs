@@ -770,9 +770,7 @@ fn read_snapshot(maps: &Maps<'_>) -> Result<Snapshot> {
     let port_map: Array<&MapData, PortBitmap> =
         Array::try_from(maps.ports).map_err(map_err("opening the port map"))?;
     let record = port_map.get(&0, 0).map_err(map_err("reading ports"))?;
-    let port_list = (0..=u16::MAX)
-        .filter(|p| record.words[usize::from(p / 64)] >> (p % 64) & 1 == 1)
-        .collect();
+    let port_list = (0..=u16::MAX).filter(|p| record.has(*p)).collect();
     let attach_map: Array<&MapData, AttachInfo> =
         Array::try_from(maps.attach).map_err(map_err("opening the attach map"))?;
     let info = attach_map
@@ -827,20 +825,7 @@ fn port_only(ports: &[u16]) -> u16 {
 /// read it from the frame.
 fn port_bits(ports: &[u16]) -> [u64; PORT_BITMAP_WORDS as usize] {
     let raw: Vec<u16> = ports.iter().map(|p| p.to_be()).collect();
-    let mut bits = [0; PORT_BITMAP_WORDS as usize];
-    for (word, b) in port_bitmap(&raw) {
-        bits[word as usize] = b;
-    }
-    bits
-}
-
-/// The bitmap words for `ports` (word = port / 64, bit = port % 64).
-pub fn port_bitmap(ports: &[u16]) -> Vec<(u32, u64)> {
-    let mut words = std::collections::BTreeMap::<u32, u64>::new();
-    for &p in ports {
-        *words.entry(u32::from(p >> 6)).or_default() |= 1 << (p & 63);
-    }
-    words.into_iter().collect()
+    PortBitmap::from_ports(&raw).words
 }
 
 fn write_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<()> {
@@ -849,12 +834,8 @@ fn write_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<()> {
         .ok_or_else(|| missing_map(PORTS_MAP))?;
     let mut array: Array<&mut MapData, PortBitmap> =
         Array::try_from(map).map_err(map_err("opening the port map"))?;
-    let mut record = PortBitmap::default();
-    for (word, bits) in port_bitmap(ports) {
-        record.words[word as usize] = bits;
-    }
     array
-        .set(0, record, 0)
+        .set(0, PortBitmap::from_ports(ports), 0)
         .map_err(map_err("writing the port map"))
 }
 
@@ -1136,9 +1117,20 @@ mod tests {
 
     #[test]
     fn bitmap_sets_one_bit_per_port() {
-        assert_eq!(port_bitmap(&[3260]), vec![(50, 1 << 60)]);
-        assert_eq!(port_bitmap(&[0, 63, 64]), vec![(0, 1 | 1 << 63), (1, 1)]);
-        assert_eq!(port_bitmap(&[65535]), vec![(1023, 1 << 63)]);
+        let set = |ports: &[u16]| -> Vec<(usize, u64)> {
+            let b = PortBitmap::from_ports(ports);
+            b.words
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| **w != 0)
+                .map(|(i, w)| (i, *w))
+                .collect()
+        };
+        assert_eq!(set(&[3260]), vec![(50, 1 << 60)]);
+        assert_eq!(set(&[0, 63, 64]), vec![(0, 1 | 1 << 63), (1, 1)]);
+        assert_eq!(set(&[65535]), vec![(1023, 1 << 63)]);
+        assert!(PortBitmap::from_ports(&[3260]).has(3260));
+        assert!(!PortBitmap::from_ports(&[3260]).has(3261));
     }
 
     #[test]
