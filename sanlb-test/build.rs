@@ -1,5 +1,5 @@
-//! Builds the test-only eBPF programs (sanlb-test-ebpf: the empty XDP_PASS
-//! baseline) with aya-build into OUT_DIR, where `testrun` embeds them.
+//! Builds the test-only eBPF programs (sanlb-test-ebpf: the empty baselines
+//! and the benchmark's floors) with aya-build into OUT_DIR, where `testrun` embeds them.
 //! `AYA_BUILD_SKIP=1` skips this (the embedded object is then empty).
 use anyhow::{Context as _, anyhow};
 

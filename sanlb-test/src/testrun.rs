@@ -3,8 +3,8 @@
 //! data-plane benchmark use. Needs root (CAP_BPF + CAP_NET_ADMIN), no NIC.
 //!
 //! The counting programs come from the product ([`sanlb::dataplane::Programs`]);
-//! the empty XDP_PASS baseline is built from `sanlb-test-ebpf` by this crate's
-//! build script and ships nowhere else.
+//! the empty baselines and the benchmark's floors are built from
+//! `sanlb-test-ebpf` by this crate's build script and ship nowhere else.
 
 use std::time::Duration;
 
@@ -26,6 +26,24 @@ static BASELINE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sanlb-baseline"));
 const BASELINE_XDP: &str = "baseline_xdp";
 const BASELINE_TC: &str = "baseline_tc";
+
+/// The floors of the data-plane benchmark (see `sanlb-test-ebpf`): the least
+/// a program with per-hook statistics does for a frame it does not count,
+/// and for a frame of a known pair.
+#[derive(Clone, Copy, Debug)]
+pub enum Floor {
+    Skip,
+    Count,
+}
+
+impl Floor {
+    fn program(self) -> &'static str {
+        match self {
+            Floor::Skip => "floor_skip_xdp",
+            Floor::Count => "floor_count_xdp",
+        }
+    }
+}
 
 /// Size of `struct __sk_buff` (uapi/linux/bpf.h) and the offset of its
 /// `gso_segs`, the one context field the TC program reads.
@@ -149,7 +167,8 @@ impl Detached {
     }
 }
 
-/// The empty programs (XDP_PASS, TC_ACT_UNSPEC) that benchmarks compare against.
+/// The empty programs (XDP_PASS, TC_ACT_UNSPEC) that benchmarks compare
+/// against, and the floors.
 pub struct Baseline {
     ebpf: Ebpf,
 }
@@ -165,12 +184,23 @@ impl Baseline {
         xdp.load().context("loading baseline_xdp (verifier)")?;
         let tc: &mut SchedClassifier = prog(&mut ebpf, BASELINE_TC)?;
         tc.load().context("loading baseline_tc (verifier)")?;
+        for floor in [Floor::Skip, Floor::Count] {
+            let xdp: &mut Xdp = prog(&mut ebpf, floor.program())?;
+            xdp.load()
+                .with_context(|| format!("loading {} (verifier)", floor.program()))?;
+        }
         Ok(Self { ebpf })
     }
 
     /// Runs the XDP one `repeat` times on `frame`.
     pub fn run_xdp(&mut self, frame: &[u8], repeat: u32) -> Result<RunResult> {
         let xdp: &mut Xdp = prog(&mut self.ebpf, BASELINE_XDP)?;
+        run_xdp_prog(xdp, frame, repeat)
+    }
+
+    /// Runs a floor program `repeat` times on `frame`.
+    pub fn run_floor(&mut self, floor: Floor, frame: &[u8], repeat: u32) -> Result<RunResult> {
+        let xdp: &mut Xdp = prog(&mut self.ebpf, floor.program())?;
         run_xdp_prog(xdp, frame, repeat)
     }
 
