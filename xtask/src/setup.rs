@@ -61,30 +61,81 @@ const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 const CARGO_DEB_VERSION: &str = "3.8.0";
 
 pub fn run() -> Result<()> {
+    // cargo-deb compiles for minutes and needs nothing the other steps
+    // install (a C compiler is there: cargo links with it): it builds while
+    // apt and rustup download.
+    let cargo_deb = CargoDeb::start()?;
     apt()?;
     nightly()?;
     bpf_linker()?;
-    cargo_deb()?;
-    Ok(())
+    cargo_deb.finish()
 }
 
 /// cargo-deb builds the Debian package (`cargo xtask package`, run by CI).
-fn cargo_deb() -> Result<()> {
-    let current = util::cargo(&["deb", "--version"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    if current.contains(CARGO_DEB_VERSION) {
-        return Ok(());
+/// Installed in the background; killed if setup fails before it is waited for.
+struct CargoDeb(Option<(std::process::Child, std::path::PathBuf)>);
+
+impl CargoDeb {
+    fn start() -> Result<Self> {
+        let current = util::cargo(&["deb", "--version"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if current.contains(CARGO_DEB_VERSION) {
+            return Ok(Self(None));
+        }
+        let dir = util::target_dir()?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let log_path = dir.join("cargo-deb-install.log");
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        eprintln!(
+            "xtask: installing cargo-deb {CARGO_DEB_VERSION} in the background (log: {})",
+            log_path.display()
+        );
+        let child = util::cargo(&[
+            "install",
+            "cargo-deb",
+            "--locked",
+            "--version",
+            CARGO_DEB_VERSION,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting cargo install cargo-deb")?;
+        Ok(Self(Some((child, log_path))))
     }
-    eprintln!("xtask: installing cargo-deb {CARGO_DEB_VERSION} (about 3 min)");
-    util::status(&mut util::cargo(&[
-        "install",
-        "cargo-deb",
-        "--locked",
-        "--version",
-        CARGO_DEB_VERSION,
-    ]))
+
+    fn finish(mut self) -> Result<()> {
+        let Some((mut child, log_path)) = self.0.take() else {
+            return Ok(());
+        };
+        let status = child
+            .wait()
+            .context("waiting for cargo install cargo-deb")?;
+        if !status.success() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "cargo install cargo-deb {CARGO_DEB_VERSION} failed ({status}); the end of {}:\n{}",
+                log_path.display(),
+                tail.join("\n")
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for CargoDeb {
+    fn drop(&mut self) {
+        if let Some((child, _)) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 fn apt() -> Result<()> {
