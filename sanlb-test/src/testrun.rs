@@ -32,7 +32,9 @@ const BASELINE_TC: &str = "baseline_tc";
 /// and for a frame of a known pair.
 #[derive(Clone, Copy, Debug)]
 pub enum Floor {
+    /// `floor_skip_xdp`: statistics, the ports compared, a skip counted.
     Skip,
+    /// `floor_count_xdp`: the same, then a known pair's three counters.
     Count,
 }
 

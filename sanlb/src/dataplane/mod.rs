@@ -1139,7 +1139,7 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let err = PinnedMaps::open(&dir).err().unwrap();
         assert!(matches!(err, DataplaneError::NotPinned(_)), "{err}");
-        // An older agent's pins: everything but `sets_used`.
+        // Some pins there, others missing, as another version leaves them.
         fs::write(dir.join(PIN_STATS), b"").unwrap();
         let err = PinnedMaps::open(&dir).err().unwrap();
         fs::remove_dir_all(&dir).unwrap();
