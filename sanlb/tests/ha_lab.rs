@@ -4,7 +4,8 @@
 //! rebalance (a move in flight). Independent measures: the loadgen's own
 //! count of failed I/Os and of reads that did not return what was written
 //! (during the load and in a final pass over every block), and the lab's
-//! view of which gateway namespace holds each target address.
+//! view of which gateway namespaces held each target address at one instant
+//! (`Lab::holders`).
 //!
 //! etcd (Debian `etcd-server`, one member, data in the lab's folder) and the
 //! controllers run in the lab's management namespace; the agents are given
@@ -184,15 +185,20 @@ impl Ha {
         PORTS.iter().position(|p| url(*p) == leader).unwrap()
     }
 
-    /// Who holds each target address now; panics if two gateways do.
+    /// Who holds each target address now; panics if two gateways held one
+    /// at one instant (`Lab::holders`: a move between two reads is not).
     fn holders(&self) -> BTreeMap<Ipv4Addr, Option<String>> {
-        let placement = self.lab.placement().unwrap();
-        for (addr, owners) in &placement {
-            assert!(owners.len() <= 1, "{addr} on two gateways: {owners:?}");
-        }
-        placement
+        let h = self.lab.holders().unwrap();
+        assert!(
+            h.at_once.is_empty(),
+            "on two gateways at once: {:?}\n{}",
+            h.at_once,
+            self.logs()
+        );
+        // Two here are a move seen half-way: the waits poll again.
+        h.now
             .into_iter()
-            .map(|(a, o)| (a, o.into_iter().next()))
+            .map(|(a, o)| (a, (o.len() == 1).then(|| o[0].clone())))
             .collect()
     }
 
@@ -214,10 +220,12 @@ impl Ha {
         }
     }
 
+    /// The last lines of every controller's and agent's log.
     fn logs(&self) -> String {
         self.ctls
             .iter()
             .flatten()
+            .chain(&self.agents)
             .map(|p| {
                 let e = p.stderr();
                 let lines: Vec<&str> = e.lines().collect();

@@ -2,8 +2,10 @@
 //! gateway, tgtd and a write-verify libiscsi load. Each test breaks
 //! something (an agent killed, a management link cut, a gateway dead, a
 //! drain, an address added by hand, the controller gone) and checks the
-//! independent measures: which gateways hold each storage address
-//! (`ip addr` in their namespaces) and how many MACs answer a host's ARP
+//! independent measures: which gateways held each storage address at one
+//! instant (`ip addr` in their namespaces, read forward then backward so
+//! that a move between two reads is not taken for two owners) and how many
+//! MACs answer a host's ARP
 //! request for it (`arping` from the host), sampled all along, and the
 //! loadgen's errors, verify errors and stalls.
 //!
@@ -305,23 +307,42 @@ impl Probe {
         }
     }
 
-    /// The gateways holding each address on a NIC that is up (`ip -4 -o
-    /// addr show up` in each: a gateway whose link is down holds its
-    /// addresses but cannot answer for them).
+    /// The storage addresses one gateway holds on a NIC that is up (`ip -4
+    /// -o addr show up`: a gateway whose link is down holds its addresses
+    /// but cannot answer for them).
+    fn held_by(&self, ns: &str) -> BTreeSet<Ipv4Addr> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["-n", ns, "-4", "-o", "addr", "show", "dev", NIC, "up"]);
+        let text = proc::run(&mut cmd).unwrap_or_default();
+        self.addrs
+            .iter()
+            .filter(|a| text.contains(&format!(" {a}/")))
+            .copied()
+            .collect()
+    }
+
+    /// The gateways that held each address at one instant, when two or more
+    /// did: every gateway read forward then backward (`lab::held_at_once`),
+    /// since a move between two reads of one pass is no overlap.
     fn holders(&self) -> Vec<Vec<String>> {
-        let mut out = vec![Vec::new(); self.addrs.len()];
-        for (name, ns) in &self.gateways {
-            let mut cmd = Command::new("ip");
-            cmd.args(["-n", ns, "-4", "-o", "addr", "show", "dev", NIC, "up"]);
-            let text = proc::run(&mut cmd).unwrap_or_default();
-            for (i, a) in self.addrs.iter().enumerate() {
-                let needle = format!(" {a}/");
-                if text.contains(&needle) {
-                    out[i].push(name.clone());
-                }
-            }
+        let forward: Vec<_> = self
+            .gateways
+            .iter()
+            .map(|(_, ns)| self.held_by(ns))
+            .collect();
+        let mut backward = vec![BTreeSet::new(); self.gateways.len()];
+        for (i, (_, ns)) in self.gateways.iter().enumerate().rev() {
+            backward[i] = self.held_by(ns);
         }
-        out
+        let at_once = lab::held_at_once(&forward, &backward);
+        self.addrs
+            .iter()
+            .map(|a| {
+                at_once.get(a).map_or_else(Vec::new, |gws| {
+                    gws.iter().map(|&i| self.gateways[i].0.clone()).collect()
+                })
+            })
+            .collect()
     }
 
     /// The MACs answering one ARP request from the host for each address

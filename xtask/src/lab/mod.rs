@@ -51,7 +51,7 @@ pub mod proc;
 pub mod tgtd;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
     net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
@@ -729,16 +729,69 @@ impl Lab {
         Ok(out)
     }
 
-    /// The gateway that holds `addr`, or `None`; an error if several do.
+    /// The gateway that holds `addr`, or `None`; an error if several held
+    /// it at one instant ([`Lab::holders`]). A move seen half-way is read
+    /// again (five times at most).
     pub fn owner(&self, addr: Ipv4Addr) -> Result<Option<String>> {
-        let mut owners = self.owners(addr)?;
-        if owners.len() > 1 {
-            bail!("{addr} is on several gateways: {}", owners.join(", "));
+        for _ in 0..5 {
+            let (forward, backward) = self.two_passes()?;
+            if let Some(gws) = held_at_once(&forward, &backward).get(&addr) {
+                let names: Vec<&str> = gws.iter().map(|&i| &*self.gateways[i].name).collect();
+                bail!(
+                    "{addr} is on several gateways at once: {}",
+                    names.join(", ")
+                );
+            }
+            let mut owners = (0..self.gateways.len()).filter(|&i| backward[i].contains(&addr));
+            match (owners.next(), owners.next()) {
+                (None, _) => return Ok(None),
+                (Some(i), None) => return Ok(Some(self.gateways[i].name.clone())),
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
         }
-        Ok(owners.pop())
+        bail!("{addr} kept moving between gateways over five reads")
     }
 
-    /// Which gateways hold each target address (empty when none does).
+    /// Which gateways hold each target address (empty when none does), and
+    /// which addresses two of them held at one instant ([`held_at_once`]:
+    /// every gateway read twice, forward then backward). One pass cannot
+    /// tell a clean move between two of its reads from a second owner.
+    pub fn holders(&self) -> Result<Holders> {
+        let (forward, backward) = self.two_passes()?;
+        let name = |i: usize| self.gateways[i].name.clone();
+        let targets: BTreeSet<Ipv4Addr> = self.targets.iter().map(|t| t.addr).collect();
+        Ok(Holders {
+            now: self
+                .targets
+                .iter()
+                .map(|t| {
+                    let on = (0..self.gateways.len()).filter(|&i| backward[i].contains(&t.addr));
+                    (t.addr, on.map(name).collect())
+                })
+                .collect(),
+            at_once: held_at_once(&forward, &backward)
+                .into_iter()
+                .filter(|(a, _)| targets.contains(a))
+                .map(|(a, gws)| (a, gws.into_iter().map(name).collect()))
+                .collect(),
+        })
+    }
+
+    /// Every gateway's addresses read in gateway order, then in reverse.
+    fn two_passes(&self) -> Result<(Pass, Pass)> {
+        let mut forward = Vec::with_capacity(self.gateways.len());
+        for g in &self.gateways {
+            forward.push(g.ns.ipv4_addresses(NIC)?.into_iter().collect());
+        }
+        let mut backward = vec![BTreeSet::new(); self.gateways.len()];
+        for (i, g) in self.gateways.iter().enumerate().rev() {
+            backward[i] = g.ns.ipv4_addresses(NIC)?.into_iter().collect();
+        }
+        Ok((forward, backward))
+    }
+
+    /// Which gateways hold each target address (empty when none does), in
+    /// one pass: see [`Lab::holders`] to tell two owners from a move.
     pub fn placement(&self) -> Result<BTreeMap<Ipv4Addr, Vec<String>>> {
         let mut map: BTreeMap<Ipv4Addr, Vec<String>> =
             self.targets.iter().map(|t| (t.addr, Vec::new())).collect();
@@ -799,6 +852,48 @@ impl Drop for Lab {
             }
         }
     }
+}
+
+/// Every gateway's addresses (by gateway index) from one pass.
+type Pass = Vec<BTreeSet<Ipv4Addr>>;
+
+/// What [`Lab::holders`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holders {
+    /// The gateways holding each target address at their second read (both
+    /// ends of a move that happened between two of those reads).
+    pub now: BTreeMap<Ipv4Addr, Vec<String>>,
+    /// The target addresses two gateways or more held at one instant, with
+    /// those gateways.
+    pub at_once: BTreeMap<Ipv4Addr, Vec<String>>,
+}
+
+/// The addresses that two gateways held at one instant, with the gateways'
+/// indices, from two passes: `forward[i]` read gateway `i` in the order
+/// 0, 1, .., k-1, then `backward[i]` in the order k-1, .., 0.
+///
+/// Gateways `i < j` are read at `a_i < a_j < b_j < b_i`. An address `i`
+/// holds at `a_i` and at `b_i` it held throughout (an owner does not release
+/// an address and take it back within two passes: that takes a controller
+/// round trip each way), so `j` holding it at `a_j` or `b_j` is a second
+/// owner. Anything else may be a move between two reads (the old owner read
+/// before it released, the new one after it acquired), which is no overlap.
+/// An overlap shorter than the reads is not seen.
+pub fn held_at_once<A: Ord + Copy>(
+    forward: &[BTreeSet<A>],
+    backward: &[BTreeSet<A>],
+) -> BTreeMap<A, BTreeSet<usize>> {
+    let mut out: BTreeMap<A, BTreeSet<usize>> = BTreeMap::new();
+    for (i, (fi, bi)) in forward.iter().zip(backward).enumerate() {
+        for a in fi.intersection(bi) {
+            for (j, (fj, bj)) in forward.iter().zip(backward).enumerate().skip(i + 1) {
+                if fj.contains(a) || bj.contains(a) {
+                    out.entry(*a).or_default().extend([i, j]);
+                }
+            }
+        }
+    }
+    out
 }
 
 fn remove_tree(path: &Path) {
@@ -896,6 +991,50 @@ pub fn cleanup_leftovers(prefix: &str) -> Result<Leftovers> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sets(v: &[&[u8]]) -> Vec<BTreeSet<u8>> {
+        v.iter().map(|s| s.iter().copied().collect()).collect()
+    }
+
+    #[test]
+    fn a_move_between_two_reads_is_no_overlap() {
+        // 1 moves from gateway 0 to gateway 2 after gateway 0's first read
+        // and before gateway 2's: each pass alone shows it twice at most
+        // once, and gateway 0 lost it by its second read.
+        let fwd = sets(&[&[1, 7], &[], &[1]]);
+        let bwd = sets(&[&[7], &[], &[1]]);
+        assert!(held_at_once(&fwd, &bwd).is_empty());
+        // The other way round: 2 read before it acquired, 0 after it left.
+        let fwd = sets(&[&[1], &[], &[]]);
+        let bwd = sets(&[&[], &[], &[1]]);
+        assert!(held_at_once(&fwd, &bwd).is_empty());
+    }
+
+    #[test]
+    fn an_outer_owner_held_throughout_overlaps_any_inner_sighting() {
+        let fwd = sets(&[&[1], &[], &[1]]);
+        let bwd = sets(&[&[1], &[], &[]]);
+        assert_eq!(
+            held_at_once(&fwd, &bwd),
+            BTreeMap::from([(1, BTreeSet::from([0, 2]))])
+        );
+        // Three owners, two addresses, each with its own pair.
+        let fwd = sets(&[&[1, 2], &[1, 2], &[1]]);
+        let bwd = sets(&[&[1, 2], &[1], &[1]]);
+        assert_eq!(
+            held_at_once(&fwd, &bwd),
+            BTreeMap::from([(1, BTreeSet::from([0, 1, 2])), (2, BTreeSet::from([0, 1]))])
+        );
+    }
+
+    #[test]
+    fn an_inner_owner_throughout_and_an_outer_once_is_unproven() {
+        // Gateway 2 (read inside gateway 0's two reads) held it both times;
+        // gateway 0 only before: it may have released before 2 acquired.
+        let fwd = sets(&[&[1], &[], &[1]]);
+        let bwd = sets(&[&[], &[], &[1]]);
+        assert!(held_at_once(&fwd, &bwd).is_empty());
+    }
 
     #[test]
     fn addresses_stay_in_the_lab_ranges() {
