@@ -27,7 +27,9 @@ pub fn run(check: bool) -> Result<()> {
     ]))?;
     let target = util::target_dir()?;
     let bin = target.join("release").join("sanlb");
-    let generated = target.join("package");
+    // Where sanlb/Cargo.toml's deb assets look (cargo-deb maps only
+    // `target/release` to the real target directory).
+    let generated = util::workspace_root().join("target").join("package");
     let _ = std::fs::remove_dir_all(&generated);
     util::status(
         Command::new(&bin)

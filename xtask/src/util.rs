@@ -28,8 +28,7 @@ pub fn target_dir() -> Result<PathBuf> {
 
 /// `cargo <args>` in the workspace root, with the cargo that runs xtask.
 pub fn cargo(args: &[&str]) -> Command {
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
+    let mut cmd = xtask::lab::proc::cargo();
     cmd.current_dir(workspace_root()).args(args);
     cmd
 }

@@ -25,8 +25,7 @@ pub fn sanlb_binary() -> Result<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask is inside the workspace");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
+    let mut cmd = proc::cargo();
     cmd.current_dir(root)
         .args(["build", "--quiet", "--package", "sanlb"]);
     // A first build compiles the eBPF programs too: minutes, not seconds.

@@ -14,6 +14,34 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+/// `cargo` (the one running us, if cargo did) without the variables
+/// `cargo run` and `cargo test` set for the program they run
+/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ..). Build scripts such as ring's
+/// rerun when those change, so a build from xtask or a test would otherwise
+/// not share its artifacts with the same build from a shell: each would
+/// rebuild ring and everything above it.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (key, _) in std::env::vars_os() {
+        let Some(k) = key.to_str() else { continue };
+        if k.starts_with("CARGO_PKG_")
+            || matches!(
+                k,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_MANIFEST_LINKS"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+            )
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
+}
+
 /// How long [`Process`]'s `Drop` waits after SIGTERM before SIGKILL.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(3);
 
