@@ -490,6 +490,7 @@ impl Initiators {
             else {
                 continue;
             };
+            m.reconnects += 1;
             if let Some(stall) = self.stall_spanning(*host, target, *at) {
                 m.stalls_s.push(stall);
             }
@@ -1156,6 +1157,7 @@ impl<'a> Watch<'a> {
                         .copied()
                         .unwrap_or(self.generation),
                     decision: decision(self),
+                    reconnects: 0,
                     stalls_s: Vec::new(),
                     stall_s: None,
                 };
@@ -1191,6 +1193,7 @@ impl<'a> Watch<'a> {
                     .copied()
                     .unwrap_or(self.generation),
                 decision,
+                reconnects: 0,
                 stalls_s: Vec::new(),
                 stall_s: None,
             };
@@ -1433,6 +1436,7 @@ mod tests {
             to: Some("gw2".into()),
             generation: 4,
             decision: None,
+            reconnects: 0,
             stalls_s: Vec::new(),
             stall_s: None,
         };
@@ -1462,8 +1466,17 @@ mod tests {
         init.attach_stalls(&mut moves);
         assert_eq!(moves[0].stalls_s, [0.22, 0.15]);
         assert_eq!(moves[0].stall_s, Some(0.22));
-        assert_eq!(moves[1].stall_s, Some(0.4));
-        assert_eq!(moves[2].stall_s, None);
+        assert_eq!(moves[0].reconnects, 3);
+        assert_eq!((moves[1].reconnects, moves[1].stall_s), (1, Some(0.4)));
+        assert_eq!((moves[2].reconnects, moves[2].stall_s), (0, None));
+        // Reconnects whose gaps were all short: a move that stalled no one.
+        let quiet = Initiators {
+            reconnects: vec![(2, "t1".into(), 5.5)],
+            ..Initiators::default()
+        };
+        let mut moves = vec![mv("t1", 5.0)];
+        quiet.attach_stalls(&mut moves);
+        assert_eq!((moves[0].reconnects, moves[0].stall_s), (1, None));
     }
 
     #[test]

@@ -64,10 +64,12 @@ fn a_skewed_start_balances_within_three_intervals() {
     assert_eq!(s["moves_in_load"].as_u64().unwrap(), in_load.len() as u64);
     for m in &in_load {
         assert!(f(&m["at_s"]) <= balanced, "a move after the balance: {m}");
-        // Every move stalled its initiators briefly (the gap across each
-        // one's reconnect); without an announcement it would be 42-73 s.
-        let stall = f(&m["stall_s"]);
-        assert!(stall < 3.0, "{m}");
+        // Its initiators reconnected to the new gateway and stalled
+        // briefly (the gap across each one's reconnect; none at all past
+        // the 20 ms threshold if they were idle at the move); without an
+        // announcement it would be 42-73 s.
+        assert!(m["reconnects"].as_u64().unwrap() >= 1, "{m}");
+        assert!(m["stall_s"].as_f64().is_none_or(|s| s < 3.0), "{m}");
     }
     // Every move of the run, also after the load, is reported with the
     // controller's decision behind it.
@@ -89,8 +91,12 @@ fn a_skewed_start_balances_within_three_intervals() {
     assert!(adopted >= moves.len() as u64, "{}", s["rebalances"]);
     // The stall of a move is told apart from ordinary pauses of I/O.
     let stalls = &s["stalls"];
-    assert!(stalls["per_move"]["count"].as_u64().unwrap() >= in_load.len() as u64);
-    assert!(stalls["per_initiator"]["count"].as_u64().unwrap() >= in_load.len() as u64);
+    let stalled: Vec<&Value> = moves.iter().filter(|m| m["stall_s"].is_f64()).collect();
+    assert_eq!(
+        stalls["per_move"]["count"].as_u64().unwrap(),
+        stalled.len() as u64
+    );
+    assert!(stalls["per_initiator"]["count"].as_u64().unwrap() >= stalled.len() as u64);
     assert!(stalls["baseline"]["count"].as_u64().unwrap() > 0);
     // The run is watched to its end, in order.
     let p = &s["phases"];
@@ -110,7 +116,11 @@ fn a_skewed_start_balances_within_three_intervals() {
     assert_eq!(s["io_errors"], 0);
     assert_eq!(s["verify_errors"], 0);
     assert_eq!(s["verified_blocks"], 4 * 6 * 128);
-    assert!(s["reconnects"].as_u64().unwrap() >= in_load.len() as u64);
+    let moved: u64 = moves
+        .iter()
+        .map(|m| m["reconnects"].as_u64().unwrap())
+        .sum();
+    assert!(s["reconnects"].as_u64().unwrap() >= moved);
     // What the agents counted per (initiator, target) is what moved.
     assert_eq!(s["bytes"]["pairs"], 24);
     assert!(
@@ -201,7 +211,8 @@ fn one_hot_target_of_three_hosts_balances_only_in_pair_mode() {
     for m in &in_load {
         assert!(m["host"].as_str().is_some(), "a pair's move: {m}");
         assert!(f(&m["at_s"]) <= balanced, "a move after the balance: {m}");
-        assert!(f(&m["stall_s"]) < 3.0, "{m}");
+        assert!(m["reconnects"].as_u64().unwrap() >= 1, "{m}");
+        assert!(m["stall_s"].as_f64().is_none_or(|s| s < 3.0), "{m}");
     }
     assert_eq!(p["io_errors"], 0);
     assert_eq!(p["verify_errors"], 0);

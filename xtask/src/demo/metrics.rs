@@ -228,12 +228,17 @@ pub struct Move {
     /// The rebalance that decided it (the latest adopted one before it was
     /// seen).
     pub decision: Option<Rebalance>,
+    /// The initiators' reconnects that followed the move: each initiator
+    /// whose connection went through the old gateway reconnects once.
+    pub reconnects: usize,
     /// Per initiator that reconnected after the move: the I/O stall that
     /// spans its reconnect (from the last completion before the move to the
-    /// first after), seconds. Gaps under the loadgen's 20 ms stall
-    /// threshold are not listed.
+    /// first after), seconds. Gaps under the loadgens' stall threshold
+    /// ([`Stalls::threshold_s`]) are not listed: an initiator idle at the
+    /// move reconnects with its next I/O and barely stalls.
     pub stalls_s: Vec<f64>,
-    /// The longest of `stalls_s`.
+    /// The longest of `stalls_s`; `None` if no initiator stalled as long as
+    /// the threshold.
     pub stall_s: Option<f64>,
 }
 

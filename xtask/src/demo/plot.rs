@@ -501,6 +501,7 @@ mod tests {
             to: Some("gw2".into()),
             generation,
             decision: None,
+            reconnects: 0,
             stalls_s: Vec::new(),
             stall_s: None,
         }

@@ -103,9 +103,12 @@ pub fn render(f: &Frame) -> String {
 
 /// One move, for the view and the log.
 pub fn move_line(m: &Move) -> String {
-    let stall = m
-        .stall_s
-        .map_or_else(|| "stall -".to_owned(), |s| format!("stall {s:.2} s"));
+    // Moves are listed as they are seen, before their reconnects are.
+    let stall = match (m.stall_s, m.reconnects) {
+        (Some(s), n) => format!("stall {s:.2} s ({n} reconnects)"),
+        (None, 0) => "stall -".to_owned(),
+        (None, n) => format!("no stall ({n} reconnects)"),
+    };
     let why = m.decision.as_ref().map_or_else(String::new, |d| {
         format!(
             "  (decided at {:.1} s, {}: {})",
@@ -197,10 +200,23 @@ pub fn summary(s: &Summary) -> String {
     for m in &s.move_log {
         let _ = writeln!(o, "    {:<10} {}", m.phase.name(), move_line(m));
     }
+    let quiet = s
+        .move_log
+        .iter()
+        .filter(|m| m.stall_s.is_none() && m.reconnects > 0)
+        .count();
     let _ = writeln!(
         o,
-        "  stall per move (the longest of its initiators' gaps across their reconnects): {}",
-        figures(&s.stalls.per_move)
+        "  stall per move (the longest of its initiators' gaps across their reconnects): {}{}",
+        figures(&s.stalls.per_move),
+        if quiet > 0 {
+            format!(
+                "; {quiet} more with no stall ≥ {:.0} ms",
+                s.stalls.threshold_s * 1000.0
+            )
+        } else {
+            String::new()
+        }
     );
     let why = if s.mode == "pair" {
         "the old gateway resets it, the host reconnects through the portal"
