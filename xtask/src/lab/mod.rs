@@ -876,9 +876,10 @@ pub struct Holders {
 /// holds at `a_i` and at `b_i` it held throughout (an owner does not release
 /// an address and take it back within two passes, tens of milliseconds: a
 /// move back is another rebalance, an interval later, or an abandoned move,
-/// a lease later), so `j` holding it at `a_j` or `b_j` is a second owner. Anything else may be a move between two reads (the old owner read
-/// before it released, the new one after it acquired), which is no overlap.
-/// An overlap shorter than the reads is not seen.
+/// a lease later), so `j` holding it at `a_j` or `b_j` is a second owner.
+/// Anything else may be a move between two reads (the old owner read before
+/// it released, the new one after it acquired), which is no overlap. An
+/// overlap shorter than the reads is not seen.
 pub fn held_at_once<A: Ord + Copy>(
     forward: &[BTreeSet<A>],
     backward: &[BTreeSet<A>],
